@@ -1,0 +1,32 @@
+"""Errors a user can cause.
+
+Every message is one line that names the field, the value and the fix. The CLI prints a
+`TrainformersError` without a traceback and exits with status 2; anything else is a bug.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class TrainformersError(Exception):
+    """Base class for errors caused by user input (configuration, data, checkpoints)."""
+
+
+class ConfigError(TrainformersError, ValueError):
+    """A configuration value is unknown, malformed or contradicts another one."""
+
+
+class DataError(TrainformersError, ValueError):
+    """A dataset is missing, empty or has the wrong shape."""
+
+
+class CheckpointError(TrainformersError, ValueError):
+    """A checkpoint or output directory cannot be used as asked."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """Return ' (did you mean 'x'?)' for the closest choice, or '' when nothing is close."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
