@@ -1,0 +1,30 @@
+"""trainformers: an HF-compatible Trainer on Accelerate, with exact resume and a YAML-config CLI."""
+
+from transformers.trainer_utils import EvalPrediction, PredictionOutput, TrainOutput
+
+from .callbacks import EarlyStoppingCallback, ProgressCallback, TrainerCallback
+from .config import RunConfig, TrainingArguments, load_config
+from .errors import CheckpointError, ConfigError, DataError, TrainformersError
+from .state import TrainerControl, TrainerState
+from .trainer import Trainer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "EarlyStoppingCallback",
+    "EvalPrediction",
+    "PredictionOutput",
+    "ProgressCallback",
+    "RunConfig",
+    "TrainOutput",
+    "Trainer",
+    "TrainerCallback",
+    "TrainerControl",
+    "TrainerState",
+    "TrainformersError",
+    "TrainingArguments",
+    "load_config",
+]

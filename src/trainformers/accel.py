@@ -1,0 +1,109 @@
+"""Build the `accelerate.Accelerator` a run needs from `TrainingArguments`.
+
+Distributed engines (DDP, FSDP, DeepSpeed) are Accelerate's; this module only translates the HF
+field names into Accelerate's plugins and checks what the device can do.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    DistributedDataParallelKwargs,
+    InitProcessGroupKwargs,
+    ProjectConfiguration,
+)
+
+from .errors import ConfigError
+
+
+def _fsdp_plugin(args: Any) -> Any:
+    if not args.fsdp:
+        return None
+    from accelerate import FullyShardedDataParallelPlugin
+
+    options = set(args.fsdp)
+    config = dict(args.fsdp_config or {})
+    strategy = next(
+        (s.upper() for s in ("full_shard", "shard_grad_op", "hybrid_shard", "hybrid_shard_zero2", "no_shard") if s in options),
+        "FULL_SHARD",
+    )
+    kwargs: dict[str, Any] = {"sharding_strategy": strategy}
+    if "offload" in options:
+        from torch.distributed.fsdp import CPUOffload
+
+        kwargs["cpu_offload"] = CPUOffload(offload_params=True)
+    if "auto_wrap" in options:
+        kwargs["auto_wrap_policy"] = "transformer_based_wrap"
+    # fsdp_config keys are Accelerate's plugin fields, with or without HF's "fsdp_" prefix
+    kwargs.update({key.removeprefix("fsdp_"): value for key, value in config.items()})
+    return FullyShardedDataParallelPlugin(**kwargs)
+
+
+def _deepspeed_plugin(args: Any) -> Any:
+    if not args.deepspeed:
+        return None
+    from accelerate import DeepSpeedPlugin
+
+    config = args.deepspeed
+    if isinstance(config, (str, Path)):
+        config = json.loads(Path(config).read_text())
+    return DeepSpeedPlugin(hf_ds_config=config)
+
+
+def build_accelerator(args: Any) -> Accelerator:
+    """An Accelerator configured from `args`.
+
+    Gradient accumulation is done by the trainer (it needs the window's label count before the
+    first forward), so Accelerate is told 1 and never rescales the loss.
+
+    Raises:
+        ConfigError: fp16 without a CUDA device.
+    """
+    cpu = bool(args.use_cpu) or not torch.cuda.is_available()
+    if args.fp16 and cpu:
+        raise ConfigError("training.fp16=True needs a CUDA GPU and none is available; use bf16=True on CPU, or drop fp16")
+    mixed = "bf16" if args.bf16 else "fp16" if args.fp16 else "no"
+    if args.tf32 is not None and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)
+        torch.backends.cudnn.allow_tf32 = bool(args.tf32)
+    ddp = {
+        key: getattr(args, f"ddp_{key}")
+        for key in ("find_unused_parameters", "bucket_cap_mb", "broadcast_buffers", "static_graph")
+        if getattr(args, f"ddp_{key}", None) is not None
+    }
+    handlers: list[Any] = [InitProcessGroupKwargs(timeout=timedelta(seconds=args.ddp_timeout))]
+    if args.ddp_backend:
+        handlers[0].backend = args.ddp_backend
+    if ddp:
+        handlers.append(DistributedDataParallelKwargs(**ddp))
+    dynamo = None
+    if args.torch_compile:
+        from accelerate.utils import TorchDynamoPlugin
+
+        dynamo = TorchDynamoPlugin(backend=args.torch_compile_backend or "inductor", mode=args.torch_compile_mode or "default")
+    accel_config = dict(args.accelerator_config or {})
+    return Accelerator(
+        mixed_precision=mixed,
+        cpu=cpu,
+        gradient_accumulation_steps=1,
+        dataloader_config=DataLoaderConfiguration(
+            split_batches=accel_config.get("split_batches", False),
+            even_batches=accel_config.get("even_batches", True),
+            non_blocking=accel_config.get("non_blocking", False),
+        ),
+        log_with=list(args.report_to) or None,
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=args.logging_dir),
+        kwargs_handlers=handlers,
+        fsdp_plugin=_fsdp_plugin(args),
+        deepspeed_plugin=_deepspeed_plugin(args),
+        dynamo_plugin=dynamo,
+        rng_types=[],  # our samplers are seeded per epoch; nothing to synchronise
+        step_scheduler_with_optimizer=False,
+    )

@@ -1,0 +1,295 @@
+"""Checkpoints: written atomically, read back without pickle, rotated without losing the best.
+
+A checkpoint is a directory `checkpoint-N/` written first as `checkpoint-N.tmp/` and renamed when
+every file is in place, so a crash mid-save never leaves something that looks complete. Model
+weights are in HF format (safetensors + config.json, or a PEFT adapter); optimizer, scheduler,
+scaler and RNG states load with `torch.load(weights_only=True)`; the rest is JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+from .state import atomic_write_text, json_default
+
+PREFIX = "checkpoint"
+TMP_SUFFIX = ".tmp"
+STATE_NAME = "trainer_state.json"
+ARGS_NAME = "training_args.json"
+OPTIMIZER_NAME = "optimizer.pt"
+SCHEDULER_NAME = "scheduler.pt"
+SCALER_NAME = "scaler.pt"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+_CKPT_RE = re.compile(rf"^{PREFIX}-(\d+)$")
+
+
+def checkpoint_dir(output_dir: str | os.PathLike, step: int) -> Path:
+    """The directory a checkpoint of optimizer step `step` is saved to."""
+    return Path(output_dir) / f"{PREFIX}-{step}"
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints under `output_dir`, oldest (lowest step) first."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = _CKPT_RE.match(child.name)
+        if match and child.is_dir() and (child / STATE_NAME).is_file():
+            found.append((int(match.group(1)), child))
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint, or None."""
+    checkpoints = list_checkpoints(output_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def check_checkpoint(path: str | os.PathLike) -> Path:
+    """Return `path` if it is a complete checkpoint, else raise a one-line CheckpointError."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"resume_from_checkpoint '{path}' does not exist; give a checkpoint-N directory or True")
+    if not path.is_dir():
+        raise CheckpointError(f"resume_from_checkpoint '{path}' is not a directory; give a checkpoint-N directory")
+    missing = [name for name in (STATE_NAME,) if not (path / name).is_file()]
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        missing.append("model weights (model.safetensors or adapter_model.safetensors)")
+    if missing:
+        raise CheckpointError(
+            f"resume_from_checkpoint '{path}' is incomplete (missing {', '.join(missing)}); "
+            "pick an older checkpoint or resume_from_checkpoint=True for the newest complete one"
+        )
+    return path
+
+
+def run_exists(output_dir: str | os.PathLike) -> bool:
+    """True when `output_dir` already holds a training run (checkpoints or a log)."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return False
+    return bool(list_checkpoints(root)) or (root / "log.jsonl").is_file() or any(
+        _CKPT_RE.match(p.name.removesuffix(TMP_SUFFIX)) for p in root.iterdir()
+    )
+
+
+def clear_run(output_dir: str | os.PathLike) -> None:
+    """Remove the checkpoints and log of an earlier run (for `overwrite_output_dir`)."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return
+    for child in root.iterdir():
+        if _CKPT_RE.match(child.name.removesuffix(TMP_SUFFIX)) and child.is_dir():
+            shutil.rmtree(child)
+    for name in ("log.jsonl", "report.png"):
+        (root / name).unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_checkpoint(
+    final: Path, *, is_main: bool = True, barrier: Callable[[], None] = lambda: None
+) -> Iterator[Path]:
+    """Yield a temporary directory; rename it to `final` only if the block completes.
+
+    Every rank writes into the same temporary directory (their RNG files); the main process
+    renames it after a barrier. On an exception the temporary directory is removed and nothing
+    at `final` is touched.
+    """
+    tmp = final.with_name(final.name + TMP_SUFFIX)
+    if is_main:
+        if tmp.exists():
+            shutil.rmtree(tmp)  # left by a crash: never complete, safe to drop
+        tmp.mkdir(parents=True)
+    barrier()
+    try:
+        yield tmp
+    except BaseException:
+        if is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    barrier()
+    if is_main:
+        _fsync_tree(tmp)
+        if final.exists():  # an older save of the same step (e.g. the final save after a scheduled one)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    barrier()
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush file contents to disk before the rename makes the checkpoint visible."""
+    for path in root.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def rotate_checkpoints(output_dir: str | os.PathLike, limit: int | None, keep: str | os.PathLike | None = None) -> list[Path]:
+    """Delete the oldest complete checkpoints beyond `limit`, never the one in `keep` (the best).
+
+    Returns:
+        The removed directories.
+    """
+    if not limit or limit <= 0:
+        return []
+    checkpoints = list_checkpoints(output_dir)
+    keep_path = Path(keep).resolve() if keep else None
+    effective = limit
+    if keep_path is not None and limit == 1 and checkpoints and checkpoints[-1].resolve() != keep_path:
+        effective = 2  # keep the best and the newest, or a resume would go back in time
+    excess = len(checkpoints) - effective
+    removable = [c for c in checkpoints if c.resolve() != keep_path]
+    removed = removable[: max(excess, 0)]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
+
+
+# ---- model weights ---------------------------------------------------------------------------
+
+
+def _is_peft(model: nn.Module) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
+def save_model_files(
+    model: nn.Module, out_dir: str | os.PathLike, *, state_dict: dict[str, torch.Tensor] | None = None, is_main: bool = True
+) -> None:
+    """Save weights in HF format: `save_pretrained` when the model has it, safetensors otherwise."""
+    out_dir = Path(out_dir)
+    if hasattr(model, "save_pretrained"):
+        with _quiet_progress():
+            model.save_pretrained(out_dir, state_dict=state_dict, is_main_process=is_main)
+        return
+    if is_main:
+        from safetensors.torch import save_file, save_model
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if state_dict is None:
+            save_model(model, str(out_dir / "model.safetensors"))
+        else:
+            save_file({k: v.contiguous() for k, v in state_dict.items()}, str(out_dir / "model.safetensors"))
+
+
+@contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """transformers draws a one-shard progress bar per save; in a training loop it is noise."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def load_model_files(model: nn.Module, ckpt_dir: str | os.PathLike) -> None:
+    """Load weights saved by `save_model_files` into `model`, in place.
+
+    Tied weights are saved once; a parameter missing from the file is accepted only when it
+    shares storage with one that was loaded.
+
+    Raises:
+        CheckpointError: no weights in the directory, or their names do not match the model.
+    """
+    from safetensors.torch import load_file
+
+    ckpt_dir = Path(ckpt_dir)
+    if (ckpt_dir / "adapter_model.safetensors").is_file() and _is_peft(model):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(str(ckpt_dir / "adapter_model.safetensors")))
+        return
+    if (ckpt_dir / "model.safetensors").is_file():
+        state = load_file(str(ckpt_dir / "model.safetensors"))
+    elif (ckpt_dir / "model.safetensors.index.json").is_file():
+        index = json.loads((ckpt_dir / "model.safetensors.index.json").read_text())
+        state = {}
+        for shard in sorted(set(index["weight_map"].values())):
+            state.update(load_file(str(ckpt_dir / shard)))
+    else:
+        raise CheckpointError(f"no model weights (model.safetensors) in '{ckpt_dir}'; is it a trainformers checkpoint?")
+    result = model.load_state_dict(state, strict=False)
+    loaded = {t.data_ptr() for name, t in model.state_dict().items() if name in state}
+    params = model.state_dict()
+    untied = [k for k in result.missing_keys if params[k].data_ptr() not in loaded]
+    if untied or result.unexpected_keys:
+        raise CheckpointError(
+            f"weights in '{ckpt_dir}' don't match the model (missing {untied[:3]}, unexpected "
+            f"{result.unexpected_keys[:3]}); resume with the same model configuration"
+        )
+
+
+# ---- optimizer / scheduler / RNG states ----------------------------------------------------
+
+
+def save_state(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save a state dict of tensors and plain Python values (loadable with weights_only)."""
+    torch.save(obj, path)
+
+
+def load_state(path: str | os.PathLike) -> Any:
+    """Load a state saved by `save_state` without unpickling arbitrary objects."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint file '{path}' is missing; the checkpoint is incomplete") from None
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a training step may draw from, as tensors and plain values."""
+    version, py_state, gauss = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "python": {"version": version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "kind": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "cpu": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` captured."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state(
+        (npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached_gaussian"])
+    )
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=json_default))

@@ -1,0 +1,852 @@
+"""`Trainer`: the Hugging Face `Trainer` API on a lean, readable loop over Accelerate.
+
+The loop lives in one method, `Trainer._train_loop`; everything it calls is a small function
+here or in a sibling module (losses, optim, checkpoint, callbacks). Code written for the HF
+Trainer runs after changing the import, including `tokenizer=` and subclassed `compute_loss`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+from transformers.trainer_utils import EvalPrediction, PredictionOutput, TrainOutput
+
+from . import checkpoint as ckpt
+from .accel import build_accelerator
+from .callbacks import (
+    CallbackHandler,
+    DefaultFlowCallback,
+    JsonlLoggerCallback,
+    PrinterCallback,
+    ProgressCallback,
+    TrackerCallback,
+    TrainerCallback,
+)
+from .config import TrainingArguments
+from .errors import CheckpointError, ConfigError, DataError, TrainformersError
+from .evaluation import EvalAccumulator
+from .losses import count_label_items, lm_loss, window_share
+from .optim import create_optimizer, create_scheduler
+from .sampling import EpochSampler
+from .state import ExportableState, TrainerControl, TrainerState
+
+
+class Trainer:
+    """Train, evaluate and predict with any model whose forward returns a loss.
+
+    The loop, in pseudocode (`_train_loop`):
+
+        for epoch in epochs:                          # resumed runs start mid-epoch by index
+            for window in batches of `gradient_accumulation_steps` micro-batches:
+                n = label items in the whole window (all ranks)      # the one normaliser
+                for micro in window:                   # no DDP sync until the last one
+                    loss = compute_loss(micro) * share  # sum over the window == mean over n
+                    backward(loss)
+                clip; optimizer.step(); scheduler.step(); zero_grad
+                global_step += 1
+                callbacks decide: log / evaluate / save / stop
+
+    Args mirror `transformers.Trainer`: model, args, data_collator, train_dataset,
+    eval_dataset (one or a dict), processing_class (alias `tokenizer`), model_init,
+    compute_loss_func, compute_metrics, callbacks, optimizers, optimizer_cls_and_kwargs,
+    preprocess_logits_for_metrics.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        args: TrainingArguments | None = None,
+        data_collator: Callable | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        model_init: Callable[..., nn.Module] | None = None,
+        compute_loss_func: Callable | None = None,
+        compute_metrics: Callable[[EvalPrediction], dict] | None = None,
+        callbacks: list[TrainerCallback | type[TrainerCallback]] | None = None,
+        optimizers: tuple[torch.optim.Optimizer | None, Any] = (None, None),
+        optimizer_cls_and_kwargs: tuple[type[torch.optim.Optimizer], dict[str, Any]] | None = None,
+        preprocess_logits_for_metrics: Callable | None = None,
+        tokenizer: Any = None,
+    ) -> None:
+        self.args = args if args is not None else TrainingArguments(output_dir="trainer_output")
+        if tokenizer is not None:
+            warnings.warn("Trainer(tokenizer=...) is deprecated; use processing_class=", FutureWarning, stacklevel=2)
+            processing_class = processing_class if processing_class is not None else tokenizer
+        _seed_everything(self.args)
+        self.accelerator = build_accelerator(self.args)
+        if model is None and model_init is None:
+            raise ConfigError("Trainer needs a model: pass model=... or model_init=...")
+        self.model_init = model_init
+        self.model = model if model is not None else self._call_model_init()
+        self._prepare_model_once(self.model)
+        self.processing_class = processing_class
+        self.data_collator = data_collator if data_collator is not None else _default_collator(processing_class)
+        self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
+        self.compute_loss_func, self.compute_metrics = compute_loss_func, compute_metrics
+        self.preprocess_logits_for_metrics = preprocess_logits_for_metrics
+        self.optimizer, self.lr_scheduler = optimizers
+        self.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
+        self.state = TrainerState(
+            is_local_process_zero=self.is_local_process_zero(), is_world_process_zero=self.is_world_process_zero()
+        )
+        self.control = TrainerControl()
+        defaults: list[Any] = [DefaultFlowCallback, PrinterCallback if self.args.disable_tqdm else ProgressCallback]
+        defaults += [JsonlLoggerCallback, TrackerCallback(self.accelerator)]
+        self.callback_handler = CallbackHandler(
+            defaults + list(callbacks or []), self.model, processing_class, self.optimizer, self.lr_scheduler
+        )
+        self.control = self.callback_handler.on_init_end(self.args, self.state, self.control)
+
+    # ---- model helpers ----------------------------------------------------------------------
+
+    def _call_model_init(self, trial: Any = None) -> nn.Module:
+        params = inspect.signature(self.model_init).parameters
+        model = self.model_init(trial) if len(params) == 1 else self.model_init()
+        if model is None:
+            raise ConfigError("model_init returned None; it must return a model")
+        return model
+
+    def _prepare_model_once(self, model: nn.Module) -> None:
+        """Gradient checkpointing and device placement, done once per model object."""
+        if self.args.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs)
+            if hasattr(model, "enable_input_require_grads"):
+                model.enable_input_require_grads()  # frozen embeddings + checkpointing: no grads otherwise
+        if getattr(model, "hf_device_map", None) is None and not getattr(model, "is_quantized", False):
+            model.to(self.accelerator.device)
+        unwrapped = _unwrap_peft(model)
+        self._shift_labels = _loss_shifts_labels(unwrapped)
+        from transformers.utils import find_labels
+
+        self.label_names = self.args.label_names or find_labels(unwrapped.__class__) or ["labels"]
+        self._flops_per_token = 6 * sum(p.numel() for p in model.parameters())
+
+    @property
+    def tokenizer(self) -> Any:
+        """Deprecated alias of `processing_class`."""
+        return self.processing_class
+
+    def is_world_process_zero(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def is_local_process_zero(self) -> bool:
+        return self.accelerator.is_local_main_process
+
+    def add_callback(self, callback: TrainerCallback | type[TrainerCallback]) -> None:
+        self.callback_handler.add_callback(callback)
+
+    def pop_callback(self, callback: TrainerCallback | type[TrainerCallback]) -> TrainerCallback | None:
+        return self.callback_handler.pop_callback(callback)
+
+    def remove_callback(self, callback: TrainerCallback | type[TrainerCallback]) -> None:
+        self.callback_handler.remove_callback(callback)
+
+    def floating_point_ops(self, inputs: Mapping[str, Any]) -> int:
+        """Training FLOPs of one forward+backward over `inputs`: 6 x parameters x tokens."""
+        ids = inputs.get("input_ids", inputs.get("inputs_embeds"))
+        tokens = ids.shape[0] * ids.shape[1] if ids is not None and ids.dim() >= 2 else 0
+        return self._flops_per_token * tokens
+
+    # ---- data -------------------------------------------------------------------------------
+
+    def _remove_unused_columns(self, dataset: Any, description: str) -> Any:
+        if not self.args.remove_unused_columns or not hasattr(dataset, "column_names"):
+            return dataset
+        forward = inspect.signature(_unwrap_peft(self.model).forward).parameters
+        keep = set(forward) | set(self.label_names) | {"label", "label_ids", "labels"}
+        columns = dataset.column_names
+        if isinstance(columns, dict):  # a DatasetDict slipped through
+            raise DataError(f"{description} is a DatasetDict; pass one split, e.g. dataset['{next(iter(columns))}']")
+        unused = [c for c in columns if c not in keep]
+        if unused and len(unused) == len(columns):
+            raise DataError(
+                f"{description} has no column the model's forward takes (columns {columns}); tokenize it first, "
+                "or set remove_unused_columns=False with a collator that builds the inputs"
+            )
+        return dataset.remove_columns(unused) if unused else dataset
+
+    def get_train_dataloader(self) -> DataLoader:
+        """The training DataLoader (not yet prepared by Accelerate)."""
+        if self.train_dataset is None:
+            raise DataError("Trainer.train() needs a train_dataset; pass train_dataset=... to Trainer")
+        dataset = self._remove_unused_columns(self.train_dataset, "train_dataset")
+        sampler = None
+        if not isinstance(dataset, IterableDataset):
+            if len(dataset) == 0:
+                raise DataError("train_dataset is empty (0 rows); check the data source and any filtering")
+            lengths = None
+            if self.args.group_by_length:
+                lengths = _row_lengths(dataset, self.args.length_column_name)
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            sampler = EpochSampler(
+                len(dataset),
+                seed,
+                shuffle=getattr(self.args, "train_sampling_strategy", "random") != "sequential",
+                lengths=lengths,
+                batch_size=self.args.per_device_train_batch_size * self.accelerator.num_processes,
+            )
+        return self._dataloader(dataset, self.args.per_device_train_batch_size, sampler, self.args.dataloader_drop_last)
+
+    def get_eval_dataloader(self, eval_dataset: Any = None) -> DataLoader:
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if dataset is None:
+            raise DataError("evaluate() needs an eval_dataset; pass eval_dataset=... to Trainer or evaluate()")
+        dataset = self._remove_unused_columns(dataset, "eval_dataset")
+        return self.accelerator.prepare(self._dataloader(dataset, self.args.per_device_eval_batch_size, None, False))
+
+    def get_test_dataloader(self, test_dataset: Any) -> DataLoader:
+        return self.get_eval_dataloader(test_dataset)
+
+    def _dataloader(self, dataset: Any, batch_size: int, sampler: Any, drop_last: bool) -> DataLoader:
+        workers = self.args.dataloader_num_workers
+        generator = torch.Generator()
+        generator.manual_seed(self.args.seed)  # worker seeds without drawing on the global RNG
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=self.data_collator,
+            drop_last=drop_last,
+            num_workers=workers,
+            pin_memory=self.args.dataloader_pin_memory,
+            persistent_workers=self.args.dataloader_persistent_workers and workers > 0,
+            prefetch_factor=self.args.dataloader_prefetch_factor if workers > 0 else None,
+            generator=generator,
+        )
+
+    # ---- optimizer --------------------------------------------------------------------------
+
+    def create_optimizer(self) -> torch.optim.Optimizer:
+        if self.optimizer is None:
+            self.optimizer = create_optimizer(
+                self.model, self.args, self.accelerator.device, self.optimizer_cls_and_kwargs
+            )
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> Any:
+        if self.lr_scheduler is None:
+            self.lr_scheduler = create_scheduler(optimizer or self.optimizer, self.args, num_training_steps)
+        return self.lr_scheduler
+
+    def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
+        self.create_optimizer()
+        self.create_scheduler(num_training_steps, self.optimizer)
+
+    # ---- loss -------------------------------------------------------------------------------
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> Any:
+        """The loss of one micro-batch (HF signature).
+
+        With `num_items_in_batch` (the accumulation window's label count) the result is this
+        micro-batch's share of the window mean; without it, the micro-batch mean.
+        """
+        labels = None
+        if self.compute_loss_func is not None or self.args.label_smoothing_factor > 0:
+            labels = inputs.get("labels")
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels"} if labels is not None else inputs
+        outputs = model(**model_inputs)
+        if labels is not None and self.compute_loss_func is not None:
+            loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch)
+        elif labels is not None:
+            logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
+            loss = lm_loss(
+                logits,
+                labels,
+                shift=self._shift_labels,
+                num_items_in_batch=num_items_in_batch,
+                label_smoothing=self.args.label_smoothing_factor,
+            )
+        else:
+            loss = outputs.get("loss") if isinstance(outputs, Mapping) else (outputs[0] if isinstance(outputs, tuple) else None)
+            if loss is None:
+                raise TrainformersError(
+                    f"the model's forward returned no loss (got keys {list(outputs.keys()) if isinstance(outputs, Mapping) else type(outputs).__name__}); "
+                    f"put labels in the batch ({', '.join(self.label_names)}) or pass compute_loss_func="
+                )
+            if num_items_in_batch is not None:
+                loss = window_share(loss, self._micro_items(inputs), num_items_in_batch)
+        return (loss, outputs) if return_outputs else loss
+
+    def _micro_items(self, inputs: Mapping[str, Any]) -> torch.Tensor:
+        return count_label_items(inputs, shift=self._shift_labels, label_names=self.label_names)
+
+    def _compute_loss_is_overridden(self) -> bool:
+        return type(self).compute_loss is not Trainer.compute_loss
+
+    def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | None = None) -> torch.Tensor:
+        """Forward and backward of one micro-batch; returns its detached share of the window loss."""
+        model.train()
+        with self.accelerator.autocast():
+            if self._compute_loss_is_overridden():
+                # a subclass returns its micro-batch mean (its num_items_in_batch may be ignored);
+                # weighting it here keeps accumulation exact for seed-era overrides too.
+                # Counted first: overrides often pop "labels" from inputs.
+                n_micro = self._micro_items(inputs) if num_items_in_batch is not None else None
+                loss = self.compute_loss(model, inputs)
+                if n_micro is not None:
+                    loss = window_share(loss, n_micro, num_items_in_batch)
+            else:
+                loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+        # each rank holds its sum / the global count; DDP averages gradients, so undo the 1/W
+        scale = self.accelerator.num_processes if self._tokens_across_ranks else 1
+        self.accelerator.backward(loss * scale if scale != 1 else loss)
+        return loss.detach()
+
+    @property
+    def _tokens_across_ranks(self) -> bool:
+        return self.accelerator.num_processes > 1 and self.args.average_tokens_across_devices
+
+    def _window_items(self, window: list[dict[str, Any]]) -> torch.Tensor | None:
+        """Label items in the whole accumulation window, summed over ranks (tensor, no host sync)."""
+        try:
+            total = sum(self._micro_items(b) for b in window)
+        except ValueError:
+            return None  # no labels at all: the model (or compute_loss) must produce the loss itself
+        total = torch.as_tensor(total, device=self.accelerator.device)
+        if self._tokens_across_ranks:
+            total = self.accelerator.reduce(total, reduction="sum")
+        return total
+
+    # ---- training ---------------------------------------------------------------------------
+
+    def train(
+        self,
+        resume_from_checkpoint: str | bool | None = None,
+        trial: Any = None,
+        ignore_keys_for_eval: list[str] | None = None,
+        **kwargs: Any,
+    ) -> TrainOutput:
+        """Train the model; resume from a checkpoint path, or the newest one with `True`.
+
+        Raises:
+            CheckpointError: the output_dir holds a run and neither resume nor overwrite was asked,
+                or the checkpoint to resume from is missing or incomplete.
+            DataError: no or an empty train_dataset.
+        """
+        if kwargs:
+            raise ConfigError(f"Trainer.train() got unknown arguments {sorted(kwargs)}")
+        if resume_from_checkpoint is None:
+            resume_from_checkpoint = self.args.resume_from_checkpoint
+        resume = self._resolve_resume(resume_from_checkpoint)
+        output_dir = Path(self.args.output_dir)
+        if resume is None and ckpt.run_exists(output_dir):
+            if not self.args.overwrite_output_dir:
+                raise CheckpointError(
+                    f"output_dir '{output_dir}' already holds a run; pass resume_from_checkpoint=True to continue it, "
+                    "overwrite_output_dir=True to start over, or another output_dir"
+                )
+        if self.train_dataset is None:
+            raise DataError("Trainer.train() needs a train_dataset; pass train_dataset=... to Trainer")
+        if resume is None and self.args.overwrite_output_dir and self.is_world_process_zero():
+            ckpt.clear_run(output_dir)
+        if self.model_init is not None and trial is not None or (self.model_init is not None and self.state.global_step == 0 and self.optimizer is None and resume is None and getattr(self, "_trained", False)):
+            _seed_everything(self.args)
+            self.model = self._call_model_init(trial)
+            self._prepare_model_once(self.model)
+        self._ignore_keys_for_eval = ignore_keys_for_eval
+        self._trained = True
+        if self.args.auto_find_batch_size:
+            from accelerate.utils import find_executable_batch_size
+
+            def attempt(batch_size: int) -> TrainOutput:
+                self.args.per_device_train_batch_size = batch_size
+                self.optimizer = self.lr_scheduler = None
+                return self._train_loop(resume)
+
+            return find_executable_batch_size(attempt, starting_batch_size=self.args.per_device_train_batch_size)()
+        return self._train_loop(resume)
+
+    def _resolve_resume(self, value: str | bool | None) -> Path | None:
+        if value is None or value is False:
+            return None
+        if value is True:
+            found = ckpt.latest_checkpoint(self.args.output_dir)
+            if found is None:
+                raise CheckpointError(
+                    f"resume_from_checkpoint=True but output_dir '{self.args.output_dir}' has no complete checkpoint; "
+                    "start without resume_from_checkpoint"
+                )
+            return ckpt.check_checkpoint(found)
+        return ckpt.check_checkpoint(value)
+
+    def _train_loop(self, resume: Path | None) -> TrainOutput:
+        args, accel = self.args, self.accelerator
+        dataloader = self.get_train_dataloader()
+        sampler = dataloader.sampler if isinstance(dataloader.sampler, EpochSampler) else None
+        model = self.model
+        if self.optimizer is None:
+            self.create_optimizer()
+        model, self.optimizer, dataloader = accel.prepare(model, self.optimizer, dataloader)
+        self.model_wrapped = model
+        ga = args.gradient_accumulation_steps
+        micro_per_epoch = _safe_len(dataloader)
+        steps_per_epoch = math.ceil(micro_per_epoch / ga) if micro_per_epoch else None
+        if args.max_steps > 0:
+            max_steps = args.max_steps
+            num_epochs = math.ceil(max_steps / steps_per_epoch) if steps_per_epoch else 1 << 30
+        elif steps_per_epoch:
+            max_steps = math.ceil(args.num_train_epochs * steps_per_epoch)
+            num_epochs = math.ceil(args.num_train_epochs)
+        else:
+            raise ConfigError("training.max_steps must be set (> 0) for a dataset without a length (streaming)")
+        self.create_scheduler(max_steps, self.optimizer)
+
+        state = self.state = TrainerState(
+            is_local_process_zero=self.is_local_process_zero(), is_world_process_zero=self.is_world_process_zero()
+        )
+        state.max_steps, state.num_train_epochs = max_steps, num_epochs
+        state.train_batch_size = args.per_device_train_batch_size
+        state.logging_steps = args.resolve_steps(args.logging_steps, max_steps)
+        state.eval_steps = args.resolve_steps(args.eval_steps or args.logging_steps, max_steps)
+        state.save_steps = args.resolve_steps(args.save_steps, max_steps)
+        if resume is not None:
+            self._load_checkpoint(resume)
+            state = self.state
+        tr_loss = torch.tensor(state.pending_loss, device=accel.device)
+        steps_since_log = state.pending_loss_steps
+        start_epoch = state.global_step // steps_per_epoch if steps_per_epoch else 0
+        if steps_per_epoch and state.epoch_step >= micro_per_epoch:
+            start_epoch, state.epoch_step = start_epoch, 0
+        handler = self.callback_handler
+        handler.model, handler.optimizer, handler.lr_scheduler = self.model, self.optimizer, self.lr_scheduler
+        handler.train_dataloader = dataloader
+        if state.global_step == 0 and accel.trackers == [] and args.report_to:
+            accel.init_trackers(args.run_name or "trainformers", config=_scalar_config(args))
+        self.control = handler.on_train_begin(args, state, self.control)
+        if args.eval_on_start and state.global_step == 0:
+            self._evaluate_during_training()
+        start_time = last_log_time = time.perf_counter()
+        tokens_since_log = samples_since_log = 0
+        grad_norm: torch.Tensor | None = None
+        start_step = state.global_step
+        skip = state.epoch_step if not args.ignore_data_skip else 0
+
+        for epoch in range(start_epoch, num_epochs):
+            # Accelerate's loader re-applies its own epoch counter to the sampler on every iter();
+            # set it there (it forwards to our sampler, and a skipping copy inherits it)
+            if hasattr(dataloader, "set_epoch"):
+                dataloader.set_epoch(epoch)
+            elif sampler is not None:
+                sampler.set_epoch(epoch)
+            batches = accel.skip_first_batches(dataloader, skip) if skip else dataloader
+            if not skip:
+                state.epoch_step = 0
+            skip = 0
+            self.control = handler.on_epoch_begin(args, state, self.control)
+            iterator = iter(batches)
+            while state.global_step < max_steps:
+                window = _take(iterator, ga - (state.epoch_step % ga))
+                if not window:
+                    break
+                num_items = self._window_items(window)
+                self.control = handler.on_step_begin(args, state, self.control)
+                for i, batch in enumerate(window):
+                    last = i == len(window) - 1
+                    with accel.no_sync(model) if not last else nullcontext():
+                        step_loss = self.training_step(model, batch, num_items)
+                    tr_loss += step_loss if num_items is not None else step_loss / len(window)
+                    tokens, samples = _batch_size_info(batch)
+                    tokens_since_log += tokens
+                    samples_since_log += samples
+                    state.total_flos += self._flops_per_token * tokens
+                    if args.include_num_input_tokens_seen:
+                        state.num_input_tokens_seen += tokens
+                    state.micro_step += 1
+                    state.epoch_step += 1
+                    if not last:
+                        self.control = handler.on_substep_end(args, state, self.control)
+                if args.max_grad_norm and args.max_grad_norm > 0:
+                    grad_norm = accel.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                self.control = handler.on_pre_optimizer_step(args, state, self.control)
+                self.optimizer.step()
+                self.control = handler.on_optimizer_step(args, state, self.control)
+                if not accel.optimizer_step_was_skipped and not _is_plateau(self.lr_scheduler):
+                    self.lr_scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                state.global_step += 1
+                steps_since_log += 1
+                state.epoch = epoch + state.epoch_step / micro_per_epoch if micro_per_epoch else float(epoch)
+                self.control = handler.on_step_end(args, state, self.control)
+                if self.control.should_log:
+                    now = time.perf_counter()
+                    self._log_training(tr_loss, steps_since_log, grad_norm, tokens_since_log, samples_since_log, now - last_log_time)
+                    tr_loss.zero_()
+                    steps_since_log = tokens_since_log = samples_since_log = 0
+                    last_log_time = now
+                self._maybe_evaluate_and_save(tr_loss, steps_since_log)
+                if self.control.should_epoch_stop or self.control.should_training_stop:
+                    break
+            self.control = handler.on_epoch_end(args, state, self.control)
+            if self.control.should_log and steps_since_log:
+                now = time.perf_counter()
+                self._log_training(tr_loss, steps_since_log, grad_norm, tokens_since_log, samples_since_log, now - last_log_time)
+                tr_loss.zero_()
+                steps_since_log = tokens_since_log = samples_since_log = 0
+                last_log_time = now
+            self._maybe_evaluate_and_save(tr_loss, steps_since_log)
+            if self.control.should_training_stop or state.global_step >= max_steps:
+                break
+
+        runtime = time.perf_counter() - start_time
+        if args.load_best_model_at_end and state.best_model_checkpoint is not None:
+            ckpt.load_model_files(accel.unwrap_model(model), state.best_model_checkpoint)
+        losses = [row["loss"] for row in state.log_history if "loss" in row]
+        done = state.global_step - start_step
+        metrics = {
+            "train_runtime": round(runtime, 4),
+            "train_samples_per_second": round(done * ga * args.per_device_train_batch_size * accel.num_processes / max(runtime, 1e-9), 3),
+            "train_steps_per_second": round(done / max(runtime, 1e-9), 3),
+            "total_flos": state.total_flos,
+            "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "epoch": state.epoch,
+        }
+        self.log(metrics)
+        self.control = handler.on_train_end(args, state, self.control)
+        return TrainOutput(state.global_step, metrics["train_loss"], metrics)
+
+    def _log_training(
+        self, tr_loss: torch.Tensor, steps: int, grad_norm: torch.Tensor | None, tokens: int, samples: int, elapsed: float
+    ) -> None:
+        """Build and emit a training log row: the only place the loop syncs with the host."""
+        loss = self.accelerator.reduce(tr_loss.clone(), reduction="sum") if self.accelerator.num_processes > 1 else tr_loss
+        if self.accelerator.num_processes > 1 and not self._tokens_across_ranks:
+            loss = loss / self.accelerator.num_processes
+        logs: dict[str, float] = {"loss": loss.item() / max(steps, 1)}
+        if grad_norm is not None:
+            logs["grad_norm"] = float(grad_norm)
+        logs["learning_rate"] = self.optimizer.param_groups[0]["lr"]
+        world = self.accelerator.num_processes
+        logs["tokens_per_second"] = round(tokens * world / max(elapsed, 1e-9), 2)
+        logs["samples_per_second"] = round(samples * world / max(elapsed, 1e-9), 3)
+        if self.args.include_num_input_tokens_seen:
+            logs["num_input_tokens_seen"] = self.state.num_input_tokens_seen * world
+        self.log(logs)
+
+    def _maybe_evaluate_and_save(self, tr_loss: torch.Tensor, steps_since_log: int) -> None:
+        if self.control.should_evaluate:
+            self._evaluate_during_training()
+        if self.control.should_save:
+            self.state.pending_loss = float(tr_loss.item())
+            self.state.pending_loss_steps = steps_since_log
+            self._save_checkpoint()
+            self.control = self.callback_handler.on_save(self.args, self.state, self.control)
+            self.control.should_save = False
+
+    def _evaluate_during_training(self) -> dict[str, float]:
+        metrics = self.evaluate(ignore_keys=getattr(self, "_ignore_keys_for_eval", None))
+        metric = self.args.metric_for_best_model
+        if metric:
+            key = metric if metric.startswith("eval_") else f"eval_{metric}"
+            if key in metrics:
+                value = metrics[key]
+                better = np.greater if self.args.greater_is_better else np.less
+                if self.state.best_metric is None or better(value, self.state.best_metric):
+                    self.state.best_metric, self.state.best_global_step = value, self.state.global_step
+                    if self.args.save_strategy == "best":
+                        self.control.should_save = True
+        if _is_plateau(self.lr_scheduler) and metric:
+            self.lr_scheduler.step(metrics[metric if metric.startswith("eval_") else f"eval_{metric}"])
+        self.control.should_evaluate = False
+        return metrics
+
+    # ---- checkpoints --------------------------------------------------------------------
+
+    def _save_checkpoint(self) -> Path:
+        state, accel = self.state, self.accelerator
+        final = ckpt.checkpoint_dir(self.args.output_dir, state.global_step)
+        if state.best_global_step == state.global_step:
+            state.best_model_checkpoint = str(final)
+        state.stateful_callbacks = {
+            type(cb).__name__: cb.state() for cb in self.callback_handler.callbacks if isinstance(cb, ExportableState)
+        }
+        main = self.is_world_process_zero()
+        with ckpt.atomic_checkpoint(final, is_main=main, barrier=accel.wait_for_everyone) as tmp:
+            self._save(tmp, _internal_call=True)
+            if not self.args.save_only_model:
+                ckpt.save_state(ckpt.rng_state(), tmp / f"rng_state_{accel.process_index}.pth")
+                if main:
+                    ckpt.save_state(self.optimizer.state_dict(), tmp / ckpt.OPTIMIZER_NAME)
+                    ckpt.save_state(self.lr_scheduler.state_dict(), tmp / ckpt.SCHEDULER_NAME)
+                    if accel.scaler is not None:
+                        ckpt.save_state(accel.scaler.state_dict(), tmp / ckpt.SCALER_NAME)
+            if main:
+                ckpt.write_json(self.args.to_dict(), tmp / ckpt.ARGS_NAME)
+                state.save_to_json(tmp / ckpt.STATE_NAME)  # written last: the completion marker inside
+        if main:
+            ckpt.rotate_checkpoints(self.args.output_dir, self.args.save_total_limit, state.best_model_checkpoint)
+        return final
+
+    def _load_checkpoint(self, path: Path) -> None:
+        """Restore everything `_save_checkpoint` wrote, so the run continues bit for bit."""
+        if not (path / ckpt.OPTIMIZER_NAME).is_file():
+            raise CheckpointError(
+                f"checkpoint '{path}' holds no optimizer state (saved with save_only_model=True?); it can be loaded "
+                "as a model but not resumed"
+            )
+        accel = self.accelerator
+        ckpt.load_model_files(accel.unwrap_model(self.model_wrapped), path)
+        self.optimizer.load_state_dict(ckpt.load_state(path / ckpt.OPTIMIZER_NAME))
+        self.lr_scheduler.load_state_dict(ckpt.load_state(path / ckpt.SCHEDULER_NAME))
+        if accel.scaler is not None and (path / ckpt.SCALER_NAME).is_file():
+            accel.scaler.load_state_dict(ckpt.load_state(path / ckpt.SCALER_NAME))
+        try:
+            loaded = TrainerState.load_from_json(path / ckpt.STATE_NAME)
+        except ValueError as err:
+            raise CheckpointError(f"checkpoint '{path}': {err}") from None
+        loaded.is_local_process_zero, loaded.is_world_process_zero = self.state.is_local_process_zero, self.state.is_world_process_zero
+        loaded.max_steps, loaded.num_train_epochs = self.state.max_steps, self.state.num_train_epochs
+        loaded.logging_steps, loaded.eval_steps, loaded.save_steps = self.state.logging_steps, self.state.eval_steps, self.state.save_steps
+        self.state = loaded
+        for callback in self.callback_handler.callbacks:
+            saved = loaded.stateful_callbacks.get(type(callback).__name__)
+            if isinstance(callback, ExportableState) and isinstance(saved, dict):
+                for name, value in saved.get("attributes", {}).items():
+                    setattr(callback, name, value)
+        rng_file = path / f"rng_state_{accel.process_index}.pth"
+        if rng_file.is_file():
+            ckpt.set_rng_state(ckpt.load_state(rng_file))
+        elif accel.num_processes > 1:
+            warnings.warn(f"{rng_file} missing: this rank's random state is not restored", stacklevel=2)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the model (and tokenizer) in HF format to `output_dir` (default: args.output_dir)."""
+        self._save(Path(output_dir or self.args.output_dir), _internal_call=_internal_call)
+        if self.args.push_to_hub and not _internal_call and self.is_world_process_zero():
+            self._push_to_hub(Path(output_dir or self.args.output_dir))
+
+    def _save(self, output_dir: Path, _internal_call: bool = False) -> None:
+        accel = self.accelerator
+        model = getattr(self, "model_wrapped", self.model)
+        state_dict = accel.get_state_dict(model) if accel.num_processes > 1 else None
+        main = self.is_world_process_zero()
+        if main:
+            output_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.save_model_files(accel.unwrap_model(model), output_dir, state_dict=state_dict, is_main=main)
+        if main and self.processing_class is not None and hasattr(self.processing_class, "save_pretrained"):
+            self.processing_class.save_pretrained(output_dir)
+        if main and not _internal_call:
+            ckpt.write_json(self.args.to_dict(), output_dir / ckpt.ARGS_NAME)
+
+    def _push_to_hub(self, folder: Path) -> None:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=self.args.hub_token)
+        repo = self.args.hub_model_id or Path(self.args.output_dir).name
+        api.create_repo(repo, private=self.args.hub_private_repo, exist_ok=True)
+        api.upload_folder(repo_id=repo, folder_path=str(folder), revision=self.args.hub_revision)
+
+    # ---- logging ------------------------------------------------------------------------
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Record a row in `state.log_history` and hand it to the callbacks (progress, JSONL, trackers)."""
+        if self.state.epoch is not None:
+            logs = {**logs, "epoch": self.state.epoch}
+        self.state.log_history.append({**logs, "step": self.state.global_step})
+        self.control = self.callback_handler.on_log(self.args, self.state, self.control, logs)
+
+    # ---- evaluation ---------------------------------------------------------------------
+
+    def evaluate(
+        self, eval_dataset: Any = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"
+    ) -> dict[str, float]:
+        """Evaluate on `eval_dataset` (or the Trainer's); a dict of sets is evaluated set by set."""
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if isinstance(dataset, dict):
+            metrics: dict[str, float] = {}
+            for name, subset in dataset.items():
+                metrics.update(self.evaluate(subset, ignore_keys, f"{metric_key_prefix}_{name}"))
+            return metrics
+        dataloader = self.get_eval_dataloader(dataset)
+        start = time.perf_counter()
+        output = self.evaluation_loop(dataloader, "Evaluation", None, ignore_keys, metric_key_prefix)
+        output.metrics.update(_speed_metrics(metric_key_prefix, start, output.num_samples, _safe_len(dataloader)))
+        self.log(output.metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=output.metrics)
+        return output.metrics
+
+    def predict(self, test_dataset: Any, ignore_keys: list[str] | None = None, metric_key_prefix: str = "test") -> PredictionOutput:
+        """Predictions (and metrics when labels are present) over `test_dataset`."""
+        dataloader = self.get_test_dataloader(test_dataset)
+        start = time.perf_counter()
+        output = self.evaluation_loop(dataloader, "Prediction", False, ignore_keys, metric_key_prefix)
+        output.metrics.update(_speed_metrics(metric_key_prefix, start, output.num_samples, _safe_len(dataloader)))
+        self.control = self.callback_handler.on_predict(self.args, self.state, self.control, metrics=output.metrics)
+        return PredictionOutput(predictions=output.predictions, label_ids=output.label_ids, metrics=output.metrics)
+
+    def evaluation_loop(
+        self,
+        dataloader: DataLoader,
+        description: str,
+        prediction_loss_only: bool | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> Any:
+        """Run `prediction_step` over a dataloader; keep logits only when something will use them."""
+        args, accel = self.args, self.accelerator
+        if prediction_loss_only is None:
+            prediction_loss_only = args.prediction_loss_only
+        keep_outputs = not prediction_loss_only and (self.compute_metrics is not None or description == "Prediction")
+        model = getattr(self, "model_wrapped", self.model)
+        if not hasattr(self, "model_wrapped"):
+            model = accel.prepare_model(self.model, evaluation_mode=True)
+        model.eval()
+        if args.bf16_full_eval or args.fp16_full_eval:
+            model = model.to(torch.bfloat16 if args.bf16_full_eval else torch.float16)
+        acc = EvalAccumulator(
+            keep_outputs=keep_outputs,
+            include_inputs="inputs" in args.include_for_metrics,
+            include_losses="loss" in args.include_for_metrics,
+            batch_metrics=self.compute_metrics if args.batch_eval_metrics else None,
+        )
+        self.callback_handler.eval_dataloader = dataloader
+        for inputs in dataloader:
+            loss, logits, labels = self.prediction_step(model, inputs, not keep_outputs, ignore_keys)
+            n_items = None
+            if loss is not None:
+                try:
+                    n_items = self._micro_items(inputs)
+                except ValueError:
+                    n_items = None
+            if logits is not None and self.preprocess_logits_for_metrics is not None:
+                logits = self.preprocess_logits_for_metrics(logits, labels)
+            acc.add(accel, inputs, loss, n_items, logits, labels)
+            self.control = self.callback_handler.on_prediction_step(args, self.state, self.control)
+        if args.bf16_full_eval or args.fp16_full_eval:
+            model.to(torch.float32)
+        return acc.finish(self.compute_metrics, metric_key_prefix)
+
+    def prediction_step(
+        self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: list[str] | None = None
+    ) -> tuple[torch.Tensor | None, Any, Any]:
+        """(loss, logits, labels) for one batch, without gradients (HF semantics)."""
+        has_labels = all(inputs.get(name) is not None for name in self.label_names)
+        if ignore_keys is None:
+            ignore_keys = getattr(getattr(_unwrap_peft(self.model), "config", None), "keys_to_ignore_at_inference", [])
+        with torch.no_grad(), self.accelerator.autocast():
+            if has_labels:
+                loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+                loss = loss.detach().float()
+            else:
+                loss, outputs = None, model(**inputs)
+        if prediction_loss_only:
+            return loss, None, None
+        if isinstance(outputs, Mapping):
+            logits = tuple(v for k, v in outputs.items() if k not in set(ignore_keys) | {"loss"} and torch.is_tensor(v))
+        else:
+            logits = tuple(outputs[1:] if has_labels else outputs)
+        logits = logits[0] if len(logits) == 1 else logits
+        labels = tuple(inputs.get(name) for name in self.label_names) if has_labels else None
+        if labels is not None and len(labels) == 1:
+            labels = labels[0]
+        return loss, logits, labels
+
+
+# ---- module helpers -------------------------------------------------------------------------
+
+
+def _seed_everything(args: TrainingArguments) -> None:
+    from transformers import enable_full_determinism, set_seed
+
+    if args.full_determinism:
+        enable_full_determinism(args.seed)
+    else:
+        set_seed(args.seed)
+
+
+def _default_collator(processing_class: Any) -> Callable:
+    from transformers import DataCollatorWithPadding, default_data_collator
+
+    if processing_class is not None and hasattr(processing_class, "pad"):
+        return DataCollatorWithPadding(processing_class, pad_to_multiple_of=8)
+    return default_data_collator
+
+
+def _unwrap_peft(model: nn.Module) -> nn.Module:
+    base = getattr(model, "get_base_model", None)
+    return base() if callable(base) else model
+
+
+def _loss_shifts_labels(model: nn.Module) -> bool:
+    """True when the model's loss predicts labels[..., 1:] (decoder-only causal LMs)."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "is_encoder_decoder", False):
+        return False
+    try:
+        from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss
+
+        if LOSS_MAPPING.get(getattr(model, "loss_type", None)) is ForCausalLMLoss:
+            return True
+    except ImportError:  # transformers without the loss registry
+        pass
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return type(model).__name__ in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+
+
+def _row_lengths(dataset: Any, column: str) -> list[int]:
+    if hasattr(dataset, "column_names") and column in dataset.column_names:
+        return list(dataset[column])
+    if hasattr(dataset, "column_names") and "input_ids" in dataset.column_names:
+        return [len(ids) for ids in dataset["input_ids"]]
+    return [len(dataset[i]["input_ids"]) for i in range(len(dataset))]
+
+
+def _safe_len(dataloader: Any) -> int | None:
+    try:
+        return len(dataloader)
+    except TypeError:
+        return None
+
+
+def _take(iterator: Any, n: int) -> list[Any]:
+    out = []
+    for _ in range(n):
+        try:
+            out.append(next(iterator))
+        except StopIteration:
+            break
+    return out
+
+
+def _batch_size_info(batch: Mapping[str, Any]) -> tuple[int, int]:
+    """(tokens, samples) of a micro-batch from tensor shapes: host-side, no sync."""
+    ids = batch.get("input_ids")
+    if ids is None:
+        first = next((v for v in batch.values() if torch.is_tensor(v) and v.dim() >= 1), None)
+        return (0, first.shape[0]) if first is not None else (0, 0)
+    return ids.numel(), ids.shape[0]
+
+
+def _is_plateau(scheduler: Any) -> bool:
+    return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+
+def _speed_metrics(prefix: str, start: float, num_samples: int, num_steps: int | None) -> dict[str, float]:
+    runtime = time.perf_counter() - start
+    out = {f"{prefix}_runtime": round(runtime, 4), f"{prefix}_samples_per_second": round(num_samples / max(runtime, 1e-9), 3)}
+    if num_steps:
+        out[f"{prefix}_steps_per_second"] = round(num_steps / max(runtime, 1e-9), 3)
+    return out
+
+
+def _scalar_config(args: TrainingArguments) -> dict[str, Any]:
+    """Trackers (TensorBoard hparams) accept only scalars."""
+    return {k: v for k, v in args.to_dict().items() if isinstance(v, (int, float, str, bool))}

@@ -1,0 +1,96 @@
+"""Tiny random-init models and datasets shared by the tests (CPU, no network)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from datasets import Dataset
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(1)  # tests run two at a time (xdist) on two cores
+
+VOCAB = 64
+
+
+def tiny_llama(seed: int = 0, vocab: int = VOCAB):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return LlamaForCausalLM(config)
+
+
+def lm_rows(n: int = 32, seed: int = 0, min_len: int = 4, max_len: int = 12, vocab: int = VOCAB) -> Dataset:
+    """Variable-length token rows: label counts differ per micro-batch, which is what accumulation must get right."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(n):
+        length = int(torch.randint(min_len, max_len + 1, (1,), generator=g))
+        ids = torch.randint(3, vocab, (length,), generator=g).tolist()
+        rows.append({"input_ids": ids, "attention_mask": [1] * length, "labels": ids})
+    return Dataset.from_list(rows)
+
+
+class PadCollator:
+    """Right-pad input_ids/attention_mask with 0 and labels with -100 (no RNG, no tokenizer)."""
+
+    def __call__(self, features):
+        width = max(len(f["input_ids"]) for f in features)
+        out = {"input_ids": [], "attention_mask": [], "labels": []}
+        for f in features:
+            pad = width - len(f["input_ids"])
+            out["input_ids"].append(list(f["input_ids"]) + [0] * pad)
+            out["attention_mask"].append(list(f["attention_mask"]) + [0] * pad)
+            out["labels"].append(list(f["labels"]) + [-100] * pad)
+        return {k: torch.tensor(v) for k, v in out.items()}
+
+
+@pytest.fixture
+def collator():
+    return PadCollator()
+
+
+def make_args(tmp_path, **overrides):
+    from trainformers import TrainingArguments
+
+    defaults = dict(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        learning_rate=1e-2,
+        max_steps=6,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=0,
+        optim="adamw_torch",
+    )
+    defaults.update(overrides)
+    return TrainingArguments(**defaults)
+
+
+def weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def read_losses(run_dir) -> list[tuple[int, float]]:
+    import json
+    from pathlib import Path
+
+    rows = [json.loads(line) for line in (Path(run_dir) / "log.jsonl").read_text().splitlines() if line.strip()]
+    return [(r["step"], r["loss"]) for r in rows if "loss" in r]
