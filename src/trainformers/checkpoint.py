@@ -88,6 +88,19 @@ def run_exists(output_dir: str | os.PathLike) -> bool:
     )
 
 
+def check_output_dir(output_dir: str | os.PathLike, *, resuming: bool, overwrite: bool) -> None:
+    """Refuse to start a new run over an existing one unless asked to overwrite or resume.
+
+    Raises:
+        CheckpointError: `output_dir` holds a run and neither flag is set.
+    """
+    if not resuming and not overwrite and run_exists(output_dir):
+        raise CheckpointError(
+            f"output_dir '{output_dir}' already holds a run; pass resume_from_checkpoint=True to continue it, "
+            "overwrite_output_dir=True to start over, or another output_dir"
+        )
+
+
 def clear_run(output_dir: str | os.PathLike) -> None:
     """Remove the checkpoints and log of an earlier run (for `overwrite_output_dir`)."""
     root = Path(output_dir)

@@ -347,12 +347,7 @@ class Trainer:
             resume_from_checkpoint = self.args.resume_from_checkpoint
         resume = self._resolve_resume(resume_from_checkpoint)
         output_dir = Path(self.args.output_dir)
-        if resume is None and ckpt.run_exists(output_dir):
-            if not self.args.overwrite_output_dir:
-                raise CheckpointError(
-                    f"output_dir '{output_dir}' already holds a run; pass resume_from_checkpoint=True to continue it, "
-                    "overwrite_output_dir=True to start over, or another output_dir"
-                )
+        ckpt.check_output_dir(output_dir, resuming=resume is not None, overwrite=self.args.overwrite_output_dir)
         if self.train_dataset is None:
             raise DataError("Trainer.train() needs a train_dataset; pass train_dataset=... to Trainer")
         if resume is None and self.args.overwrite_output_dir and self.is_world_process_zero():
@@ -775,7 +770,7 @@ def _default_collator(processing_class: Any) -> Callable:
     from transformers import DataCollatorWithPadding, default_data_collator
 
     if processing_class is not None and hasattr(processing_class, "pad"):
-        return DataCollatorWithPadding(processing_class, pad_to_multiple_of=8)
+        return DataCollatorWithPadding(processing_class)
     return default_data_collator
 
 

@@ -1,0 +1,158 @@
+"""The CLI end to end: the embedded default run, kill -9 and resume, and every bad input's one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from trainformers.cli import main
+
+# the embedded default run, shrunk so the test takes seconds (same code path, smaller numbers)
+SMALL = [
+    "--model.hidden_size", "32", "--model.num_layers", "1", "--model.num_heads", "2", "--model.num_kv_heads", "1",
+    "--model.vocab_size", "300", "--data.num_samples", "30", "--data.max_length", "32",
+    "--training.logging_steps", "2", "--training.eval_steps", "4", "--training.save_steps", "4",
+    "--model.sample_max_new_tokens", "5",
+]
+
+
+def cli(*argv: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "trainformers.cli", *argv], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def log_losses(run: Path) -> list[tuple[int, float]]:
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    return [(r["step"], r["loss"]) for r in rows if "loss" in r]
+
+
+@pytest.mark.slow
+def test_default_run_writes_what_it_promises(tmp_path):
+    done = cli("train", *SMALL, "--training.max_steps", "8", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "runs" / "default"
+    for name in ("config.yaml", "log.jsonl", "report.png", "final/model.safetensors", "final/config.json",
+                 "final/tokenizer.json", "tokenizer/tokenizer.json", "checkpoint-8/trainer_state.json"):
+        assert (run / name).is_file(), name
+    assert (run / "runs").is_dir()  # TensorBoard events (the dev install has tensorboard)
+    assert "held-out perplexity" in done.stdout and "sample: 'The" in done.stdout
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [2, 4, 6, 8]
+    assert any("eval_perplexity" in r for r in rows)
+    # the saved model reloads with plain transformers and gives the same logits as the final checkpoint
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(run / "final")
+    tok = AutoTokenizer.from_pretrained(run / "final")
+    ids = tok("def f(x): return x", return_tensors="pt")["input_ids"]
+    ref = AutoModelForCausalLM.from_pretrained(run / "checkpoint-8")
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, ref(ids).logits)
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
+    args = [*SMALL, "--model.hidden_size", "64", "--training.max_steps", "60", "--training.save_steps", "5",
+            "--training.eval_strategy", "no", "--model.sample_prompt", "''"]
+    full = cli("train", *args, "--training.output_dir", "full", cwd=tmp_path)
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainformers.cli", "train", *args, "--training.output_dir", "killed"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )
+    killed = tmp_path / "killed"
+    deadline = time.time() + 240
+    while not (killed / "checkpoint-20" / "trainer_state.json").exists():
+        assert proc.poll() is None, "run finished before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "final").exists()
+
+    resumed = cli("train", *args, "--training.output_dir", "killed", "--training.resume_from_checkpoint", "true", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert log_losses(killed) == log_losses(tmp_path / "full")
+    a, b = load_file(tmp_path / "full" / "final" / "model.safetensors"), load_file(killed / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+# ---- bad input: one line, exit 2, nothing destroyed --------------------------------------------
+
+
+def run_main(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--training.lerning_rate", "1"], "unknown key 'training.lerning_rate' in the command line (did you mean 'training.learning_rate'?)"),
+        (["--trainig.seed", "1"], "did you mean 'training'"),
+        (["--training.learning_rate", "fast"], "training.learning_rate must be a number"),
+        (["--training.fp16", "--training.bf16"], "Can't set both fp16 and bf16"),
+        (["--training.fp16"], "fp16=True needs a CUDA GPU"),
+        (["--training.load_best_model_at_end", "true", "--training.save_strategy", "epoch"], "load_best_model_at_end"),
+        (["--training.optim", "adamw_8bit"], "adamw_8bit"),
+        (["--data.source", "missing.jsonl"], "data.source 'missing.jsonl' not found"),
+        (["--training.resume_from_checkpoint", "nowhere/checkpoint-3"], "does not exist"),
+        (["--model.hidden_size", "30", "--model.num_heads", "4"], "model.hidden_size=30 must be divisible by model.num_heads=4"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    code, err = run_main(capsys, "train", *SMALL, "--training.max_steps", "2", *argv)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+
+
+def test_missing_config_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, err = run_main(capsys, "train", "nope.yaml")
+    assert code == 2 and "config file 'nope.yaml' not found" in err
+
+
+def test_existing_run_is_refused_and_untouched(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = ["train", *SMALL, "--training.max_steps", "4", "--training.output_dir", "run",
+            "--training.overwrite_output_dir", "false", "--model.sample_prompt", "''"]
+    assert main(base) == 0
+    capsys.readouterr()
+    run = tmp_path / "run"
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    code, err = run_main(capsys, *base)
+    assert code == 2 and "already holds a run" in err
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+
+
+@pytest.mark.slow
+def test_cli_error_has_no_traceback(tmp_path):
+    done = cli("train", "--training.lerning_rate", "1", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and done.stderr.strip().startswith("error: ")
+
+
+def test_yaml_example_runs(tmp_path, capsys, monkeypatch):
+    example = Path(__file__).parents[1] / "examples" / "pretrain_small.yaml"
+    monkeypatch.chdir(tmp_path)
+    code = main(["train", str(example), "--training.max_steps", "3", "--training.output_dir", "ex", *SMALL])
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "ex" / "final" / "model.safetensors").is_file()
