@@ -310,10 +310,11 @@ def test_seq2seq_trains_and_learns(tmp_path):
 
 
 def test_seq2seq_eval_loss_is_the_token_mean(tmp_path):
-    """Labels of different lengths: eval_loss is T5's own mean over every non-pad label token."""
+    """Labels of different lengths, batches of 4 + 2 rows: eval_loss is the mean over every label token
+    of the set (what T5 computes on the whole set at once), not a mean of batch means."""
     model = _t5()
     data = seq2seq_rows(6, seed=2)
-    t = Trainer(model, make_args(tmp_path, per_device_eval_batch_size=6), data_collator=Pad())
+    t = Trainer(model, make_args(tmp_path, per_device_eval_batch_size=4), data_collator=Pad())
     metrics = t.evaluate(data)
     batch = Pad()([data[i] for i in range(6)])
     with torch.no_grad():
@@ -385,9 +386,11 @@ def test_accumulation_8x1_equals_2x4(tmp_path, cls_name, rows):
     assert len(la) == len(lb) == 4
     for x, y in zip(la, lb):
         assert x == pytest.approx(y, rel=1e-5)
+    # atol 1e-5 (the updates total ~4e-2): padding to a different width reorders float sums, and
+    # Adam turns that noise into ~1e-6 moves where a gradient is ~0 (e.g. the attention key bias)
     wa, wb = weights(runs[0].model), weights(runs[1].model)
     for name in wa:
-        torch.testing.assert_close(wa[name], wb[name], rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(wa[name], wb[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
 # ---- 8. remove_unused_columns --------------------------------------------------------------------
@@ -419,11 +422,19 @@ def test_keep_unused_columns_with_a_collator_that_ignores_them(tmp_path):
 # ---- 9. label smoothing --------------------------------------------------------------------------
 
 
+def _confident_llama():
+    """tiny_llama with a scaled-up output layer: peaked logits, so smoothing changes the loss a lot."""
+    model = tiny_llama()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(50)
+    return model
+
+
 def test_label_smoothing_first_loss_matches_hand_computation(tmp_path):
     data = lm_rows(8)
-    reference = tiny_llama()  # same seed: the initial weights of the trained model
+    reference = _confident_llama()  # the initial weights of the trained model
     t = train(
-        tmp_path, tiny_llama(), data, collator=PadCollator(), label_smoothing_factor=0.1, max_steps=1,
+        tmp_path, _confident_llama(), data, collator=PadCollator(), label_smoothing_factor=0.1, max_steps=1,
         train_sampling_strategy="sequential",
     )
     batch = PadCollator()([data[i] for i in range(8)])
@@ -433,12 +444,18 @@ def test_label_smoothing_first_loss_matches_hand_computation(tmp_path):
     flat_labels = batch["labels"][:, 1:].reshape(-1)
     smoothed = F.cross_entropy(flat_logits, flat_labels, ignore_index=-100, label_smoothing=0.1).item()
     plain = F.cross_entropy(flat_logits, flat_labels, ignore_index=-100).item()
+    assert abs(smoothed - plain) > 1e-3 * plain  # 100x the tolerance below: the check tells them apart
     (first,) = logged_losses(t)
     assert first == pytest.approx(smoothed, rel=1e-5)
-    assert first != pytest.approx(plain, rel=1e-3)
 
 
 # ---- 10. gradient checkpointing ------------------------------------------------------------------
+
+
+def _checkpointing(model) -> bool:
+    # transformers 5 renamed is_gradient_checkpointing (deprecated) to is_activation_checkpointing
+    flag = getattr(type(model), "is_activation_checkpointing", None)
+    return model.is_activation_checkpointing if flag is not None else model.is_gradient_checkpointing
 
 
 def test_gradient_checkpointing_changes_nothing(tmp_path):
@@ -447,7 +464,7 @@ def test_gradient_checkpointing_changes_nothing(tmp_path):
         tmp_path / "ckpt", tiny_llama(), lm_rows(), collator=PadCollator(), per_device_train_batch_size=4,
         gradient_checkpointing=True,
     )
-    assert ckpt.model.is_gradient_checkpointing and not plain.model.is_gradient_checkpointing
+    assert _checkpointing(ckpt.model) and not _checkpointing(plain.model)
     la, lb = logged_losses(plain), logged_losses(ckpt)
     assert len(la) == len(lb) == 4
     for x, y in zip(la, lb):
@@ -460,24 +477,38 @@ def test_gradient_checkpointing_changes_nothing(tmp_path):
 # ---- 11. torch.compile ---------------------------------------------------------------------------
 
 
-def test_torch_compile_eager_backend_gives_the_same_losses(tmp_path):
+@pytest.fixture
+def fresh_accelerate_state():
+    """Don't let a compile setting leak into later tests through Accelerate's process-wide state."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+
+
+def test_torch_compile_eager_backend_gives_the_same_losses(tmp_path, fresh_accelerate_state):
+    from torch._dynamo.eval_frame import OptimizedModule
+
     data = lm_rows(8, min_len=8, max_len=8)  # one shape: no recompilation
     common = dict(collator=PadCollator(), per_device_train_batch_size=4, max_steps=2)
-    plain = train(tmp_path / "plain", tiny_llama(), data, **common)
+    plain = train(tmp_path / "plain", tiny_llama(), data, **common)  # a Trainer built earlier in the process
     before = trainable(model := tiny_llama())
     compiled = train(tmp_path / "compiled", model, data, torch_compile=True, torch_compile_backend="eager", **common)
-    assert isinstance(compiled.model_wrapped, torch._dynamo.eval_frame.OptimizedModule)
+    assert isinstance(compiled.model_wrapped, OptimizedModule), "torch_compile=True did not compile the model"
     assert_trained(compiled, before, steps=2)
     la, lb = logged_losses(plain), logged_losses(compiled)
     assert len(la) == len(lb) == 2
     for x, y in zip(la, lb):
         assert x == pytest.approx(y, rel=1e-5)
+    after = train(tmp_path / "after", tiny_llama(), data, **common)  # and the setting does not stick
+    assert not isinstance(after.model_wrapped, OptimizedModule), "torch_compile leaked into a later Trainer"
+    assert logged_losses(after) == la
 
 
 # ---- 12. auto_find_batch_size --------------------------------------------------------------------
 
 
-def test_auto_find_batch_size_halves_until_it_fits(tmp_path, monkeypatch):
+def test_auto_find_batch_size_shrinks_until_it_fits(tmp_path, monkeypatch):
     model = tiny_llama()
     before = trainable(model)
     original = model.forward
@@ -498,7 +529,10 @@ def test_auto_find_batch_size_halves_until_it_fits(tmp_path, monkeypatch):
     )
     assert t.args.per_device_train_batch_size == 2
     assert t.state.train_batch_size == 2
-    assert rows_seen[:2] == [8, 4] and set(rows_seen[2:]) == {2}
+    # each failed size is tried once, smaller every time (Accelerate shrinks by 0.9 like HF; halving is fine too)
+    failed, fitted = [r for r in rows_seen if r > 2], [r for r in rows_seen if r <= 2]
+    assert failed[0] == 8 and failed == sorted(set(failed), reverse=True)
+    assert rows_seen == failed + fitted and fitted == [2, 2]  # one micro-batch per step, 2 steps
     assert_trained(t, before, steps=2)
 
 

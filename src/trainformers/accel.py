@@ -7,6 +7,7 @@ field names into Accelerate's plugins and checks what the device can do.
 from __future__ import annotations
 
 import json
+import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,11 @@ def build_accelerator(args: Any) -> Accelerator:
     Raises:
         ConfigError: fp16 without a CUDA device.
     """
+    from accelerate.state import AcceleratorState
+
+    # Accelerate keeps one state per process and takes plugins (compile, precision, FSDP) only from
+    # the first Accelerator; drop that, keeping the process group, so each Trainer gets its own
+    AcceleratorState._reset_state(reset_partial_state=False)
     cpu = bool(args.use_cpu) or not torch.cuda.is_available()
     if args.fp16 and cpu:
         raise ConfigError("training.fp16=True needs a CUDA GPU and none is available; use bf16=True on CPU, or drop fp16")
@@ -79,7 +85,9 @@ def build_accelerator(args: Any) -> Accelerator:
         if getattr(args, f"ddp_{key}", None) is not None
     }
     handlers: list[Any] = [InitProcessGroupKwargs(timeout=timedelta(seconds=args.ddp_timeout))]
-    if args.ddp_backend:
+    if args.ddp_backend and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Accelerate only initialises a process group when launched distributed; naming a
+        # backend in a single process would make it ask an uninitialised group for its size
         handlers[0].backend = args.ddp_backend
     if ddp:
         handlers.append(DistributedDataParallelKwargs(**ddp))

@@ -248,7 +248,7 @@ class TrainingArguments:
     torch_compile_mode: str | None = _arg(
         None, "torch.compile mode (e.g. 'reduce-overhead'); setting it turns torch_compile on."
     )
-    auto_find_batch_size: bool = _arg(False, "On out-of-memory, halve the batch size and retry.")
+    auto_find_batch_size: bool = _arg(False, "On out-of-memory, shrink the batch size and retry.")
     # --- logging ---
     logging_strategy: str = _arg("steps", "When to log: 'steps' (every logging_steps), 'epoch' or 'no'.")
     logging_steps: int | float = _arg(500, "Log every N optimizer steps, or a fraction in (0, 1) of the total steps.")

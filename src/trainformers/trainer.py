@@ -120,8 +120,16 @@ class Trainer:
 
     def _prepare_model_once(self, model: nn.Module) -> None:
         """Gradient checkpointing and device placement, done once per model object."""
-        if self.args.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs)
+        if self.args.gradient_checkpointing:
+            # transformers 5.23 renamed it; older releases only have the gradient_ name
+            enable = getattr(model, "activation_checkpointing_enable", None) or getattr(model, "gradient_checkpointing_enable", None)
+            if enable is None:
+                raise ConfigError(f"training.gradient_checkpointing=True but {type(model).__name__} does not support it; drop it")
+            kwargs = self.args.gradient_checkpointing_kwargs
+            if enable.__name__ == "activation_checkpointing_enable":
+                enable(activation_checkpointing_kwargs=kwargs) if kwargs else enable()
+            else:
+                enable(gradient_checkpointing_kwargs=kwargs)
             if hasattr(model, "enable_input_require_grads"):
                 model.enable_input_require_grads()  # frozen embeddings + checkpointing: no grads otherwise
         if getattr(model, "hf_device_map", None) is None and not getattr(model, "is_quantized", False):
@@ -204,7 +212,14 @@ class Trainer:
         if dataset is None:
             raise DataError("evaluate() needs an eval_dataset; pass eval_dataset=... to Trainer or evaluate()")
         dataset = self._remove_unused_columns(dataset, "eval_dataset")
-        return self.accelerator.prepare(self._dataloader(dataset, self.args.per_device_eval_batch_size, None, False))
+        loader = self._dataloader(dataset, self.args.per_device_eval_batch_size, None, False)
+        accel = self.accelerator
+        # uneven shards: no rank evaluates padded duplicates, so sums and outputs stay exact
+        even, accel.even_batches = accel.even_batches, False
+        try:
+            return accel.prepare(loader)
+        finally:
+            accel.even_batches = even
 
     def get_test_dataloader(self, test_dataset: Any) -> DataLoader:
         return self.get_eval_dataloader(test_dataset)
@@ -699,13 +714,14 @@ class Trainer:
         if prediction_loss_only is None:
             prediction_loss_only = args.prediction_loss_only
         keep_outputs = not prediction_loss_only and (self.compute_metrics is not None or description == "Prediction")
-        model = getattr(self, "model_wrapped", self.model)
-        if not hasattr(self, "model_wrapped"):
-            model = accel.prepare_model(self.model, evaluation_mode=True)
+        # the bare model: ranks may run different numbers of batches, and a DDP forward would
+        # wait on the others (buffer broadcast); evaluation needs no gradient sync
+        model = accel.unwrap_model(getattr(self, "model_wrapped", self.model), keep_torch_compile=True)
         model.eval()
         if args.bf16_full_eval or args.fp16_full_eval:
             model = model.to(torch.bfloat16 if args.bf16_full_eval else torch.float16)
         acc = EvalAccumulator(
+            world_size=accel.num_processes,
             keep_outputs=keep_outputs,
             include_inputs="inputs" in args.include_for_metrics,
             include_losses="loss" in args.include_for_metrics,
@@ -722,11 +738,11 @@ class Trainer:
                     n_items = None
             if logits is not None and self.preprocess_logits_for_metrics is not None:
                 logits = self.preprocess_logits_for_metrics(logits, labels)
-            acc.add(accel, inputs, loss, n_items, logits, labels)
+            acc.add(inputs, loss, n_items, logits, labels)
             self.control = self.callback_handler.on_prediction_step(args, self.state, self.control)
         if args.bf16_full_eval or args.fp16_full_eval:
             model.to(torch.float32)
-        return acc.finish(self.compute_metrics, metric_key_prefix)
+        return acc.finish(accel, self.compute_metrics, metric_key_prefix)
 
     def prediction_step(
         self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: list[str] | None = None
@@ -831,7 +847,15 @@ def _batch_size_info(batch: Mapping[str, Any]) -> tuple[int, int]:
 
 
 def _is_plateau(scheduler: Any) -> bool:
-    return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    """Schedulers that step on an evaluation metric instead of every optimizer step."""
+    kinds: tuple[type, ...] = (torch.optim.lr_scheduler.ReduceLROnPlateau,)
+    try:
+        from transformers.optimization import GreedyLR
+
+        kinds += (GreedyLR,)
+    except ImportError:  # older transformers
+        pass
+    return isinstance(scheduler, kinds)
 
 
 def _speed_metrics(prefix: str, start: float, num_samples: int, num_steps: int | None) -> dict[str, float]:
