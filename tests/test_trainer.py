@@ -417,3 +417,45 @@ def _tiny_tokenizer():
     from trainformers.data import train_tokenizer
 
     return train_tokenizer(["hello world", "the quick brown fox"] * 20, vocab_size=280)
+
+
+class RandomMaskCollator(PadCollator):
+    """Draws from the torch RNG while collating, like masked-LM masking."""
+
+    def __call__(self, features):
+        batch = super().__call__(features)
+        drop = torch.rand(batch["labels"].shape) < 0.3
+        batch["labels"] = batch["labels"].masked_fill(drop, -100)
+        return batch
+
+
+def test_resume_is_exact_with_a_collator_that_draws_random_numbers(tmp_path):
+    args = {**RESUME_ARGS, "max_steps": 12}
+
+    def run(out, callbacks=None, resume=None, seed=0):
+        t = Trainer(_dropout_llama(seed), make_args(out, **args), data_collator=RandomMaskCollator(),
+                    train_dataset=lm_rows(), callbacks=callbacks)
+        t.train(resume_from_checkpoint=resume)
+        return t
+
+    full = run(tmp_path / "full")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut", callbacks=[CrashAt(15)])
+    resumed = run(tmp_path / "cut", resume=True, seed=7)
+    assert read_losses(resumed.args.output_dir) == read_losses(full.args.output_dir)
+    for name, value in weights(resumed.model).items():
+        assert torch.equal(value, weights(full.model)[name]), name
+
+
+def test_collator_randomness_is_tied_to_rows_not_history():
+    from trainformers.sampling import SeededCollate
+
+    collate = SeededCollate(RandomMaskCollator(), seed=3)
+    rows = [(i, r) for i, r in enumerate(lm_rows(4))]
+    a = collate(rows[:2])
+    torch.rand(100)  # unrelated draws in between change nothing
+    b = collate(rows[:2])
+    assert torch.equal(a["labels"], b["labels"])
+    state = torch.get_rng_state()
+    collate(rows[2:])
+    assert torch.equal(state, torch.get_rng_state())  # the global stream is untouched

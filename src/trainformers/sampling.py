@@ -7,7 +7,9 @@ is loaded), and two runs that differ only in where they were interrupted see the
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import Sampler
@@ -57,3 +59,46 @@ class EpochSampler(Sampler[int]):
 
             return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
         return iter(torch.randperm(self.length, generator=generator).tolist())
+
+
+class IndexedDataset(torch.utils.data.Dataset):
+    """Yield `(index, row)` so the collator knows which rows it is batching.
+
+    Keeps `datasets.Dataset`'s batched `__getitems__` fast path.
+    """
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[int, Any]:
+        return index, self.dataset[index]
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[int, Any]]:
+        getitems = getattr(self.dataset, "__getitems__", None)
+        rows = getitems(indices) if getitems is not None else [self.dataset[i] for i in indices]
+        return list(zip(indices, rows))
+
+
+class SeededCollate:
+    """Run a collator with the torch RNG seeded from the batch's row indices.
+
+    Collators that draw random numbers (masked-LM masking, span corruption) then give the same
+    batch for the same rows whatever happened before: Accelerate collates one batch ahead, so
+    drawing from the global RNG would make a resumed run differ from an uninterrupted one. It
+    also keeps collation from shifting the model's own RNG stream (dropout).
+    """
+
+    def __init__(self, collate_fn: Callable[[list[Any]], Any], seed: int) -> None:
+        self.collate_fn = collate_fn
+        self.seed = seed
+
+    def __call__(self, items: list[tuple[int, Any]]) -> Any:
+        indices = [index for index, _ in items]
+        # a stable 63-bit hash of (seed, indices); Python's hash() is salted per process
+        digest = hashlib.blake2b(repr((self.seed, indices)).encode(), digest_size=8).digest()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int.from_bytes(digest, "little") >> 1)
+            return self.collate_fn([row for _, row in items])

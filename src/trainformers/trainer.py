@@ -38,7 +38,7 @@ from .errors import CheckpointError, ConfigError, DataError, TrainformersError
 from .evaluation import EvalAccumulator
 from .losses import count_label_items, lm_loss, window_share
 from .optim import create_optimizer, create_scheduler
-from .sampling import EpochSampler
+from .sampling import EpochSampler, IndexedDataset, SeededCollate
 from .state import ExportableState, TrainerControl, TrainerState
 
 
@@ -205,7 +205,10 @@ class Trainer:
                 lengths=lengths,
                 batch_size=self.args.per_device_train_batch_size * self.accelerator.num_processes,
             )
-        return self._dataloader(dataset, self.args.per_device_train_batch_size, sampler, self.args.dataloader_drop_last)
+            dataset, collate = IndexedDataset(dataset), SeededCollate(self.data_collator, seed)
+        else:
+            collate = self.data_collator
+        return self._dataloader(dataset, self.args.per_device_train_batch_size, sampler, self.args.dataloader_drop_last, collate)
 
     def get_eval_dataloader(self, eval_dataset: Any = None) -> DataLoader:
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
@@ -224,7 +227,9 @@ class Trainer:
     def get_test_dataloader(self, test_dataset: Any) -> DataLoader:
         return self.get_eval_dataloader(test_dataset)
 
-    def _dataloader(self, dataset: Any, batch_size: int, sampler: Any, drop_last: bool) -> DataLoader:
+    def _dataloader(
+        self, dataset: Any, batch_size: int, sampler: Any, drop_last: bool, collate: Callable | None = None
+    ) -> DataLoader:
         workers = self.args.dataloader_num_workers
         generator = torch.Generator()
         generator.manual_seed(self.args.seed)  # worker seeds without drawing on the global RNG
@@ -232,7 +237,7 @@ class Trainer:
             dataset,
             batch_size=batch_size,
             sampler=sampler,
-            collate_fn=self.data_collator,
+            collate_fn=collate or self.data_collator,
             drop_last=drop_last,
             num_workers=workers,
             pin_memory=self.args.dataloader_pin_memory,
