@@ -459,3 +459,35 @@ def test_collator_randomness_is_tied_to_rows_not_history():
     state = torch.get_rng_state()
     collate(rows[2:])
     assert torch.equal(state, torch.get_rng_state())  # the global stream is untouched
+
+
+def test_bf16_trains_under_autocast_on_cpu(tmp_path):
+    dtypes = []
+    t = _trainer(tmp_path, bf16=True, max_steps=2)
+    t.model.model.layers[0].mlp.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    out = t.train()
+    assert dtypes and all(d == torch.bfloat16 for d in dtypes)
+    assert all(p.dtype == torch.float32 for p in t.model.parameters())  # master weights stay fp32
+    assert out.training_loss == out.training_loss  # not NaN
+
+
+@pytest.mark.parametrize("mode", ["all", "non_padding"])
+def test_num_input_tokens_seen(tmp_path, mode):
+    data = lm_rows(8)
+    t = _trainer(tmp_path, train=data, per_device_train_batch_size=4, max_steps=2, logging_steps=1,
+                 include_num_input_tokens_seen=mode, train_sampling_strategy="sequential")
+    t.train()
+    rows = [r for r in t.state.log_history if "num_input_tokens_seen" in r]
+    batches = [PadCollator()([data[i] for i in range(k, k + 4)]) for k in (0, 4)]
+    if mode == "all":
+        expected = [b["input_ids"].numel() for b in batches]
+    else:
+        expected = [int(b["attention_mask"].sum()) for b in batches]
+    assert [r["num_input_tokens_seen"] for r in rows] == [expected[0], expected[0] + expected[1]]
+
+
+def test_eval_strategy_without_eval_dataset_fails_before_training(tmp_path):
+    t = _trainer(tmp_path, eval_strategy="steps", eval_steps=2)
+    with pytest.raises(DataError, match="no eval_dataset"):
+        t.train()
+    assert not Path(t.args.output_dir).exists()

@@ -13,6 +13,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -372,12 +373,19 @@ class Trainer:
             raise DataError("Trainer.train() needs a train_dataset; pass train_dataset=... to Trainer")
         if resume is None and self.args.overwrite_output_dir and self.is_world_process_zero():
             ckpt.clear_run(output_dir)
-        if self.model_init is not None and trial is not None or (self.model_init is not None and self.state.global_step == 0 and self.optimizer is None and resume is None and getattr(self, "_trained", False)):
+        if self.args.eval_strategy != "no" and self.eval_dataset is None:
+            raise DataError(
+                f"training.eval_strategy='{self.args.eval_strategy}' but Trainer has no eval_dataset; "
+                "pass eval_dataset=... or set eval_strategy='no'"
+            )
+        if self.model_init is not None:
+            # HF semantics: every train() starts from a fresh model_init() (hyperparameter trials)
             _seed_everything(self.args)
             self.model = self._call_model_init(trial)
             self._prepare_model_once(self.model)
+            self.callback_handler.model = self.model
+            self.optimizer = self.lr_scheduler = None
         self._ignore_keys_for_eval = ignore_keys_for_eval
-        self._trained = True
         if self.args.auto_find_batch_size:
             from accelerate.utils import find_executable_batch_size
 
@@ -435,11 +443,10 @@ class Trainer:
         if resume is not None:
             self._load_checkpoint(resume)
             state = self.state
-        tr_loss = torch.tensor(state.pending_loss, device=accel.device)
-        steps_since_log = state.pending_loss_steps
+        since = _SinceLog(torch.tensor(state.pending_loss, device=accel.device), state.pending_loss_steps)
         start_epoch = state.global_step // steps_per_epoch if steps_per_epoch else 0
-        if steps_per_epoch and state.epoch_step >= micro_per_epoch:
-            start_epoch, state.epoch_step = start_epoch, 0
+        if micro_per_epoch and state.epoch_step >= micro_per_epoch:
+            state.epoch_step = 0  # saved at the end of an epoch: the next one starts from its beginning
         handler = self.callback_handler
         handler.model, handler.optimizer, handler.lr_scheduler = self.model, self.optimizer, self.lr_scheduler
         handler.train_dataloader = dataloader
@@ -448,8 +455,7 @@ class Trainer:
         self.control = handler.on_train_begin(args, state, self.control)
         if args.eval_on_start and state.global_step == 0:
             self._evaluate_during_training()
-        start_time = last_log_time = time.perf_counter()
-        tokens_since_log = samples_since_log = 0
+        start_time = since.start = time.perf_counter()
         grad_norm: torch.Tensor | None = None
         start_step = state.global_step
         skip = state.epoch_step if not args.ignore_data_skip else 0
@@ -477,12 +483,14 @@ class Trainer:
                     last = i == len(window) - 1
                     with accel.no_sync(model) if not last else nullcontext():
                         step_loss = self.training_step(model, batch, num_items)
-                    tr_loss += step_loss if num_items is not None else step_loss / len(window)
+                    since.loss += step_loss if num_items is not None else step_loss / len(window)
                     tokens, samples = _batch_size_info(batch)
-                    tokens_since_log += tokens
-                    samples_since_log += samples
+                    since.tokens += tokens
+                    since.samples += samples
                     state.total_flos += self._flops_per_token * tokens
-                    if args.include_num_input_tokens_seen:
+                    if args.include_num_input_tokens_seen == "non_padding" and "attention_mask" in batch:
+                        since.seen = since.seen + batch["attention_mask"].sum()  # device tensor, read when logging
+                    elif args.include_num_input_tokens_seen:
                         state.num_input_tokens_seen += tokens
                     state.micro_step += 1
                     state.epoch_step += 1
@@ -497,26 +505,18 @@ class Trainer:
                     self.lr_scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 state.global_step += 1
-                steps_since_log += 1
+                since.steps += 1
                 state.epoch = epoch + state.epoch_step / micro_per_epoch if micro_per_epoch else float(epoch)
                 self.control = handler.on_step_end(args, state, self.control)
                 if self.control.should_log:
-                    now = time.perf_counter()
-                    self._log_training(tr_loss, steps_since_log, grad_norm, tokens_since_log, samples_since_log, now - last_log_time)
-                    tr_loss.zero_()
-                    steps_since_log = tokens_since_log = samples_since_log = 0
-                    last_log_time = now
-                self._maybe_evaluate_and_save(tr_loss, steps_since_log)
+                    self._log_training(since, grad_norm)
+                self._maybe_evaluate_and_save(since)
                 if self.control.should_epoch_stop or self.control.should_training_stop:
                     break
             self.control = handler.on_epoch_end(args, state, self.control)
-            if self.control.should_log and steps_since_log:
-                now = time.perf_counter()
-                self._log_training(tr_loss, steps_since_log, grad_norm, tokens_since_log, samples_since_log, now - last_log_time)
-                tr_loss.zero_()
-                steps_since_log = tokens_since_log = samples_since_log = 0
-                last_log_time = now
-            self._maybe_evaluate_and_save(tr_loss, steps_since_log)
+            if self.control.should_log and since.steps:
+                self._log_training(since, grad_norm)
+            self._maybe_evaluate_and_save(since)
             if self.control.should_training_stop or state.global_step >= max_steps:
                 break
 
@@ -524,6 +524,8 @@ class Trainer:
         if args.load_best_model_at_end and state.best_model_checkpoint is not None:
             ckpt.load_model_files(accel.unwrap_model(model), state.best_model_checkpoint)
         losses = [row["loss"] for row in state.log_history if "loss" in row]
+        if not losses and since.steps:
+            losses = [since.loss.item() / since.steps]
         done = state.global_step - start_step
         metrics = {
             "train_runtime": round(runtime, 4),
@@ -537,30 +539,32 @@ class Trainer:
         self.control = handler.on_train_end(args, state, self.control)
         return TrainOutput(state.global_step, metrics["train_loss"], metrics)
 
-    def _log_training(
-        self, tr_loss: torch.Tensor, steps: int, grad_norm: torch.Tensor | None, tokens: int, samples: int, elapsed: float
-    ) -> None:
+    def _log_training(self, since: _SinceLog, grad_norm: torch.Tensor | None) -> None:
         """Build and emit a training log row: the only place the loop syncs with the host."""
-        loss = self.accelerator.reduce(tr_loss.clone(), reduction="sum") if self.accelerator.num_processes > 1 else tr_loss
-        if self.accelerator.num_processes > 1 and not self._tokens_across_ranks:
-            loss = loss / self.accelerator.num_processes
-        logs: dict[str, float] = {"loss": loss.item() / max(steps, 1)}
+        accel, world = self.accelerator, self.accelerator.num_processes
+        loss = accel.reduce(since.loss.clone(), reduction="sum") if world > 1 else since.loss
+        if world > 1 and not self._tokens_across_ranks:
+            loss = loss / world
+        logs: dict[str, float] = {"loss": loss.item() / max(since.steps, 1)}
         if grad_norm is not None:
             logs["grad_norm"] = float(grad_norm)
         logs["learning_rate"] = self.optimizer.param_groups[0]["lr"]
-        world = self.accelerator.num_processes
-        logs["tokens_per_second"] = round(tokens * world / max(elapsed, 1e-9), 2)
-        logs["samples_per_second"] = round(samples * world / max(elapsed, 1e-9), 3)
+        elapsed = max(time.perf_counter() - since.start, 1e-9)
+        logs["tokens_per_second"] = round(since.tokens * world / elapsed, 2)
+        logs["samples_per_second"] = round(since.samples * world / elapsed, 3)
         if self.args.include_num_input_tokens_seen:
+            self.state.num_input_tokens_seen += since.take_seen()
             logs["num_input_tokens_seen"] = self.state.num_input_tokens_seen * world
+        since.reset()
         self.log(logs)
 
-    def _maybe_evaluate_and_save(self, tr_loss: torch.Tensor, steps_since_log: int) -> None:
+    def _maybe_evaluate_and_save(self, since: _SinceLog) -> None:
         if self.control.should_evaluate:
             self._evaluate_during_training()
         if self.control.should_save:
-            self.state.pending_loss = float(tr_loss.item())
-            self.state.pending_loss_steps = steps_since_log
+            self.state.pending_loss = float(since.loss.item())
+            self.state.pending_loss_steps = since.steps
+            self.state.num_input_tokens_seen += since.take_seen()
             self._save_checkpoint()
             self.control = self.callback_handler.on_save(self.args, self.state, self.control)
             self.control.should_save = False
@@ -723,7 +727,9 @@ class Trainer:
         # wait on the others (buffer broadcast); evaluation needs no gradient sync
         model = accel.unwrap_model(getattr(self, "model_wrapped", self.model), keep_torch_compile=True)
         model.eval()
-        if args.bf16_full_eval or args.fp16_full_eval:
+        if (args.bf16_full_eval or args.fp16_full_eval) and not args.do_train and not hasattr(self, "model_wrapped"):
+            # as in HF: a one-way cast, only for evaluation-only use (it would cost a trained
+            # model its fp32 bits)
             model = model.to(torch.bfloat16 if args.bf16_full_eval else torch.float16)
         acc = EvalAccumulator(
             world_size=accel.num_processes,
@@ -745,8 +751,6 @@ class Trainer:
                 logits = self.preprocess_logits_for_metrics(logits, labels)
             acc.add(inputs, loss, n_items, logits, labels)
             self.control = self.callback_handler.on_prediction_step(args, self.state, self.control)
-        if args.bf16_full_eval or args.fp16_full_eval:
-            model.to(torch.float32)
         return acc.finish(accel, self.compute_metrics, metric_key_prefix)
 
     def prediction_step(
@@ -776,6 +780,31 @@ class Trainer:
 
 
 # ---- module helpers -------------------------------------------------------------------------
+
+
+@dataclass
+class _SinceLog:
+    """What the loop accumulated since the last training log row.
+
+    `loss` (and `seen`, non-padding tokens) stay device tensors so the hot path never syncs; they
+    are read when a row is logged or a checkpoint saved.
+    """
+
+    loss: torch.Tensor
+    steps: int = 0
+    tokens: int = 0
+    samples: int = 0
+    seen: Any = 0
+    start: float = 0.0
+
+    def take_seen(self) -> int:
+        seen, self.seen = self.seen, 0
+        return int(seen.item()) if torch.is_tensor(seen) else int(seen)
+
+    def reset(self) -> None:
+        self.loss.zero_()
+        self.steps = self.tokens = self.samples = 0
+        self.start = time.perf_counter()
 
 
 def _seed_everything(args: TrainingArguments) -> None:
