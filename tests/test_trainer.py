@@ -491,3 +491,64 @@ def test_eval_strategy_without_eval_dataset_fails_before_training(tmp_path):
     with pytest.raises(DataError, match="no eval_dataset"):
         t.train()
     assert not Path(t.args.output_dir).exists()
+
+
+def test_batch_eval_metrics_sees_every_batch_then_the_result(tmp_path):
+    calls = []
+
+    def compute_metrics(pred, compute_result):
+        calls.append((pred.predictions.shape[0], compute_result))
+        return {"batches": len(calls)} if compute_result else None
+
+    t = _trainer(tmp_path, eval_dataset=lm_rows(10), batch_eval_metrics=True, per_device_eval_batch_size=4)
+    t.compute_metrics = compute_metrics
+    metrics = t.evaluate()
+    assert calls == [(4, False), (4, False), (2, True)]
+    assert metrics["eval_batches"] == 3
+
+
+def test_save_only_model_checkpoint_cannot_be_resumed(tmp_path):
+    t = _trainer(tmp_path, save_strategy="steps", save_steps=2, max_steps=2, save_only_model=True)
+    t.train()
+    c = Path(t.args.output_dir) / "checkpoint-2"
+    assert (c / "model.safetensors").is_file() and not (c / "optimizer.pt").exists()
+    again = _trainer(tmp_path, save_strategy="steps", save_steps=2, max_steps=4)
+    with pytest.raises(CheckpointError, match="save_only_model"):
+        again.train(resume_from_checkpoint=True)
+
+
+def test_epoch_sampler_orders_are_permutations_and_groups_lengths():
+    from trainformers.sampling import EpochSampler
+
+    lengths = [int(x) for x in torch.randint(1, 200, (400,), generator=torch.Generator().manual_seed(0))]
+    plain = EpochSampler(400, seed=1)
+    grouped = EpochSampler(400, seed=1, lengths=lengths, batch_size=8)
+    for sampler in (plain, grouped):
+        sampler.set_epoch(0)
+        first = list(sampler)
+        assert sorted(first) == list(range(400)) and first == list(sampler)  # same epoch, same order
+        sampler.set_epoch(1)
+        assert list(sampler) != first
+    grouped.set_epoch(0)
+    order = list(grouped)
+    spread = sum(max(lengths[i] for i in order[k:k + 8]) - min(lengths[i] for i in order[k:k + 8]) for k in range(0, 400, 8))
+    plain.set_epoch(0)
+    order = list(plain)
+    random_spread = sum(max(lengths[i] for i in order[k:k + 8]) - min(lengths[i] for i in order[k:k + 8]) for k in range(0, 400, 8))
+    assert spread < random_spread / 4  # batches of similar lengths: little padding
+
+
+def test_nan_losses_are_filtered_from_the_log(tmp_path):
+    class NanOnce(Trainer):
+        calls = 0
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            NanOnce.calls += 1
+            loss = model(**inputs).loss
+            return loss * float("nan") if NanOnce.calls == 2 else loss
+
+    t = _trainer(tmp_path, cls=NanOnce, per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                 max_steps=1, learning_rate=0.0, max_grad_norm=0.0)
+    t.train()
+    (step, loss), = read_losses(t.args.output_dir)
+    assert loss == loss and loss > 0  # finite: the NaN micro-step was replaced by the running mean

@@ -86,6 +86,10 @@ class Trainer:
             warnings.warn("Trainer(tokenizer=...) is deprecated; use processing_class=", FutureWarning, stacklevel=2)
             processing_class = processing_class if processing_class is not None else tokenizer
         _seed_everything(self.args)
+        if self.args.log_level != "passive":
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.set_verbosity(hf_logging.get_log_levels_dict()[self.args.log_level])
         self.accelerator = build_accelerator(self.args)
         if model is None and model_init is None:
             raise ConfigError("Trainer needs a model: pass model=... or model_init=...")
@@ -483,7 +487,12 @@ class Trainer:
                     last = i == len(window) - 1
                     with accel.no_sync(model) if not last else nullcontext():
                         step_loss = self.training_step(model, batch, num_items)
-                    since.loss += step_loss if num_items is not None else step_loss / len(window)
+                    share = step_loss if num_items is not None else step_loss / len(window)
+                    if args.logging_nan_inf_filter:
+                        # a NaN/inf micro-step is logged as the window's running average (HF semantics), on device
+                        share = torch.where(torch.isfinite(share), share, since.loss / max(since.micro, 1))
+                    since.loss += share
+                    since.micro += 1
                     tokens, samples = _batch_size_info(batch)
                     since.tokens += tokens
                     since.samples += samples
@@ -792,6 +801,7 @@ class _SinceLog:
 
     loss: torch.Tensor
     steps: int = 0
+    micro: int = 0
     tokens: int = 0
     samples: int = 0
     seen: Any = 0
@@ -803,7 +813,7 @@ class _SinceLog:
 
     def reset(self) -> None:
         self.loss.zero_()
-        self.steps = self.tokens = self.samples = 0
+        self.steps = self.micro = self.tokens = self.samples = 0
         self.start = time.perf_counter()
 
 
