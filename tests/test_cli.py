@@ -63,7 +63,7 @@ def test_default_run_writes_what_it_promises(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
-    args = [*SMALL, "--model.hidden_size", "64", "--training.max_steps", "60", "--training.save_steps", "5",
+    args = [*SMALL, "--model.hidden_size", "64", "--training.max_steps", "100", "--training.save_steps", "5",
             "--training.eval_strategy", "no", "--model.sample_prompt", "''"]
     full = cli("train", *args, "--training.output_dir", "full", cwd=tmp_path)
     assert full.returncode == 0, full.stderr[-3000:]
