@@ -13,14 +13,13 @@ import time
 import warnings
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, IterableDataset
 from transformers.trainer_utils import EvalPrediction, PredictionOutput, TrainOutput
 
 from . import checkpoint as ckpt
@@ -37,6 +36,20 @@ from .callbacks import (
 from .config import TrainingArguments
 from .errors import CheckpointError, ConfigError, DataError, TrainformersError
 from .evaluation import EvalAccumulator
+from .loop_utils import (
+    SinceLog,
+    batch_size_info,
+    default_collator,
+    is_plateau,
+    loss_shifts_labels,
+    row_lengths,
+    safe_len,
+    scalar_config,
+    seed_everything,
+    speed_metrics,
+    take,
+    unwrap_peft,
+)
 from .losses import count_label_items, lm_loss, window_share
 from .optim import create_optimizer, create_scheduler
 from .sampling import EpochSampler, IndexedDataset, SeededCollate
@@ -85,7 +98,7 @@ class Trainer:
         if tokenizer is not None:
             warnings.warn("Trainer(tokenizer=...) is deprecated; use processing_class=", FutureWarning, stacklevel=2)
             processing_class = processing_class if processing_class is not None else tokenizer
-        _seed_everything(self.args)
+        seed_everything(self.args)
         if self.args.log_level != "passive":
             from transformers.utils import logging as hf_logging
 
@@ -97,7 +110,7 @@ class Trainer:
         self.model = model if model is not None else self._call_model_init()
         self._prepare_model_once(self.model)
         self.processing_class = processing_class
-        self.data_collator = data_collator if data_collator is not None else _default_collator(processing_class)
+        self.data_collator = data_collator if data_collator is not None else default_collator(processing_class)
         self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
         self.compute_loss_func, self.compute_metrics = compute_loss_func, compute_metrics
         self.preprocess_logits_for_metrics = preprocess_logits_for_metrics
@@ -139,8 +152,8 @@ class Trainer:
                 model.enable_input_require_grads()  # frozen embeddings + checkpointing: no grads otherwise
         if getattr(model, "hf_device_map", None) is None and not getattr(model, "is_quantized", False):
             model.to(self.accelerator.device)
-        unwrapped = _unwrap_peft(model)
-        self._shift_labels = _loss_shifts_labels(unwrapped)
+        unwrapped = unwrap_peft(model)
+        self._shift_labels = loss_shifts_labels(unwrapped)
         from transformers.utils import find_labels
 
         self.label_names = self.args.label_names or find_labels(unwrapped.__class__) or ["labels"]
@@ -177,7 +190,7 @@ class Trainer:
     def _remove_unused_columns(self, dataset: Any, description: str) -> Any:
         if not self.args.remove_unused_columns or not hasattr(dataset, "column_names"):
             return dataset
-        forward = inspect.signature(_unwrap_peft(self.model).forward).parameters
+        forward = inspect.signature(unwrap_peft(self.model).forward).parameters
         keep = set(forward) | set(self.label_names) | {"label", "label_ids", "labels"}
         columns = dataset.column_names
         if isinstance(columns, dict):  # a DatasetDict slipped through
@@ -201,7 +214,7 @@ class Trainer:
                 raise DataError("train_dataset is empty (0 rows); check the data source and any filtering")
             lengths = None
             if self.args.group_by_length:
-                lengths = _row_lengths(dataset, self.args.length_column_name)
+                lengths = row_lengths(dataset, self.args.length_column_name)
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
             sampler = EpochSampler(
                 len(dataset),
@@ -384,7 +397,7 @@ class Trainer:
             )
         if self.model_init is not None:
             # HF semantics: every train() starts from a fresh model_init() (hyperparameter trials)
-            _seed_everything(self.args)
+            seed_everything(self.args)
             self.model = self._call_model_init(trial)
             self._prepare_model_once(self.model)
             self.callback_handler.model = self.model
@@ -424,7 +437,7 @@ class Trainer:
         model, self.optimizer, dataloader = accel.prepare(model, self.optimizer, dataloader)
         self.model_wrapped = model
         ga = args.gradient_accumulation_steps
-        micro_per_epoch = _safe_len(dataloader)
+        micro_per_epoch = safe_len(dataloader)
         steps_per_epoch = math.ceil(micro_per_epoch / ga) if micro_per_epoch else None
         if args.max_steps > 0:
             max_steps = args.max_steps
@@ -447,7 +460,7 @@ class Trainer:
         if resume is not None:
             self._load_checkpoint(resume)
             state = self.state
-        since = _SinceLog(torch.tensor(state.pending_loss, device=accel.device), state.pending_loss_steps)
+        since = SinceLog(torch.tensor(state.pending_loss, device=accel.device), state.pending_loss_steps)
         start_epoch = state.global_step // steps_per_epoch if steps_per_epoch else 0
         if micro_per_epoch and state.epoch_step >= micro_per_epoch:
             state.epoch_step = 0  # saved at the end of an epoch: the next one starts from its beginning
@@ -455,7 +468,7 @@ class Trainer:
         handler.model, handler.optimizer, handler.lr_scheduler = self.model, self.optimizer, self.lr_scheduler
         handler.train_dataloader = dataloader
         if state.global_step == 0 and accel.trackers == [] and args.report_to:
-            accel.init_trackers(args.run_name or "trainformers", config=_scalar_config(args))
+            accel.init_trackers(args.run_name or "trainformers", config=scalar_config(args))
         self.control = handler.on_train_begin(args, state, self.control)
         if args.eval_on_start and state.global_step == 0:
             self._evaluate_during_training()
@@ -478,7 +491,7 @@ class Trainer:
             self.control = handler.on_epoch_begin(args, state, self.control)
             iterator = iter(batches)
             while state.global_step < max_steps:
-                window = _take(iterator, ga - (state.epoch_step % ga))
+                window = take(iterator, ga - (state.epoch_step % ga))
                 if not window:
                     break
                 num_items = self._window_items(window)
@@ -493,7 +506,7 @@ class Trainer:
                         share = torch.where(torch.isfinite(share), share, since.loss / max(since.micro, 1))
                     since.loss += share
                     since.micro += 1
-                    tokens, samples = _batch_size_info(batch)
+                    tokens, samples = batch_size_info(batch)
                     since.tokens += tokens
                     since.samples += samples
                     state.total_flos += self._flops_per_token * tokens
@@ -510,7 +523,7 @@ class Trainer:
                 self.control = handler.on_pre_optimizer_step(args, state, self.control)
                 self.optimizer.step()
                 self.control = handler.on_optimizer_step(args, state, self.control)
-                if not accel.optimizer_step_was_skipped and not _is_plateau(self.lr_scheduler):
+                if not accel.optimizer_step_was_skipped and not is_plateau(self.lr_scheduler):
                     self.lr_scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 state.global_step += 1
@@ -548,7 +561,7 @@ class Trainer:
         self.control = handler.on_train_end(args, state, self.control)
         return TrainOutput(state.global_step, metrics["train_loss"], metrics)
 
-    def _log_training(self, since: _SinceLog, grad_norm: torch.Tensor | None) -> None:
+    def _log_training(self, since: SinceLog, grad_norm: torch.Tensor | None) -> None:
         """Build and emit a training log row: the only place the loop syncs with the host."""
         accel, world = self.accelerator, self.accelerator.num_processes
         loss = accel.reduce(since.loss.clone(), reduction="sum") if world > 1 else since.loss
@@ -567,7 +580,7 @@ class Trainer:
         since.reset()
         self.log(logs)
 
-    def _maybe_evaluate_and_save(self, since: _SinceLog) -> None:
+    def _maybe_evaluate_and_save(self, since: SinceLog) -> None:
         if self.control.should_evaluate:
             self._evaluate_during_training()
         if self.control.should_save:
@@ -590,7 +603,7 @@ class Trainer:
                     self.state.best_metric, self.state.best_global_step = value, self.state.global_step
                     if self.args.save_strategy == "best":
                         self.control.should_save = True
-        if _is_plateau(self.lr_scheduler) and metric:
+        if is_plateau(self.lr_scheduler) and metric:
             self.lr_scheduler.step(metrics[metric if metric.startswith("eval_") else f"eval_{metric}"])
         self.control.should_evaluate = False
         return metrics
@@ -705,7 +718,7 @@ class Trainer:
         dataloader = self.get_eval_dataloader(dataset)
         start = time.perf_counter()
         output = self.evaluation_loop(dataloader, "Evaluation", None, ignore_keys, metric_key_prefix)
-        output.metrics.update(_speed_metrics(metric_key_prefix, start, output.num_samples, _safe_len(dataloader)))
+        output.metrics.update(speed_metrics(metric_key_prefix, start, output.num_samples, safe_len(dataloader)))
         self.log(output.metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=output.metrics)
         return output.metrics
@@ -715,7 +728,7 @@ class Trainer:
         dataloader = self.get_test_dataloader(test_dataset)
         start = time.perf_counter()
         output = self.evaluation_loop(dataloader, "Prediction", False, ignore_keys, metric_key_prefix)
-        output.metrics.update(_speed_metrics(metric_key_prefix, start, output.num_samples, _safe_len(dataloader)))
+        output.metrics.update(speed_metrics(metric_key_prefix, start, output.num_samples, safe_len(dataloader)))
         self.control = self.callback_handler.on_predict(self.args, self.state, self.control, metrics=output.metrics)
         return PredictionOutput(predictions=output.predictions, label_ids=output.label_ids, metrics=output.metrics)
 
@@ -768,7 +781,7 @@ class Trainer:
         """(loss, logits, labels) for one batch, without gradients (HF semantics)."""
         has_labels = all(inputs.get(name) is not None for name in self.label_names)
         if ignore_keys is None:
-            ignore_keys = getattr(getattr(_unwrap_peft(self.model), "config", None), "keys_to_ignore_at_inference", [])
+            ignore_keys = getattr(getattr(unwrap_peft(self.model), "config", None), "keys_to_ignore_at_inference", [])
         with torch.no_grad(), self.accelerator.autocast():
             if has_labels:
                 loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
@@ -786,130 +799,3 @@ class Trainer:
         if labels is not None and len(labels) == 1:
             labels = labels[0]
         return loss, logits, labels
-
-
-# ---- module helpers -------------------------------------------------------------------------
-
-
-@dataclass
-class _SinceLog:
-    """What the loop accumulated since the last training log row.
-
-    `loss` (and `seen`, non-padding tokens) stay device tensors so the hot path never syncs; they
-    are read when a row is logged or a checkpoint saved.
-    """
-
-    loss: torch.Tensor
-    steps: int = 0
-    micro: int = 0
-    tokens: int = 0
-    samples: int = 0
-    seen: Any = 0
-    start: float = 0.0
-
-    def take_seen(self) -> int:
-        seen, self.seen = self.seen, 0
-        return int(seen.item()) if torch.is_tensor(seen) else int(seen)
-
-    def reset(self) -> None:
-        self.loss.zero_()
-        self.steps = self.micro = self.tokens = self.samples = 0
-        self.start = time.perf_counter()
-
-
-def _seed_everything(args: TrainingArguments) -> None:
-    from transformers import enable_full_determinism, set_seed
-
-    if args.full_determinism:
-        enable_full_determinism(args.seed)
-    else:
-        set_seed(args.seed)
-
-
-def _default_collator(processing_class: Any) -> Callable:
-    from transformers import DataCollatorWithPadding, default_data_collator
-
-    if processing_class is not None and hasattr(processing_class, "pad"):
-        return DataCollatorWithPadding(processing_class)
-    return default_data_collator
-
-
-def _unwrap_peft(model: nn.Module) -> nn.Module:
-    base = getattr(model, "get_base_model", None)
-    return base() if callable(base) else model
-
-
-def _loss_shifts_labels(model: nn.Module) -> bool:
-    """True when the model's loss predicts labels[..., 1:] (decoder-only causal LMs)."""
-    config = getattr(model, "config", None)
-    if config is None or getattr(config, "is_encoder_decoder", False):
-        return False
-    try:
-        from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss
-
-        if LOSS_MAPPING.get(getattr(model, "loss_type", None)) is ForCausalLMLoss:
-            return True
-    except ImportError:  # transformers without the loss registry
-        pass
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    return type(model).__name__ in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
-
-
-def _row_lengths(dataset: Any, column: str) -> list[int]:
-    if hasattr(dataset, "column_names") and column in dataset.column_names:
-        return list(dataset[column])
-    if hasattr(dataset, "column_names") and "input_ids" in dataset.column_names:
-        return [len(ids) for ids in dataset["input_ids"]]
-    return [len(dataset[i]["input_ids"]) for i in range(len(dataset))]
-
-
-def _safe_len(dataloader: Any) -> int | None:
-    try:
-        return len(dataloader)
-    except TypeError:
-        return None
-
-
-def _take(iterator: Any, n: int) -> list[Any]:
-    out = []
-    for _ in range(n):
-        try:
-            out.append(next(iterator))
-        except StopIteration:
-            break
-    return out
-
-
-def _batch_size_info(batch: Mapping[str, Any]) -> tuple[int, int]:
-    """(tokens, samples) of a micro-batch from tensor shapes: host-side, no sync."""
-    ids = batch.get("input_ids")
-    if ids is None:
-        first = next((v for v in batch.values() if torch.is_tensor(v) and v.dim() >= 1), None)
-        return (0, first.shape[0]) if first is not None else (0, 0)
-    return ids.numel(), ids.shape[0]
-
-
-def _is_plateau(scheduler: Any) -> bool:
-    """Schedulers that step on an evaluation metric instead of every optimizer step."""
-    kinds: tuple[type, ...] = (torch.optim.lr_scheduler.ReduceLROnPlateau,)
-    try:
-        from transformers.optimization import GreedyLR
-
-        kinds += (GreedyLR,)
-    except ImportError:  # older transformers
-        pass
-    return isinstance(scheduler, kinds)
-
-
-def _speed_metrics(prefix: str, start: float, num_samples: int, num_steps: int | None) -> dict[str, float]:
-    runtime = time.perf_counter() - start
-    out = {f"{prefix}_runtime": round(runtime, 4), f"{prefix}_samples_per_second": round(num_samples / max(runtime, 1e-9), 3)}
-    if num_steps:
-        out[f"{prefix}_steps_per_second"] = round(num_steps / max(runtime, 1e-9), 3)
-    return out
-
-
-def _scalar_config(args: TrainingArguments) -> dict[str, Any]:
-    """Trackers (TensorBoard hparams) accept only scalars."""
-    return {k: v for k, v in args.to_dict().items() if isinstance(v, (int, float, str, bool))}

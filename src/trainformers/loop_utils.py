@@ -1,0 +1,138 @@
+"""Small helpers of the training loop: model introspection, batch accounting, metrics rows.
+
+Kept out of `trainer.py` so the loop reads top to bottom; each is a pure function of its inputs
+(except `_SinceLog`, the loop's accumulator since the last log row).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+@dataclass
+class SinceLog:
+    """What the loop accumulated since the last training log row.
+
+    `loss` (and `seen`, non-padding tokens) stay device tensors so the hot path never syncs; they
+    are read when a row is logged or a checkpoint saved.
+    """
+
+    loss: torch.Tensor
+    steps: int = 0
+    micro: int = 0
+    tokens: int = 0
+    samples: int = 0
+    seen: Any = 0
+    start: float = 0.0
+
+    def take_seen(self) -> int:
+        seen, self.seen = self.seen, 0
+        return int(seen.item()) if torch.is_tensor(seen) else int(seen)
+
+    def reset(self) -> None:
+        self.loss.zero_()
+        self.steps = self.micro = self.tokens = self.samples = 0
+        self.start = time.perf_counter()
+
+
+def seed_everything(args: Any) -> None:
+    from transformers import enable_full_determinism, set_seed
+
+    if args.full_determinism:
+        enable_full_determinism(args.seed)
+    else:
+        set_seed(args.seed)
+
+
+def default_collator(processing_class: Any) -> Callable:
+    from transformers import DataCollatorWithPadding, default_data_collator
+
+    if processing_class is not None and hasattr(processing_class, "pad"):
+        return DataCollatorWithPadding(processing_class)
+    return default_data_collator
+
+
+def unwrap_peft(model: nn.Module) -> nn.Module:
+    base = getattr(model, "get_base_model", None)
+    return base() if callable(base) else model
+
+
+def loss_shifts_labels(model: nn.Module) -> bool:
+    """True when the model's loss predicts labels[..., 1:] (decoder-only causal LMs)."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "is_encoder_decoder", False):
+        return False
+    try:
+        from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss
+
+        if LOSS_MAPPING.get(getattr(model, "loss_type", None)) is ForCausalLMLoss:
+            return True
+    except ImportError:  # transformers without the loss registry
+        pass
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return type(model).__name__ in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+
+
+def row_lengths(dataset: Any, column: str) -> list[int]:
+    if hasattr(dataset, "column_names") and column in dataset.column_names:
+        return list(dataset[column])
+    if hasattr(dataset, "column_names") and "input_ids" in dataset.column_names:
+        return [len(ids) for ids in dataset["input_ids"]]
+    return [len(dataset[i]["input_ids"]) for i in range(len(dataset))]
+
+
+def safe_len(dataloader: Any) -> int | None:
+    try:
+        return len(dataloader)
+    except TypeError:
+        return None
+
+
+def take(iterator: Any, n: int) -> list[Any]:
+    out = []
+    for _ in range(n):
+        try:
+            out.append(next(iterator))
+        except StopIteration:
+            break
+    return out
+
+
+def batch_size_info(batch: Mapping[str, Any]) -> tuple[int, int]:
+    """(tokens, samples) of a micro-batch from tensor shapes: host-side, no sync."""
+    ids = batch.get("input_ids")
+    if ids is None:
+        first = next((v for v in batch.values() if torch.is_tensor(v) and v.dim() >= 1), None)
+        return (0, first.shape[0]) if first is not None else (0, 0)
+    return ids.numel(), ids.shape[0]
+
+
+def is_plateau(scheduler: Any) -> bool:
+    """Schedulers that step on an evaluation metric instead of every optimizer step."""
+    kinds: tuple[type, ...] = (torch.optim.lr_scheduler.ReduceLROnPlateau,)
+    try:
+        from transformers.optimization import GreedyLR
+
+        kinds += (GreedyLR,)
+    except ImportError:  # older transformers
+        pass
+    return isinstance(scheduler, kinds)
+
+
+def speed_metrics(prefix: str, start: float, num_samples: int, num_steps: int | None) -> dict[str, float]:
+    runtime = time.perf_counter() - start
+    out = {f"{prefix}_runtime": round(runtime, 4), f"{prefix}_samples_per_second": round(num_samples / max(runtime, 1e-9), 3)}
+    if num_steps:
+        out[f"{prefix}_steps_per_second"] = round(num_steps / max(runtime, 1e-9), 3)
+    return out
+
+
+def scalar_config(args: Any) -> dict[str, Any]:
+    """Trackers (TensorBoard hparams) accept only scalars."""
+    return {k: v for k, v in args.to_dict().items() if isinstance(v, (int, float, str, bool))}
