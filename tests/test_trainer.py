@@ -552,3 +552,11 @@ def test_nan_losses_are_filtered_from_the_log(tmp_path):
     t.train()
     (step, loss), = read_losses(t.args.output_dir)
     assert loss == loss and loss > 0  # finite: the NaN micro-step was replaced by the running mean
+
+
+def test_second_train_call_continues_with_the_same_optimizer(tmp_path):
+    t = _trainer(tmp_path, max_steps=2, overwrite_output_dir=True)
+    t.train()
+    first = t.optimizer
+    t.train()
+    assert type(t.optimizer).__name__ == "AcceleratedOptimizer" and t.optimizer.optimizer is first.optimizer

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate.optimizer import AcceleratedOptimizer
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 from transformers.trainer_utils import EvalPrediction, PredictionOutput, TrainOutput
@@ -432,6 +433,9 @@ class Trainer:
         dataloader = self.get_train_dataloader()
         sampler = dataloader.sampler if isinstance(dataloader.sampler, EpochSampler) else None
         model = self.model
+        # a second train() reuses the optimizer (HF semantics); never wrap Accelerate's wrapper twice
+        if isinstance(self.optimizer, AcceleratedOptimizer):
+            self.optimizer = self.optimizer.optimizer
         if self.optimizer is None:
             self.create_optimizer()
         model, self.optimizer, dataloader = accel.prepare(model, self.optimizer, dataloader)
