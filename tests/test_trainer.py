@@ -560,3 +560,14 @@ def test_second_train_call_continues_with_the_same_optimizer(tmp_path):
     first = t.optimizer
     t.train()
     assert type(t.optimizer).__name__ == "AcceleratedOptimizer" and t.optimizer.optimizer is first.optimizer
+
+
+def test_missing_tracker_is_a_clear_error(tmp_path, monkeypatch):
+    import importlib.util
+
+    from trainformers import ConfigError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(ConfigError, match="report_to names 'wandb' but it is not installed"):
+        _trainer(tmp_path, report_to="wandb")

@@ -6,6 +6,7 @@ field names into Accelerate's plugins and checks what the device can do.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from datetime import timedelta
@@ -75,6 +76,12 @@ def build_accelerator(args: Any) -> Accelerator:
     cpu = bool(args.use_cpu) or not torch.cuda.is_available()
     if args.fp16 and cpu:
         raise ConfigError("training.fp16=True needs a CUDA GPU and none is available; use bf16=True on CPU, or drop fp16")
+    for tracker in args.report_to:
+        if importlib.util.find_spec(tracker) is None:
+            raise ConfigError(
+                f"training.report_to names '{tracker}' but it is not installed; pip install {tracker} "
+                f"(or trainformers[{tracker}]), or drop it from report_to"
+            )
     mixed = "bf16" if args.bf16 else "fp16" if args.fp16 else "no"
     if args.tf32 is not None and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)
