@@ -156,3 +156,22 @@ def test_yaml_example_runs(tmp_path, capsys, monkeypatch):
     code = main(["train", str(example), "--training.max_steps", "3", "--training.output_dir", "ex", *SMALL])
     assert code == 0, capsys.readouterr().err
     assert (tmp_path / "ex" / "final" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_instruction_example_fine_tunes_the_default_model(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    base = cli("train", *SMALL, "--training.max_steps", "4", "--model.sample_prompt", "''", cwd=tmp_path)
+    assert base.returncode == 0, base.stderr[-3000:]
+    done = cli("train", str(root / "examples" / "instruct_default.yaml"),
+               "--data.source", str(root / "examples" / "data" / "python_help.jsonl"),
+               "--data.num_samples", "60", "--data.max_length", "128", "--training.max_steps", "4",
+               "--training.eval_strategy", "steps", "--training.eval_steps", "2", "--training.save_strategy", "steps",
+               "--training.save_steps", "2", "--training.logging_steps", "1", "--model.sample_max_new_tokens", "5",
+               cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "runs" / "instruct"
+    assert (run / "final" / "model.safetensors").is_file()
+    assert "no assistant" not in done.stdout and "sample:" in done.stdout
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] and any("eval_loss" in r for r in rows)

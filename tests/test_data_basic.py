@@ -18,10 +18,15 @@ from trainformers.data import (
     token_stream,
     train_tokenizer,
 )
-from trainformers.data import corpus as corpus_module
 from trainformers.errors import ConfigError, DataError
 
 ROUND_TRIP = "Hello  world ,  ümlaut — 日本語 🙂\n\n   indented . code<|eos|>\t tail \r\n "
+
+
+@pytest.fixture(autouse=True)
+def datasets_cache(tmp_path_factory, monkeypatch):
+    """Local files are converted into a per-test `datasets` cache, never the user's."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path_factory.mktemp("hf-datasets"))
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +124,7 @@ def test_load_texts_errors(tmp_path):
     with pytest.raises(DataError) as info:
         load_texts(str(path))
     message = str(info.value)
-    assert "data.text_field 'text'" in message and "txt, label" in message
+    assert "data.text_field 'text' not in columns ['txt', 'label']" in message
     assert "did you mean 'txt'" in message and "\n" not in message
 
     (tmp_path / "blank.txt").write_text("\n \n\n")
@@ -144,11 +149,11 @@ def test_load_texts_hub_name_goes_to_load_dataset(monkeypatch):
         calls.append((path, name, kwargs))
         return datasets.Dataset.from_dict({"text": ["hub doc", "another"]})
 
-    monkeypatch.setattr(corpus_module.datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     assert load_texts("owner/corpus", subset="en", split="validation", num_samples=1) == [
         "hub doc"
     ]
-    assert calls == [("owner/corpus", "en", {"split": "validation"})]
+    assert calls == [("owner/corpus", "en", {"split": "validation", "revision": None, "streaming": False})]
 
 
 # --- split_texts --------------------------------------------------------------------------

@@ -64,6 +64,8 @@ DDP_BACKENDS = ("nccl", "gloo", "mpi", "ccl", "hccl", "cncl", "mccl")
 METRIC_INPUTS = ("inputs", "loss")
 TOKENS_SEEN_MODES = ("all", "non_padding")
 MODEL_DTYPES = ("float32", "bfloat16", "float16", "auto")
+TRAINING_MODES = ("pretraining", "instruction")
+DATA_FORMATS = ("auto", "messages", "conversations", "prompt_response", "alpaca", "template")
 
 
 def _arg(default: Any, help: str) -> Any:
@@ -242,6 +244,11 @@ class TrainingArguments:
     )
     gradient_checkpointing_kwargs: dict[str, Any] | None = _arg(
         None, "Keyword arguments for model.gradient_checkpointing_enable (e.g. use_reentrant)."
+    )
+    use_cache: bool = _arg(
+        False,
+        "Set model.config.use_cache while training; off, because a KV cache is useless in training and "
+        "breaks document-local attention for padding-free batches.",
     )
     torch_compile: bool = _arg(False, "Compile the model with torch.compile.")
     torch_compile_backend: str | None = _arg(None, "torch.compile backend; setting it turns torch_compile on.")
@@ -700,30 +707,82 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    """The `data` section: where the text comes from and how it is cut into blocks."""
+    """The `data` section: where the rows come from and how they become training batches."""
 
     source: str | None = _arg(
         None,
-        "None uses the corpus embedded in Python's standard library; else a local file, glob or "
-        "directory, or a Hub dataset name.",
+        "None uses the corpus embedded in Python's standard library; else a local file (json, jsonl, csv, "
+        "parquet, txt), several files or a glob, a save_to_disk directory, or a Hub dataset name.",
     )
     subset: str | None = _arg(None, "Hub dataset configuration name (e.g. 'wikitext-2-raw-v1').")
     split: str = _arg("train", "Split to train on.")
-    text_field: str = _arg("text", "Column holding the text.")
-    max_length: int = _arg(128, "Length in tokens of each training block.")
-    validation_split_percentage: float = _arg(
-        5, "Percent of the data held out for evaluation when no validation split exists; 0 disables it."
+    eval_split: str | None = _arg(
+        None, "Named split to evaluate on (e.g. 'validation'); None carves validation_split_percentage from train."
     )
-    num_samples: int | None = _arg(None, "Use only the first N samples; None uses all.")
+    revision: str | None = _arg(None, "Hub dataset revision (branch, tag or commit).")
+    streaming: bool = _arg(False, "Stream the dataset instead of loading it (data larger than memory); needs max_steps.")
+    training_mode: str = _arg(
+        "pretraining",
+        "pretraining (text -> next-token prediction) or instruction (chat/instruction rows, loss on assistant "
+        "tokens only); instruction_finetuning is an alias.",
+    )
+    text_field: str | list[str] = _arg("text", "Column(s) holding the text (pretraining); several are joined.")
+    format: str = _arg(
+        "auto",
+        "Instruction row format: auto, messages, conversations, prompt_response, alpaca or template.",
+    )
+    template: str | None = _arg(
+        None, "For format 'template': the user turn as a Python format string over the row, e.g. 'Q: {question}'."
+    )
+    response_field: str | None = _arg(None, "For format 'template': the column holding the assistant's answer.")
+    system_prompt: str | None = _arg(None, "A system message added to instruction rows that have none.")
+    train_on_prompt: bool = _arg(False, "Instruction mode: also compute the loss on the prompt (user/system) tokens.")
+    chat_template: str | None = _arg(
+        None, "A Jinja chat template overriding the tokenizer's; None uses the tokenizer's, or the built-in default."
+    )
+    max_length: int = _arg(128, "Longest sequence in tokens: the block length when packing, else the truncation length.")
+    packing: bool = _arg(
+        True,
+        "Pretraining: join documents with EOS and cut full blocks of max_length (no padding at all). "
+        "Instruction: pack conversations padding-free (positions and labels kept per conversation).",
+    )
+    padding_free: bool = _arg(
+        False,
+        "Pretraining: pack whole documents per batch with position_ids restarting per document (documents "
+        "kept apart) instead of cutting blocks; implies packing: false.",
+    )
+    pad_to_multiple_of: int | None = _arg(8, "Dynamic padding rounds each batch's length up to this multiple.")
+    padding_side: str = _arg("right", "Side to pad on: right (training) or left.")
+    validation_split_percentage: float = _arg(
+        5, "Percent of the data held out for evaluation when no eval_split is named; 0 disables it."
+    )
+    num_samples: int | None = _arg(None, "Use only the first N rows of the source; None uses all.")
+    num_proc: int | None = _arg(None, "Processes for tokenisation (datasets.map); None tokenises in this process.")
     seed: int | None = _arg(None, "Seed for shuffling and the held-out split; None uses training.seed.")
 
     def __post_init__(self) -> None:
         _check_int("data.max_length", self.max_length, 1)
         if self.num_samples is not None:
             _check_int("data.num_samples", self.num_samples, 1)
+        if self.num_proc is not None:
+            _check_int("data.num_proc", self.num_proc, 1)
+        if self.pad_to_multiple_of is not None:
+            _check_int("data.pad_to_multiple_of", self.pad_to_multiple_of, 1)
         if not 0 <= self.validation_split_percentage < 100:
             value = self.validation_split_percentage
             raise ConfigError(f"data.validation_split_percentage={value!r} must be in [0, 100)")
+        mode = {"instruction_finetuning": "instruction"}.get(self.training_mode, self.training_mode)
+        self.training_mode = _choice("data.training_mode", mode, TRAINING_MODES)
+        self.format = _choice("data.format", self.format, DATA_FORMATS)
+        self.padding_side = _choice("data.padding_side", self.padding_side, ("right", "left"))
+        if isinstance(self.text_field, (list, tuple)):
+            if not self.text_field or not all(isinstance(f, str) for f in self.text_field):
+                raise ConfigError(f"data.text_field={self.text_field!r} must be a column name or a list of them")
+            self.text_field = list(self.text_field)
+        if self.padding_free:
+            self.packing = False  # documented: padding-free is the other way to pack
+        if self.format == "template" and (not self.template or not self.response_field):
+            raise ConfigError("data.format='template' needs data.template (e.g. 'Q: {question}') and data.response_field")
 
 
 SECTIONS: dict[str, type] = {"model": ModelSection, "data": DataSection, "training": TrainingArguments}

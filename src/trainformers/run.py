@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,7 @@ class RunResult:
     sample: str | None
 
 
-def build_tokenizer(config: RunConfig, train_texts: list[str]) -> Any:
+def build_tokenizer(config: RunConfig, train_texts: Iterable[str]) -> Any:
     """Load the configured tokenizer, reuse the run's own, or train one on the data."""
     from transformers import AutoTokenizer
 
@@ -153,10 +154,9 @@ def run_training(config: RunConfig, *, echo: Any = print) -> RunResult:
         TrainformersError: any problem with the configuration, the data or the output directory;
             nothing in an existing run directory is changed before these checks pass.
     """
-    from transformers import default_data_collator
-
     from . import checkpoint as ckpt
-    from .data import load_texts, pack_texts, split_texts
+    from .data import check_padding_free_model, prepare_data, raw_texts
+    from .data.loader import load_raw
     from .report import plot_run
     from .trainer import Trainer
 
@@ -164,40 +164,32 @@ def run_training(config: RunConfig, *, echo: Any = print) -> RunResult:
     out = Path(args.output_dir)
     ckpt.check_output_dir(out, resuming=bool(args.resume_from_checkpoint), overwrite=args.overwrite_output_dir)
     start = time.perf_counter()
-    texts = load_texts(
-        config.data.source,
-        text_field=config.data.text_field,
-        split=config.data.split,
-        subset=config.data.subset,
-        num_samples=config.data.num_samples,
-    )
-    train_texts, eval_texts = split_texts(texts, config.data.validation_split_percentage, config.data.seed)
+    raw = load_raw(config.data, args.seed)
     if not args.resume_from_checkpoint and args.overwrite_output_dir:
         ckpt.clear_run(out)  # before the tokenizer is written into it
-    tokenizer = build_tokenizer(config, train_texts)
+    tokenizer = build_tokenizer(config, raw_texts(raw[0], config.data))
     model = build_model(config, tokenizer)
-    train_set = pack_texts(train_texts, tokenizer, config.data.max_length)
-    eval_set = pack_texts(eval_texts, tokenizer, config.data.max_length) if eval_texts else None
+    data = prepare_data(config.data, tokenizer, raw=raw, seed=args.seed)
+    train_set, eval_set = data.train, data.eval
     if eval_set is None and args.eval_strategy != "no":
         raise ConfigError(
             f"training.eval_strategy='{args.eval_strategy}' but there is no held-out data; "
-            "set data.validation_split_percentage > 0 or eval_strategy: no"
+            "set data.validation_split_percentage > 0 (or data.eval_split) or eval_strategy: no"
         )
     n_params = sum(p.numel() for p in model.parameters())
-    echo(
-        f"model: {n_params / 1e6:.2f}M parameters | data: {len(train_set)} train blocks, "
-        f"{len(eval_set) if eval_set is not None else 0} held-out blocks of {config.data.max_length} tokens"
-    )
+    echo(f"model: {n_params / 1e6:.2f}M parameters | data: {data.summary()}")
     out.mkdir(parents=True, exist_ok=True)
     config.save(out / "config.yaml")
     trainer = Trainer(
         model=model,
         args=args,
-        data_collator=default_data_collator,
+        data_collator=data.collator,
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=tokenizer,
     )
+    if data.padding_free:
+        check_padding_free_model(trainer.model)  # documents must not attend to each other
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     eval_loss = perplexity = None
     if eval_set is not None:

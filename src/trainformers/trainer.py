@@ -151,6 +151,9 @@ class Trainer:
                 enable(gradient_checkpointing_kwargs=kwargs)
             if hasattr(model, "enable_input_require_grads"):
                 model.enable_input_require_grads()  # frozen embeddings + checkpointing: no grads otherwise
+        config = getattr(unwrap_peft(model), "config", None)
+        if config is not None and hasattr(config, "use_cache"):
+            config.use_cache = self.args.use_cache  # HF semantics; generate() keeps its own cache setting
         if getattr(model, "hf_device_map", None) is None and not getattr(model, "is_quantized", False):
             model.to(self.accelerator.device)
         unwrapped = unwrap_peft(model)

@@ -1,19 +1,56 @@
-"""Data: where text comes from, the tokenizer trained on it, and how it is shaped for training.
+"""Data: sources, tokenisation (pretraining blocks or chat rendering), collators, dataloaders.
 
-`load_texts` → `split_texts` → `train_tokenizer` (from-scratch runs) → `pack_texts`.
+    load_splits -> train_tokenizer (from-scratch runs) -> tokenize_for_pretraining |
+    tokenize_for_instruction -> CausalLMCollator | PaddingFreeCollator -> Trainer
+
+`prepare_data(data_section, tokenizer)` runs the whole chain; `create_dataloader(...)` returns a
+ready DataLoader in one call.
 """
 
+from trainformers.data.chat import DEFAULT_CHAT_TEMPLATE, FORMATS, detect_format, encode_chat, render_chat, to_messages, tokenize_for_instruction
+from trainformers.data.collators import (
+    CausalLMCollator,
+    CompletionOnlyCollator,
+    PaddingFreeCollator,
+    Seq2SeqCollator,
+    check_padding_free_model,
+)
 from trainformers.data.corpus import default_corpus, load_texts, split_paragraphs, split_texts
+from trainformers.data.loader import TrainingData, create_dataloader, make_collator, prepare_data, raw_texts
 from trainformers.data.packing import pack_texts, token_stream
+from trainformers.data.pretraining import tokenize_for_pretraining
+from trainformers.data.sources import load_source, load_splits
+from trainformers.data.stats import DataStats
 from trainformers.data.tokenizer import SPECIAL_TOKENS, train_tokenizer
 
 __all__ = [
+    "DEFAULT_CHAT_TEMPLATE",
+    "FORMATS",
     "SPECIAL_TOKENS",
+    "CausalLMCollator",
+    "CompletionOnlyCollator",
+    "DataStats",
+    "PaddingFreeCollator",
+    "Seq2SeqCollator",
+    "TrainingData",
+    "check_padding_free_model",
+    "create_dataloader",
     "default_corpus",
+    "detect_format",
+    "encode_chat",
+    "load_source",
+    "load_splits",
     "load_texts",
+    "make_collator",
     "pack_texts",
+    "prepare_data",
+    "raw_texts",
+    "render_chat",
     "split_paragraphs",
     "split_texts",
+    "to_messages",
     "token_stream",
+    "tokenize_for_instruction",
+    "tokenize_for_pretraining",
     "train_tokenizer",
 ]

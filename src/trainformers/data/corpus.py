@@ -1,32 +1,22 @@
-"""Where training text comes from: the bundled default corpus, local files, saved data, the Hub.
+"""The embedded default corpus, and text as a plain list of documents.
 
-Every source ends as a plain `list[str]` of documents, so the shaping steps after it (packing
-now; chat rendering later) never care where the text came from. `split_texts` carves a seeded
-held-out set from that list.
+`default_corpus` and `split_paragraphs` make documents out of raw text (`sources.py` reads
+`.txt` files with them). `load_texts` / `split_texts` are the in-memory path of small runs: any
+source (`sources.load_source`) as a `list[str]`, and a seeded held-out part of that list.
 """
 
 from __future__ import annotations
 
-import glob
 import os
 import random
 import re
-from pathlib import Path
 
-import datasets
-from datasets.data_files import EmptyDatasetError
-from datasets.exceptions import DatasetNotFoundError
-
-from trainformers.errors import ConfigError, DataError, did_you_mean
+from trainformers.errors import ConfigError, DataError
 
 __all__ = ["default_corpus", "load_texts", "split_paragraphs", "split_texts"]
 
 # Documents of about this many characters give the default corpus several hundred documents.
 DEFAULT_DOCUMENT_CHARS = 2000
-
-# File types read through a `datasets` packaged builder; `.txt` is read by `split_paragraphs`.
-_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
-_SUFFIXES = (".txt", *_BUILDERS)
 
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
 
@@ -85,19 +75,13 @@ def load_texts(
 ) -> list[str]:
     """Load the documents of a data source as a list of strings.
 
-    What `source` can be:
-
-    - `None`: `default_corpus()`.
-    - a `.txt` file (or a glob of them): one document per group of blank-line-separated
-      paragraphs, as `split_paragraphs` makes them.
-    - a `.json`/`.jsonl`/`.csv`/`.parquet` file or a glob of them: read with the `datasets`
-      builder of that type; `text_field` names the column. These have a single split.
-    - a directory written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk` (`split`
-      picks the split of a `DatasetDict`); any other directory is read by `load_dataset`.
-    - anything else: a Hugging Face Hub dataset, `load_dataset(source, subset, split=split)`.
+    `sources.load_source` reads the source (see it for every kind of source: `None` for the
+    embedded corpus, local files, a glob, a `save_to_disk` directory, a Hub name); this keeps
+    the non-empty strings of its `text_field` column. For data larger than memory, use
+    `load_source` and `pretraining.tokenize_for_pretraining` instead.
 
     Args:
-        source: The data source, as above.
+        source: The data source.
         text_field: The column that holds the text.
         split: The split to read, for saved `DatasetDict`s and Hub datasets.
         subset: The Hub dataset's configuration name, if it has several.
@@ -112,30 +96,26 @@ def load_texts(
         ConfigError: `num_samples` is not a positive integer, or `subset` is given with a
             local source.
     """
-    if num_samples is not None and (isinstance(num_samples, bool) or num_samples < 1):
-        raise ConfigError(
-            f"data.num_samples must be a positive integer, got {num_samples!r}; "
-            "leave it unset to use every sample"
-        )
-    if isinstance(source, os.PathLike):
-        source = os.fspath(source)
-    if source is None:
-        texts = default_corpus()
-    elif _looks_like_path(source):
-        if subset is not None:
-            raise ConfigError(
-                f"data.subset {subset!r} only applies to Hub datasets, and data.source "
-                f"{source!r} is a local path; remove data.subset"
+    # Imported here: sources builds on this module's default_corpus and split_paragraphs.
+    from trainformers.data.sources import check_text_field, load_source
+
+    dataset = load_source(source, subset=subset, split=split, num_samples=num_samples)
+    check_text_field(dataset, text_field)
+    texts = []
+    for value in dataset[text_field]:
+        if value is None:
+            continue
+        if not isinstance(value, str):  # a column of mixed or untyped values
+            raise DataError(
+                f"data.text_field {text_field!r} holds {type(value).__name__} values, not text; "
+                "point data.text_field at a text column"
             )
-        texts = _load_local(source, text_field=text_field, split=split, num_samples=num_samples)
-    else:
-        texts = _load_hub(
-            source, subset, text_field=text_field, split=split, num_samples=num_samples
-        )
-    texts = texts[:num_samples] if num_samples is not None else texts
+        if value.strip():
+            texts.append(value)
     if not texts:
         raise DataError(
-            f"data.source {source!r} has no non-empty texts; check the file or data.text_field"
+            f"data.source {os.fspath(source) if source is not None else None!r} has no non-empty texts; "
+            "check the file or data.text_field"
         )
     return texts
 
@@ -174,99 +154,3 @@ def split_texts(
     validation = [texts[i] for i in order[:n_validation]]
     train = [texts[i] for i in order[n_validation:]]
     return train, validation
-
-
-def _looks_like_path(source: str) -> bool:
-    # A Hub name is "name" or "owner/name"; it never has a file suffix, glob characters, or a
-    # leading "/", "." or "~", and it is not a path that exists here.
-    return (
-        source.lower().endswith(_SUFFIXES)
-        or source.startswith(("/", ".", "~"))
-        or _is_glob(source)
-        or Path(source).exists()
-    )
-
-
-def _is_glob(source: str) -> bool:
-    return any(c in source for c in "*?[")
-
-
-def _load_local(
-    source: str, *, text_field: str, split: str, num_samples: int | None
-) -> list[str]:
-    path = Path(source).expanduser()
-    if path.is_dir():
-        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
-            dataset = datasets.load_from_disk(str(path))
-            if isinstance(dataset, datasets.DatasetDict):
-                if split not in dataset:
-                    raise DataError(
-                        f"data.split {split!r} is not in data.source {source!r}; available "
-                        f"splits: {', '.join(dataset)}{did_you_mean(split, dataset)}"
-                    )
-                dataset = dataset[split]
-        else:
-            try:
-                dataset = datasets.load_dataset(str(path), split=split)
-            except EmptyDatasetError:
-                raise DataError(
-                    f"data.source {source!r} is a directory without data files; point it at "
-                    "a Dataset.save_to_disk directory or at .txt/.json/.jsonl/.csv/.parquet files"
-                ) from None
-        return _column_texts(dataset, source, text_field, num_samples)
-
-    files = sorted(glob.glob(str(path))) if _is_glob(source) else [str(path)]
-    files = [f for f in files if Path(f).is_file()]
-    if not files:
-        raise DataError(f"data.source {source!r} not found; check the path or the glob")
-    suffixes = {Path(f).suffix.lower() for f in files}
-    if len(suffixes) > 1 or not suffixes <= set(_SUFFIXES):
-        raise DataError(
-            f"data.source {source!r} matches files of type {', '.join(sorted(suffixes))}; "
-            f"use files of one type among {', '.join(_SUFFIXES)}"
-        )
-    (suffix,) = suffixes
-    if suffix == ".txt":
-        return [doc for f in files for doc in split_paragraphs(Path(f).read_text("utf-8"))]
-    dataset = datasets.load_dataset(_BUILDERS[suffix], data_files=files, split="train")
-    return _column_texts(dataset, source, text_field, num_samples)
-
-
-def _load_hub(
-    source: str, subset: str | None, *, text_field: str, split: str, num_samples: int | None
-) -> list[str]:
-    try:
-        dataset = datasets.load_dataset(source, subset, split=split)
-    except DatasetNotFoundError as error:
-        reason = " ".join(str(error).split())
-        raise DataError(
-            f"data.source {source!r} is neither a local path nor a Hub dataset that can be "
-            f"reached ({reason}); check the name, or give the path of a file"
-        ) from error
-    return _column_texts(dataset, source, text_field, num_samples)
-
-
-def _column_texts(
-    dataset: datasets.Dataset, source: str, text_field: str, num_samples: int | None
-) -> list[str]:
-    """Return the non-empty strings of `dataset[text_field]` among its first `num_samples` rows."""
-    if text_field not in dataset.column_names:
-        raise DataError(
-            f"data.text_field {text_field!r} is not a column of data.source {source!r}; "
-            f"available columns: {', '.join(dataset.column_names)}"
-            f"{did_you_mean(text_field, dataset.column_names)}"
-        )
-    if num_samples is not None and num_samples < len(dataset):
-        dataset = dataset.select(range(num_samples))
-    texts = []
-    for value in dataset[text_field]:
-        if value is None:
-            continue
-        if not isinstance(value, str):
-            raise DataError(
-                f"data.text_field {text_field!r} of data.source {source!r} holds "
-                f"{type(value).__name__} values, not text; point data.text_field at a text column"
-            )
-        if value.strip():
-            texts.append(value)
-    return texts

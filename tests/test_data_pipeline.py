@@ -1,0 +1,105 @@
+"""The data section end to end: source -> tokenised rows -> collator -> Trainer, for each mode."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_args, tiny_llama
+
+from trainformers import Trainer
+from trainformers.config import DataSection
+from trainformers.data import (
+    CausalLMCollator,
+    PaddingFreeCollator,
+    create_dataloader,
+    default_corpus,
+    prepare_data,
+    train_tokenizer,
+)
+from trainformers.errors import ConfigError, DataError
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "examples" / "data" / "python_help.jsonl"
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_tokenizer(default_corpus()[:60], vocab_size=300)
+
+
+@pytest.fixture
+def corpus_jsonl(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    with path.open("w") as handle:
+        for text in default_corpus()[:30]:
+            handle.write(json.dumps({"text": text, "id": 1}) + "\n")
+        handle.write(json.dumps({"text": "", "id": 2}) + "\n")
+    return path
+
+
+def test_create_dataloader_packs_pretraining_blocks(tok, corpus_jsonl):
+    loader = create_dataloader(str(corpus_jsonl), tokenizer=tok, batch_size=4, max_length=32, shuffle=False)
+    batch = next(iter(loader))
+    assert batch["input_ids"].shape == (4, 32) and torch.equal(batch["labels"], batch["input_ids"])
+    assert "attention_mask" not in batch or bool(batch["attention_mask"].all())  # no padding at all
+
+
+def test_create_dataloader_dynamic_padding(tok, corpus_jsonl):
+    loader = create_dataloader(str(corpus_jsonl), tokenizer=tok, batch_size=3, max_length=40, shuffle=False, packing=False)
+    batch = next(iter(loader))
+    width = batch["input_ids"].shape[1]
+    assert width % 8 == 0 and width <= 40
+    pad = batch["attention_mask"] == 0
+    assert bool((batch["labels"][pad] == -100).all())
+
+
+def test_create_dataloader_padding_free_restarts_positions(tok, corpus_jsonl):
+    loader = create_dataloader(str(corpus_jsonl), tokenizer=tok, batch_size=3, max_length=50, shuffle=False, padding_free=True)
+    batch = next(iter(loader))
+    assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch
+    starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist()
+    assert len(starts) == 3 and starts[0] == 0
+    assert all(batch["labels"][0, s] == -100 for s in starts)  # no prediction across documents
+
+
+def test_shipped_instruction_set_has_assistant_labels_everywhere(tok):
+    rows = [json.loads(line) for line in SHIPPED.read_text().splitlines()]
+    assert 200 <= len(rows) <= 500 and all("messages" in r for r in rows)
+    data = prepare_data(DataSection(source=str(SHIPPED), training_mode="instruction", max_length=512,
+                                    validation_split_percentage=10), tok)
+    train_stats = data.stats[0]
+    assert train_stats.no_assistant == 0 and train_stats.all_masked == 0 and train_stats.skipped_empty == 0
+    assert data.padding_free and isinstance(data.collator, PaddingFreeCollator)
+    row = data.train[0]
+    assert any(label != -100 for label in row["labels"]) and row["labels"][0] == -100  # prompt masked
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_instruction_training_through_the_trainer(tmp_path, tok, packing):
+    data = prepare_data(DataSection(source=str(SHIPPED), training_mode="instruction_finetuning", max_length=128,
+                                    packing=packing, num_samples=40, validation_split_percentage=10), tok)
+    assert isinstance(data.collator, PaddingFreeCollator if packing else CausalLMCollator)
+    model = tiny_llama(vocab=len(tok))
+    t = Trainer(model, make_args(tmp_path, max_steps=3), data_collator=data.collator,
+                train_dataset=data.train, eval_dataset=data.eval)
+    assert t.model.config.use_cache is False  # padding-free masking needs it off (collators module)
+    out = t.train()
+    assert out.training_loss == out.training_loss
+    assert t.evaluate()["eval_loss"] > 0
+
+
+def test_pretraining_fields_and_bad_field(tok, corpus_jsonl):
+    with pytest.raises(DataError, match=r"text_field 'txt' not in columns \['text', 'id'\]"):
+        prepare_data(DataSection(source=str(corpus_jsonl), text_field="txt"), tok)
+    data = prepare_data(DataSection(source=str(corpus_jsonl), max_length=64, validation_split_percentage=0), tok)
+    assert data.stats[0].skipped_empty == 1 and data.eval is None
+
+
+def test_unknown_format_and_option_errors(tok):
+    with pytest.raises(ConfigError, match="did you mean 'messages'"):
+        DataSection(format="mesages")
+    with pytest.raises(ConfigError, match="unknown options"):
+        create_dataloader(None, tokenizer=tok, packign=True)
