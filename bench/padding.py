@@ -10,7 +10,7 @@ Model: a random-init Llama (hidden 256, 4 layers, 4 heads, SwiGLU 704, vocab 2,0
 2. dynamic: padded to the longest document of the batch (multiple of 8);
 3. grouped: dynamic padding, batches of similar lengths (`train_sampling_strategy="group_by_length"`);
 4. packed: the token stream cut into full blocks of 512 (attention crosses documents);
-5. padding-free: a batch's documents in one row, `position_ids` restarting per document
+5. padding-free: a batch's documents bin-packed into rows of <= 512, `position_ids` restarting per document
    (`PaddingFreeCollator`; sdpa gets a block-diagonal mask, documents kept apart).
 
 Every method sees about the same number of real tokens per optimizer step (`--tokens`, default
@@ -139,7 +139,7 @@ def run_once(
     elif method == "packed":
         dataset, collator = rows["packed"], default_data_collator
     elif method == "padding-free":
-        collator = PaddingFreeCollator()
+        collator = PaddingFreeCollator(max_length=MAX_LEN, pad_token_id=PAD)  # bin-packed rows of <= 512
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
             output_dir=out, max_steps=1 + steps, per_device_train_batch_size=batch[method], learning_rate=1e-3,

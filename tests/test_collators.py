@@ -409,3 +409,40 @@ def test_completion_only_config_errors(tok):
         CompletionOnlyCollator(0, "### Answer:")
     with pytest.raises(ConfigError, match="response_template"):
         CompletionOnlyCollator(0, [])
+
+
+def test_bin_packed_rows_exact_tensors():
+    docs = [[11, 12, 13], [21], [31, 32, 33, 34], [41, 42]]
+    batch = PaddingFreeCollator(max_length=5, pad_token_id=0)([{"input_ids": d} for d in docs])
+    # first-fit decreasing by length: [31..34] + [21] | [11..13] + [41, 42]; dataset order inside a row
+    assert batch["input_ids"].tolist() == [[21, 31, 32, 33, 34], [11, 12, 13, 41, 42]]
+    assert batch["position_ids"].tolist() == [[0, 0, 1, 2, 3], [0, 1, 2, 0, 1]]
+    assert batch["labels"].tolist() == [[-100, -100, 32, 33, 34], [-100, 12, 13, -100, 42]]
+    uneven = PaddingFreeCollator(max_length=4, pad_token_id=0)([{"input_ids": d} for d in docs])
+    # rows: [31..34] | [11..13]+[21] | [41, 42] + a 2-token pad pseudo-document
+    assert uneven["input_ids"].tolist() == [[31, 32, 33, 34], [11, 12, 13, 21], [41, 42, 0, 0]]
+    assert uneven["position_ids"][2].tolist() == [0, 1, 0, 1]
+    assert uneven["labels"][2].tolist() == [-100, 42, -100, -100]
+    with pytest.raises(DataError, match="exceeds the padding-free row length"):
+        PaddingFreeCollator(max_length=3)([{"input_ids": [1, 2, 3, 4]}])
+
+
+def test_bin_packed_batch_equals_documents_run_alone(llama):
+    llama.set_attn_implementation("sdpa")
+    llama.config.use_cache = False
+    docs = [d for d in DOCS]
+    batch = PaddingFreeCollator(max_length=6, pad_token_id=0)([{"input_ids": d} for d in docs])
+    assert batch["input_ids"].shape[0] > 1
+    with torch.no_grad():
+        logits = llama(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+        for doc in docs:
+            alone = llama(input_ids=torch.tensor([doc])).logits[0]
+            # find the doc in the packed rows
+            found = False
+            for r in range(batch["input_ids"].shape[0]):
+                row = batch["input_ids"][r].tolist()
+                for start in range(len(row) - len(doc) + 1):
+                    if row[start:start + len(doc)] == doc and batch["position_ids"][r, start] == 0:
+                        torch.testing.assert_close(logits[r, start:start + len(doc)], alone, atol=1e-5, rtol=1e-5)
+                        found = True
+            assert found

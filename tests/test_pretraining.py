@@ -10,8 +10,7 @@ import torch
 from datasets.fingerprint import Hasher
 from transformers import AutoTokenizer, default_data_collator
 
-from trainformers.data import default_corpus, train_tokenizer
-from trainformers.data import pretraining
+from trainformers.data import default_corpus, pretraining, train_tokenizer
 from trainformers.data.pretraining import tokenize_for_pretraining
 from trainformers.data.sources import load_source
 from trainformers.errors import ConfigError, DataError
@@ -69,11 +68,13 @@ def test_packing_keeps_every_token_but_the_tail(tokenizer, corpus):
     assert tuple(batch["input_ids"].shape) == (3, block) and batch["labels"].dtype == torch.int64
 
 
-def test_blocks_cross_map_batches(tokenizer):
+def test_blocks_cross_map_batches(tokenizer, monkeypatch):
     # 2,500 short documents: three map batches of 1,000. Blocks must span batch boundaries (one
     # tail in all, unlike a per-batch group_texts that drops one per batch).
     texts = [f"document {i}: " + "word " * (i % 7) for i in range(2500)]
+    counter = CountCalls(monkeypatch)
     rows, stats = tokenize_for_pretraining(text_rows(texts), tokenizer, max_length=100)
+    assert counter.take()["pack"] == 3
     expected = stream_of(tokenizer, texts)
     flat = [t for b in rows["input_ids"] for t in b]
     assert flat == expected[: len(flat)] and len(expected) - len(flat) < 100
@@ -196,7 +197,7 @@ def test_in_memory_data_is_not_cached(tokenizer, corpus, monkeypatch):
 
 def test_map_functions_hash_stably(tokenizer):
     # datasets falls back to a random hash (no caching at all) when a function can't be hashed.
-    make = lambda tok: pretraining._Tokenize(tok, ["text"], tok.eos_token_id, None)  # noqa: E731
+    make = lambda tok: pretraining._Tokenize(tok, ["text"], tok.eos_token_id, None)
     before = Hasher.hash(make(tokenizer))
     tokenizer(["x" * 50], truncation=True, max_length=4)
     assert Hasher.hash(make(tokenizer)) == before

@@ -193,9 +193,15 @@ def test_hub_names_go_to_load_dataset(monkeypatch):
 @pytest.mark.parametrize(
     "error, match",
     [
-        (DatasetNotFoundError("Dataset 'owner/nope' doesn't exist on the Hub"), r"data.source 'owner/nope' is neither a local path nor a Hub dataset"),
+        (
+            DatasetNotFoundError("Dataset 'owner/nope' doesn't exist on the Hub"),
+            r"data.source 'owner/nope' is neither a local path nor a Hub dataset",
+        ),
         (ConnectionError("Couldn't reach 'owner/nope' on the Hub (OfflineModeIsEnabled)"), "OfflineModeIsEnabled"),
-        (ValueError("Unknown split \"tain\". Should be one of ['train', 'test']."), r"data.split 'tain' is not a split of data.source 'owner/nope'"),
+        (
+            ValueError("Unknown split \"tain\". Should be one of ['train', 'test']."),
+            r"data.split 'tain' is not a split of data.source 'owner/nope'",
+        ),
     ],
 )
 def test_hub_errors_become_data_errors(monkeypatch, error, match):

@@ -757,6 +757,9 @@ class DataSection:
         5, "Percent of the data held out for evaluation when no eval_split is named; 0 disables it."
     )
     num_samples: int | None = _arg(None, "Use only the first N rows of the source; None uses all.")
+    num_eval_samples: int | None = _arg(
+        None, "Hold out exactly N rows (a stream: its first N) instead of validation_split_percentage."
+    )
     num_proc: int | None = _arg(None, "Processes for tokenisation (datasets.map); None tokenises in this process.")
     seed: int | None = _arg(None, "Seed for shuffling and the held-out split; None uses training.seed.")
 
@@ -766,6 +769,8 @@ class DataSection:
             _check_int("data.num_samples", self.num_samples, 1)
         if self.num_proc is not None:
             _check_int("data.num_proc", self.num_proc, 1)
+        if self.num_eval_samples is not None:
+            _check_int("data.num_eval_samples", self.num_eval_samples, 1)
         if self.pad_to_multiple_of is not None:
             _check_int("data.pad_to_multiple_of", self.pad_to_multiple_of, 1)
         if not 0 <= self.validation_split_percentage < 100:

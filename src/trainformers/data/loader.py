@@ -51,6 +51,7 @@ def load_raw(data: DataSection, seed: int | None = None) -> tuple[Any, Any]:
         revision=data.revision,
         streaming=data.streaming,
         num_samples=data.num_samples,
+        num_eval_samples=data.num_eval_samples,
         validation_split_percentage=data.validation_split_percentage,
         seed=data.seed if data.seed is not None else (seed if seed is not None else 42),
     )
@@ -78,7 +79,9 @@ def make_collator(data: DataSection, tokenizer: Any) -> tuple[Callable, bool]:
     """The collator for `data`'s shape, and whether it is padding-free."""
     padding_free = data.padding_free or (data.training_mode == "instruction" and data.packing)
     if padding_free:
-        return PaddingFreeCollator(), True
+        # bin-packed rows of at most max_length: attention costs rows x L^2, not (all tokens)^2
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return PaddingFreeCollator(max_length=data.max_length, pad_token_id=pad or 0), True
     if tokenizer.pad_token_id is None:
         raise ConfigError(
             "the tokenizer has no pad token, needed to pad batches; set tokenizer.pad_token (e.g. to its eos_token) "

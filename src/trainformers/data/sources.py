@@ -24,7 +24,7 @@ from datasets.fingerprint import Hasher
 from trainformers.data.corpus import DEFAULT_DOCUMENT_CHARS, default_corpus, split_paragraphs
 from trainformers.errors import ConfigError, DataError, did_you_mean
 
-__all__ = ["check_text_field", "load_source", "load_splits", "quiet_progress"]
+__all__ = ["check_text_field", "dataset_columns", "load_source", "load_splits", "quiet_progress"]
 
 AnyDataset = datasets.Dataset | datasets.IterableDataset
 Source = str | os.PathLike | Sequence[str] | datasets.Dataset | datasets.DatasetDict | None
@@ -33,6 +33,7 @@ Source = str | os.PathLike | Sequence[str] | datasets.Dataset | datasets.Dataset
 _BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 _SUFFIXES = (".txt", *_BUILDERS)
 _TEXT_FEATURES = datasets.Features({"text": datasets.Value("string")})
+_TEXT_DTYPES = ("string", "large_string", "null")  # null: a column with no value yet
 # Bump when the way .txt files become documents changes: it is part of their cache key.
 _TXT_FORMAT_VERSION = 1
 # Local data below this size loads in a moment: no progress bars (they would fill the CLI's stderr).
@@ -91,7 +92,7 @@ def load_source(
         ConfigError: `num_samples` is not a positive integer, or `subset`/`data_files` are given
             with a source they do not apply to.
     """
-    if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1):
+    if num_samples is not None and not _positive_int(num_samples):
         raise ConfigError(
             f"data.num_samples must be a positive integer, got {num_samples!r}; leave it unset to use every sample"
         )
@@ -147,9 +148,9 @@ def load_splits(
             f"data.validation_split_percentage must be in [0, 100), got {validation_split_percentage!r}; "
             "use e.g. 5 to hold out 5% of the rows, or 0 for none"
         )
-    if num_eval_samples is not None and (isinstance(num_eval_samples, bool) or num_eval_samples < 1):
+    if num_eval_samples is not None and not _positive_int(num_eval_samples):
         raise ConfigError(f"data.num_eval_samples must be a positive integer, got {num_eval_samples!r}")
-    common = dict(subset=subset, revision=revision, streaming=streaming, data_files=data_files)
+    common = {"subset": subset, "revision": revision, "streaming": streaming, "data_files": data_files}
     train = load_source(source, split=split, num_samples=num_samples, **common)
     if eval_split is not None:
         if eval_split == split:
@@ -216,15 +217,15 @@ def check_text_field(dataset: Any, field: str | Sequence[str]) -> list[str]:
                 "set data.text_field"
             )
         feature = features.get(name) if features else None
-        if isinstance(feature, datasets.Value) and feature.dtype not in ("string", "large_string", "null"):
-            raise DataError(
-                f"data.text_field {name!r} holds {feature.dtype} values, not text; point data.text_field at a text column"
-            )
-        if feature is not None and not isinstance(feature, datasets.Value):
+        if feature is None or (isinstance(feature, datasets.Value) and feature.dtype in _TEXT_DTYPES):
+            continue
+        if isinstance(feature, datasets.Value):
+            kind = feature.dtype
+        else:
             kind = "list" if isinstance(feature, (list, datasets.Sequence, datasets.List, datasets.LargeList)) else "dict"
-            raise DataError(
-                f"data.text_field {name!r} holds {kind} values, not text; point data.text_field at a text column"
-            )
+        raise DataError(
+            f"data.text_field {name!r} holds {kind} values, not text; point data.text_field at a text column"
+        )
     return fields
 
 
@@ -435,6 +436,10 @@ def _looks_like_path(source: str) -> bool:
 
 def _is_glob(source: str) -> bool:
     return any(c in source for c in "*?[")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _hidden(path: Path, root: Path) -> bool:
