@@ -258,3 +258,14 @@ def test_small_data_shows_no_progress_bars(tokenizer, corpus, tmp_path, capfd):
     tokenize_for_pretraining(load_source(str(path)), tokenizer, max_length=16)
     assert capfd.readouterr().err == ""
     assert not datasets.utils.are_progress_bars_disabled()  # restored afterwards
+
+
+def test_all_empty_rows_is_a_clear_error():
+    from datasets import Dataset
+
+    from trainformers.data import default_corpus, tokenize_for_pretraining, train_tokenizer
+    from trainformers.errors import DataError
+
+    tok = train_tokenizer(default_corpus()[:20], 300)
+    with pytest.raises(DataError, match=r"every row of train \(2\) has empty or null text in 'text'"):
+        tokenize_for_pretraining(Dataset.from_list([{"text": ""}, {"text": None}]), tok, max_length=16)

@@ -134,6 +134,11 @@ def tokenize_for_pretraining(
     total = pc.sum(lengths).as_py() or 0
     stats.skipped_empty = stats.rows_in - len(tokenized)
     stats.rows_out = len(rows)
+    if len(tokenized) == 0:
+        raise DataError(
+            f"every row of {name} ({stats.rows_in}) has empty or null text in {text_field!r}; "
+            "check data.text_field and data.source"
+        )
     if packing:
         stats.tokens = len(rows) * max_length
         stats.dropped_tail_tokens = total - stats.tokens
