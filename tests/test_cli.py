@@ -46,6 +46,7 @@ def test_default_run_writes_what_it_promises(tmp_path):
                  "final/tokenizer.json", "tokenizer/tokenizer.json", "checkpoint-8/trainer_state.json"):
         assert (run / name).is_file(), name
     assert (run / "runs").is_dir()  # TensorBoard events (the dev install has tensorboard)
+    assert json.loads((run / "final" / "config.json").read_text())["model_type"] == "trainformers_decoder"
     assert "held-out perplexity" in done.stdout and "sample: 'The" in done.stdout
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [2, 4, 6, 8]

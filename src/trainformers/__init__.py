@@ -5,6 +5,7 @@ from transformers.trainer_utils import EvalPrediction, PredictionOutput, TrainOu
 from .callbacks import EarlyStoppingCallback, ProgressCallback, TrainerCallback
 from .config import RunConfig, TrainingArguments, load_config
 from .errors import CheckpointError, ConfigError, DataError, TrainformersError
+from .models import DecoderLM, DecoderLMConfig
 from .state import TrainerControl, TrainerState
 from .trainer import Trainer
 
@@ -14,6 +15,8 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "DecoderLM",
+    "DecoderLMConfig",
     "EarlyStoppingCallback",
     "EvalPrediction",
     "PredictionOutput",

@@ -2,6 +2,8 @@
 
     trainformers train [CONFIG.yaml] [--section.key VALUE ...]   # no CONFIG: the embedded default
     trainformers report RUN_DIR                                    # report.png + summary of a run
+    trainformers tokenizer train --vocab-size N --out DIR [--data SOURCE ...]   # a BPE tokenizer
+    trainformers generate CHECKPOINT "prompt" [--greedy | --temperature T ...]  # stream a continuation
 """
 
 from __future__ import annotations
@@ -12,9 +14,17 @@ import ctypes.util
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 EXIT_USAGE = 2
+# What `save_pretrained` writes for a tokenizer (transformers 4 and 5): what --overwrite replaces.
+_TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt",
+)  # fmt: skip
 
 
 def _tune_malloc() -> None:
@@ -47,7 +57,78 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("config", nargs="?", help="YAML run file")
     report = sub.add_parser("report", help="plot a run's log to RUN_DIR/report.png and print a summary")
     report.add_argument("run_dir")
+    _add_tokenizer_parser(sub)
+    _add_generate_parser(sub)
     return parser
+
+
+def _number(kind: type, low: float, high: float | None = None, low_open: bool = False) -> Any:
+    """An argparse `type` accepting `kind` values in [low, high] ((low, high] when `low_open`)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if value < low or (low_open and value == low) or (high is not None and value > high):
+            bounds = f"{'(' if low_open else '['}{low}, {high}]" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"{text} must be {'in ' if high is not None else ''}{bounds}")
+        return value
+
+    return parse
+
+
+def _add_tokenizer_parser(sub: Any) -> None:
+    tokenizer = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer on any data source")
+    actions = tokenizer.add_subparsers(dest="tokenizer_command", required=True)
+    train = actions.add_parser(
+        "train",
+        help="train and save a tokenizer (loadable with AutoTokenizer.from_pretrained)",
+        description="Train a byte-level BPE tokenizer on the rows `trainformers train` would train its own on "
+        "(the training split of --data: held-out rows excluded) and save it to --out. Use it in a run with "
+        "--model.tokenizer DIR.",
+    )
+    train.add_argument("--data", metavar="SOURCE", help="anything data.source accepts: a local file (json, jsonl, "
+                       "csv, parquet, txt), a glob, a save_to_disk directory or a Hub dataset; omitted: the embedded corpus")
+    train.add_argument("--vocab-size", type=int, required=True, metavar="N",
+                       help="largest vocabulary size, bytes and special tokens included (at least 259; 263 with --chat-tokens)")
+    train.add_argument("--out", required=True, metavar="DIR", help="directory to save the tokenizer in")
+    train.add_argument("--subset", help="Hub dataset configuration name (e.g. wikitext-2-raw-v1)")
+    train.add_argument("--text-field", action="append", metavar="F",
+                       help="column holding the text (default: text); repeat it to join several columns")
+    train.add_argument("--training-mode", default="pretraining", metavar="MODE",
+                       help="pretraining (text rows, the default) or instruction (chat rows: their messages' contents)")
+    train.add_argument("--format", default="auto", metavar="F",
+                       help="instruction row format: auto, messages, conversations, prompt_response or alpaca")
+    train.add_argument("--num-samples", type=_number(int, 1), metavar="N", help="use only the first N rows")
+    train.add_argument("--chat-tokens", action="store_true",
+                       help="add <|system|> <|user|> <|assistant|> <|end|> as special tokens, and a chat template using them")
+    train.add_argument("--min-frequency", type=_number(int, 1), default=2, metavar="N",
+                       help="a pair must occur at least N times to be merged (default: 2)")
+    train.add_argument("--overwrite", action="store_true", help="replace the tokenizer files in a non-empty --out")
+
+
+def _add_generate_parser(sub: Any) -> None:
+    generate = sub.add_parser(
+        "generate",
+        help="stream a continuation of a prompt from a saved model",
+        description="Load a causal LM saved with save_pretrained (a run directory uses its final/; a checkpoint-N "
+        "directory works too), print the prompt and stream the continuation. Samples unless --greedy or "
+        "--temperature 0. Stops at --max-new-tokens, EOS, or <|end|> when the tokenizer has it.",
+    )
+    generate.add_argument("checkpoint", help="model directory: RUN_DIR, RUN_DIR/final or RUN_DIR/checkpoint-N")
+    generate.add_argument("prompt", help="text to continue (with --chat: the user message)")
+    generate.add_argument("--max-new-tokens", type=_number(int, 1), default=50, metavar="N", help="default: 50")
+    generate.add_argument("--temperature", type=_number(float, 0), default=1.0, metavar="T",
+                          help="sampling temperature; 0 is greedy (default: 1.0)")
+    generate.add_argument("--top-p", type=_number(float, 0, 1, low_open=True), default=1.0, metavar="P",
+                          help="nucleus sampling: keep the smallest set of tokens with probability >= P (default: 1.0, off)")
+    generate.add_argument("--top-k", type=_number(int, 0), default=0, metavar="K",
+                          help="sample among the K most likely tokens (default: 0, off)")
+    generate.add_argument("--greedy", action="store_true", help="always take the most likely token (deterministic)")
+    generate.add_argument("--seed", type=int, default=0, help="seed for sampling (default: 0)")
+    generate.add_argument("--chat", action="store_true", help="send the prompt as a user message through the "
+                          "tokenizer's chat template (or the default one) and stream the assistant's answer")
 
 
 def _train(config_path: str | None, overrides: Sequence[str]) -> int:
@@ -77,6 +158,148 @@ def _report(run_dir: str) -> int:
     return 0
 
 
+def _tokenizer_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .config import DataSection
+    from .data.loader import load_raw, raw_texts
+    from .data.tokenizer import check_vocab_size, train_tokenizer_from_data
+    from .errors import CheckpointError, ConfigError
+
+    check_vocab_size(args.vocab_size, chat_tokens=args.chat_tokens, name="--vocab-size")
+    if args.training_mode == "pretraining" and args.format != "auto":
+        raise ConfigError(f"--format {args.format} describes instruction rows; add --training-mode instruction")
+    if args.format == "template":
+        raise ConfigError("--format template needs data.template and data.response_field, which this command "
+                          "does not take; use train_tokenizer_from_data from Python")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"--out {args.out!r} is a file; give a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not args.overwrite:
+            raise CheckpointError(f"--out {args.out!r} is not empty; pass --overwrite to replace its tokenizer files "
+                                  "or choose another directory")
+        for name in _TOKENIZER_FILES:  # stale ones (an old chat template) would be loaded with the new ones
+            (out / name).unlink(missing_ok=True)
+    text_field = args.text_field[0] if args.text_field and len(args.text_field) == 1 else args.text_field or "text"
+    data = DataSection(source=args.data, subset=args.subset, text_field=text_field, training_mode=args.training_mode,
+                       format=args.format, num_samples=args.num_samples)
+    start = time.perf_counter()
+    tokenizer = train_tokenizer_from_data(
+        data, args.vocab_size, out, chat_tokens=args.chat_tokens, min_frequency=args.min_frequency
+    )
+    specials = ", ".join(tokenizer.all_special_tokens)
+    print(f"vocab size: {len(tokenizer)} (asked {args.vocab_size}; special tokens {specials}) "
+          f"in {time.perf_counter() - start:.1f}s")
+    first = dataclasses.replace(data, num_samples=1, validation_split_percentage=0)
+    sample = next(raw_texts(load_raw(first)[0], first), None) or "Hello, world!"
+    ids = tokenizer(sample, add_special_tokens=False)["input_ids"]
+    ok = tokenizer.decode(ids) == sample
+    shown = sample[:60].replace("\n", " ") + ("..." if len(sample) > 60 else "")
+    print(f"round trip: {'ok' if ok else 'FAILED'} on the first row ({len(sample)} chars -> {len(ids)} tokens, "
+          f"{len(sample) / max(len(ids), 1):.2f} chars/token): {shown!r}")
+    print(f"saved to {out} (AutoTokenizer.from_pretrained({str(out)!r}); in a run: --model.tokenizer {out})")
+    return 0 if ok else 1
+
+
+def _model_dir(checkpoint: str) -> Path:
+    """The directory holding the model: CHECKPOINT itself, or a run directory's final/."""
+    from .errors import CheckpointError
+
+    path = Path(checkpoint)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {checkpoint!r} is not a directory; pass a model directory such as "
+                              "RUN_DIR/final or RUN_DIR/checkpoint-N")
+    if not (path / "config.json").is_file() and (path / "final" / "config.json").is_file():
+        return path / "final"
+    if not (path / "config.json").is_file():
+        saved = sorted(p.name for p in path.glob("checkpoint-*") if (p / "config.json").is_file())
+        hint = f"; it holds {', '.join(saved)}" if saved else ""
+        raise CheckpointError(f"no model in {checkpoint!r} (no config.json, nor final/config.json){hint}; pass a "
+                              "directory written by save_pretrained")
+    return path
+
+
+def _load_for_generation(path: Path) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .errors import CheckpointError
+
+    try:
+        import trainformers.models  # noqa: F401  registers DecoderLM with the Auto classes
+    except ImportError:
+        pass
+    from .checkpoint import _quiet_progress  # a weight-loading bar for a local model is noise here
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"no usable tokenizer in {str(path)!r} ({first_line}); save one there with "
+                              "tokenizer.save_pretrained") from None
+    try:
+        with _quiet_progress():
+            model = AutoModelForCausalLM.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"cannot load a causal LM from {str(path)!r}: {first_line}") from None
+    return model, tokenizer
+
+
+def _stop_ids(model: Any, tokenizer: Any) -> list[int]:
+    """EOS of the model and the tokenizer, and `<|end|>` (end of a chat turn) when the tokenizer has it."""
+    from .data.tokenizer import END_TOKEN
+
+    ids: list[int] = []
+    configured = model.generation_config.eos_token_id
+    for value in [*(configured if isinstance(configured, list) else [configured]), tokenizer.eos_token_id]:
+        if value is not None and value not in ids:
+            ids.append(value)
+    if END_TOKEN in tokenizer.all_special_tokens:
+        ids.append(tokenizer.convert_tokens_to_ids(END_TOKEN))
+    return ids
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import TextStreamer
+
+    from .data.chat import render_chat
+
+    model, tokenizer = _load_for_generation(_model_dir(args.checkpoint))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device).eval()
+    if args.chat:  # the template writes any special tokens itself
+        text = render_chat([{"role": "user", "content": args.prompt}], tokenizer, add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    else:
+        text = args.prompt
+        ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    stop = _stop_ids(model, tokenizer)
+    if ids.shape[1] == 0:  # an empty prompt: start from BOS (or EOS, a document boundary)
+        ids = torch.tensor([[tokenizer.bos_token_id if tokenizer.bos_token_id is not None else stop[0]]])
+    greedy = args.greedy or args.temperature == 0
+    sampling = {} if greedy else {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k}
+    torch.manual_seed(args.seed)
+    print(text, end="", flush=True)
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(
+            ids.to(device),
+            attention_mask=torch.ones_like(ids, device=device),
+            max_new_tokens=args.max_new_tokens,
+            do_sample=not greedy,
+            eos_token_id=stop or None,
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop or [None])[0],
+            streamer=TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True),
+            **sampling,
+        )
+    new, seconds = out.shape[1] - ids.shape[1], time.perf_counter() - start
+    print(f"[{new} tokens in {seconds:.2f}s, {new / max(seconds, 1e-9):.1f} tokens/s, "
+          f"{'greedy' if greedy else 'sampled'}, {device}]", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `trainformers` command; returns the exit status."""
     from .errors import TrainformersError
@@ -95,6 +318,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command == "train":
             return _train(config, overrides)
+        if command == "tokenizer":
+            return _tokenizer_train(args)
+        if command == "generate":
+            return _generate(args)
         return _report(args.run_dir)
     except TrainformersError as err:
         print(f"error: {err}", file=sys.stderr)

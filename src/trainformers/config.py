@@ -65,6 +65,13 @@ METRIC_INPUTS = ("inputs", "loss")
 TOKENS_SEEN_MODES = ("all", "non_padding")
 MODEL_DTYPES = ("float32", "bfloat16", "float16", "auto")
 TRAINING_MODES = ("pretraining", "instruction")
+# DecoderLM sizes: name -> (hidden_size, num_layers, num_heads, num_kv_heads)
+MODEL_PRESETS: dict[str, tuple[int, int, int, int]] = {
+    "nano": (64, 2, 4, 2),
+    "tiny": (128, 4, 4, 2),
+    "small": (384, 6, 6, 2),
+    "base": (768, 12, 12, 4),
+}
 DATA_FORMATS = ("auto", "messages", "conversations", "prompt_response", "alpaca", "template")
 
 
@@ -680,6 +687,20 @@ class ModelSection:
     max_position_embeddings: int = _arg(512, "Longest sequence the model can attend over.")
     dropout: float = _arg(0.0, "Dropout probability, in [0, 1).")
     tie_word_embeddings: bool = _arg(True, "Share the input embedding and output projection weights.")
+    preset: str | None = _arg(
+        None, "DecoderLM size preset (nano, tiny, small, base); sets hidden_size, num_layers, num_heads, num_kv_heads."
+    )
+    num_experts: int = _arg(1, "More than 1 turns the MLPs of moe_layers into a top-k mixture of experts.")
+    num_experts_per_tok: int = _arg(2, "Experts each token is routed to (top-k).")
+    moe_layers: list[int] | None = _arg(None, "Indices of the layers that get experts; None means every layer.")
+    capacity_factor: float | None = _arg(None, "Cap each expert at capacity_factor * tokens * k / experts; None: no cap.")
+    load_balance_coef: float | None = _arg(
+        None, "Weight of the router load-balance loss C*sum(f_i*P_i); None keeps the model config's (0.01)."
+    )
+    auxiliary_coef: float | None = _arg(
+        None, "Weight of the auxiliary usage loss sum((f_i-1/C)^2); None keeps the model config's (0.0)."
+    )
+    z_loss_coef: float | None = _arg(None, "Weight of the router z-loss; None keeps the model config's (0.001).")
     dtype: str = _arg("float32", "Dtype to load or build the weights in: float32, bfloat16, float16 or auto.")
     trust_remote_code: bool = _arg(False, "Allow running model code downloaded from the Hub.")
     sample_prompt: str = _arg("The ", "Prompt of the sample generated at the end of a run; '' disables it.")
@@ -690,6 +711,15 @@ class ModelSection:
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "max_position_embeddings"):
             _check_int(f"model.{name}", getattr(self, name), 1)
         _check_int("model.sample_max_new_tokens", self.sample_max_new_tokens, 0)
+        if self.preset is not None:
+            self.preset = _choice("model.preset", self.preset, tuple(MODEL_PRESETS))
+            self.hidden_size, self.num_layers, self.num_heads, self.num_kv_heads = MODEL_PRESETS[self.preset]
+        _check_int("model.num_experts", self.num_experts, 1)
+        if self.num_experts > 1 and not 1 <= self.num_experts_per_tok <= self.num_experts:
+            raise ConfigError(
+                f"model.num_experts_per_tok={self.num_experts_per_tok} must be between 1 and "
+                f"model.num_experts={self.num_experts}"
+            )
         if self.num_kv_heads is None:
             self.num_kv_heads = self.num_heads
         _check_int("model.num_kv_heads", self.num_kv_heads, 1)

@@ -40,6 +40,33 @@ class SinceLog:
         self.start = time.perf_counter()
 
 
+class TermMeans:
+    """Running means of the extra loss terms a model reports (`outputs.loss_terms`).
+
+    Sums stay device tensors between log rows; `pop` reads them once (averaged over ranks).
+    """
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, terms: Mapping[str, torch.Tensor]) -> None:
+        for name, value in terms.items():
+            value = value.detach().float()
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+        self.count += 1
+
+    def pop(self, accel: Any) -> dict[str, float]:
+        if not self.count:
+            return {}
+        names = sorted(self.sums)
+        stacked = torch.stack([self.sums[n] for n in names]) / self.count
+        if accel.num_processes > 1:
+            stacked = accel.reduce(stacked, reduction="mean")
+        self.sums, self.count = {}, 0
+        return dict(zip(names, stacked.tolist()))
+
+
 def seed_everything(args: Any) -> None:
     from transformers import enable_full_determinism, set_seed
 

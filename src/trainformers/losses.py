@@ -96,3 +96,54 @@ def lm_loss(
     if torch.is_tensor(num_items_in_batch):
         num_items_in_batch = num_items_in_batch.to(total.device)
     return total / num_items_in_batch
+
+
+def compute_router_auxiliary_loss(
+    router_losses: Sequence[Any],
+    load_balance_coef: float = 0.01,
+    auxiliary_coef: float = 0.0,
+    z_loss_coef: float = 0.001,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Aggregate the router terms of every mixture-of-experts layer, averaged over layers.
+
+    Per layer, with C experts, f_i the share of token->expert assignments that went to expert i
+    and P_i the mean router probability of expert i:
+
+    - load balance `C * sum_i f_i * P_i` (1.0 when perfectly balanced; gradient through P),
+    - auxiliary `sum_i (f_i - 1/C)^2` (0 when balanced; counts only, so it carries no gradient:
+      a usage-imbalance measure unless given a weight for logging-driven experiments),
+    - z-loss `mean(logsumexp(router_logits)^2)` (keeps router logits small).
+
+    Args:
+        router_losses: One item per MoE layer with `fraction` (f), `probability` (P) and `z`
+            (objects with those attributes, or dicts with those keys).
+        load_balance_coef, auxiliary_coef, z_loss_coef: Weights of the three terms.
+
+    Returns:
+        `(weighted_total, terms)` where terms holds `load_balance_loss`, `auxiliary_loss`,
+        `router_z_loss` and `expert_usage_max` (the busiest expert's share, for the log).
+    """
+
+    def get(item: Any, name: str) -> torch.Tensor:
+        return item[name] if isinstance(item, Mapping) else getattr(item, name)
+
+    load, aux, z, busiest = [], [], [], []
+    for layer in router_losses:
+        f, p = get(layer, "fraction").float(), get(layer, "probability").float()
+        experts = f.numel()
+        load.append(experts * (f * p).sum())
+        aux.append((f - 1.0 / experts).pow(2).sum())
+        z.append(get(layer, "z").float())
+        busiest.append(f.max())
+    terms = {
+        "load_balance_loss": torch.stack(load).mean(),
+        "auxiliary_loss": torch.stack(aux).mean(),
+        "router_z_loss": torch.stack(z).mean(),
+        "expert_usage_max": torch.stack(busiest).mean(),
+    }
+    total = (
+        load_balance_coef * terms["load_balance_loss"]
+        + auxiliary_coef * terms["auxiliary_loss"]
+        + z_loss_coef * terms["router_z_loss"]
+    )
+    return total, terms

@@ -90,36 +90,46 @@ def build_tokenizer(config: RunConfig, train_texts: Iterable[str]) -> Any:
 
 
 def build_model(config: RunConfig, tokenizer: Any) -> torch.nn.Module:
-    """A pretrained causal LM, or a new Llama-architecture model sized by the `model` section."""
-    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+    """A pretrained causal LM, or a new `DecoderLM` sized by the `model` section."""
+    from transformers import AutoModelForCausalLM
+
+    from .models import DecoderLM, DecoderLMConfig
 
     m = config.model
     dtype = "auto" if m.dtype == "auto" else getattr(torch, m.dtype)
+    router = {k: v for k, v in (("load_balance_coef", m.load_balance_coef), ("auxiliary_coef", m.auxiliary_coef),
+                                ("z_loss_coef", m.z_loss_coef)) if v is not None}
     if m.name_or_path:
-        return AutoModelForCausalLM.from_pretrained(m.name_or_path, dtype=dtype, trust_remote_code=m.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(m.name_or_path, dtype=dtype, trust_remote_code=m.trust_remote_code)
+        for name, value in router.items():  # the run file overrides the saved router coefficients
+            setattr(model.config, name, value)
+        return model
     if config.data.max_length > m.max_position_embeddings:
         raise ConfigError(
             f"data.max_length={config.data.max_length} exceeds model.max_position_embeddings="
             f"{m.max_position_embeddings}; lower max_length or raise max_position_embeddings"
         )
-    # SwiGLU's usual width: 8/3 of hidden, rounded up to a multiple of 32
-    intermediate = m.intermediate_size or 32 * math.ceil(8 * m.hidden_size / 3 / 32)
-    llama = LlamaConfig(
+    decoder = DecoderLMConfig(
         vocab_size=len(tokenizer),
         hidden_size=m.hidden_size,
-        intermediate_size=intermediate,
         num_hidden_layers=m.num_layers,
         num_attention_heads=m.num_heads,
         num_key_value_heads=m.num_kv_heads,
+        intermediate_size=m.intermediate_size,
         max_position_embeddings=m.max_position_embeddings,
-        attention_dropout=m.dropout,
+        dropout=m.dropout,
         tie_word_embeddings=m.tie_word_embeddings,
+        num_experts=m.num_experts,
+        num_experts_per_tok=m.num_experts_per_tok,
+        moe_layers=m.moe_layers,
+        capacity_factor=m.capacity_factor,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **router,
     )
     torch.manual_seed(config.training.seed)
-    return LlamaForCausalLM(llama).to(dtype)
+    return DecoderLM(decoder).to(dtype)
 
 
 def generate_sample(model: torch.nn.Module, tokenizer: Any, prompt: str, max_new_tokens: int, seed: int = 0) -> str:

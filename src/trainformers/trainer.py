@@ -39,6 +39,7 @@ from .errors import CheckpointError, ConfigError, DataError, TrainformersError
 from .evaluation import EvalAccumulator
 from .loop_utils import (
     SinceLog,
+    TermMeans,
     batch_size_info,
     default_collator,
     is_plateau,
@@ -117,6 +118,7 @@ class Trainer:
         self.preprocess_logits_for_metrics = preprocess_logits_for_metrics
         self.optimizer, self.lr_scheduler = optimizers
         self.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
+        self._loss_terms = TermMeans()
         self.state = TrainerState(
             is_local_process_zero=self.is_local_process_zero(), is_world_process_zero=self.is_world_process_zero()
         )
@@ -305,6 +307,9 @@ class Trainer:
             labels = inputs.get("labels")
         model_inputs = {k: v for k, v in inputs.items() if k != "labels"} if labels is not None else inputs
         outputs = model(**model_inputs)
+        terms = outputs.get("loss_terms") if isinstance(outputs, Mapping) else None
+        if terms and model.training:
+            self._loss_terms.add(terms)  # e.g. MoE router losses: logged beside the loss
         if labels is not None and self.compute_loss_func is not None:
             loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch)
         elif labels is not None:
@@ -584,6 +589,7 @@ class Trainer:
         if self.args.include_num_input_tokens_seen:
             self.state.num_input_tokens_seen += since.take_seen()
             logs["num_input_tokens_seen"] = self.state.num_input_tokens_seen * world
+        logs.update(self._loss_terms.pop(accel))
         since.reset()
         self.log(logs)
 
