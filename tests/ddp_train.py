@@ -29,3 +29,4 @@ if trainer.is_world_process_zero():
                                                  "world": trainer.accelerator.num_processes,
                                                  "label_ids": pred.label_ids.tolist(),
                                                  "argmax": pred.predictions.argmax(-1).tolist()}))
+trainer.accelerator.end_training()  # trackers finished, process group destroyed: no gloo abort at exit

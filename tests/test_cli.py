@@ -176,3 +176,14 @@ def test_instruction_example_fine_tunes_the_default_model(tmp_path):
     assert "no assistant" not in done.stdout and "sample:" in done.stdout
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] and any("eval_loss" in r for r in rows)
+
+
+def test_run_trains_its_tokenizer_where_model_tokenizer_points(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = ["train", *SMALL, "--training.max_steps", "2", "--model.tokenizer", "./tok", "--model.sample_prompt", "''"]
+    assert main([*base, "--training.output_dir", "a"]) == 0
+    vocab = (tmp_path / "tok" / "tokenizer.json").read_text()
+    assert not (tmp_path / "a" / "tokenizer").exists()  # trained where model.tokenizer said
+    assert main([*base, "--training.output_dir", "b", "--model.vocab_size", "400"]) == 0
+    assert (tmp_path / "tok" / "tokenizer.json").read_text() == vocab  # reused, not retrained
+    capsys.readouterr()

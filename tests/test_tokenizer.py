@@ -202,6 +202,8 @@ def test_command_refuses_a_non_empty_out_unless_overwrite(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: --out") and "--overwrite" in err and err.count("\n") == 1
     assert (out / "chat_template.jinja").is_file()  # untouched
+    assert main([*args, "--overwrite", "--data", str(tmp_path / "missing.jsonl")]) == 2
+    assert (out / "chat_template.jinja").is_file()  # a failed run leaves the old tokenizer whole
     (out / "notes.txt").write_text("mine")
     assert main([*args, "--overwrite"]) == 0
     assert not (out / "chat_template.jinja").exists()  # a stale template would be loaded with the new tokenizer

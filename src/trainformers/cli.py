@@ -20,25 +20,21 @@ from pathlib import Path
 from typing import Any
 
 EXIT_USAGE = 2
-# What `save_pretrained` writes for a tokenizer (transformers 4 and 5): what --overwrite replaces.
-_TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-    "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt",
-)  # fmt: skip
 
 
 def _tune_malloc() -> None:
     """Stop glibc from returning and re-faulting memory every step (PERF-NOTES: 7-15% on small models).
 
-    Equivalent to MALLOC_MMAP_THRESHOLD_=32 MiB and MALLOC_TRIM_THRESHOLD_=16 GiB; a no-op off glibc
-    or when the user set either variable.
+    Equivalent to MALLOC_MMAP_THRESHOLD_=128 MiB and MALLOC_TRIM_THRESHOLD_=16 GiB; a no-op off glibc
+    or when the user set either variable. PERF-NOTES used 32 MiB, but then a 32 MiB logits tensor
+    (batch 8 x 128 x vocab 8192) is still mmapped and page-faulted every step (bench/decoder_lm.py).
     """
     if sys.platform != "linux" or "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
         return
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         m_trim_threshold, m_mmap_threshold = -1, -3
-        libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)
+        libc.mallopt(m_mmap_threshold, 128 * 1024 * 1024)
         libc.mallopt(m_trim_threshold, 16 * 1024 * 1024 * 1024)
     except (OSError, AttributeError):
         pass
@@ -175,12 +171,9 @@ def _tokenizer_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"--out {args.out!r} is a file; give a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not args.overwrite:
-            raise CheckpointError(f"--out {args.out!r} is not empty; pass --overwrite to replace its tokenizer files "
-                                  "or choose another directory")
-        for name in _TOKENIZER_FILES:  # stale ones (an old chat template) would be loaded with the new ones
-            (out / name).unlink(missing_ok=True)
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise CheckpointError(f"--out {args.out!r} is not empty; pass --overwrite to replace its tokenizer files "
+                              "or choose another directory")
     text_field = args.text_field[0] if args.text_field and len(args.text_field) == 1 else args.text_field or "text"
     data = DataSection(source=args.data, subset=args.subset, text_field=text_field, training_mode=args.training_mode,
                        format=args.format, num_samples=args.num_samples)
@@ -223,14 +216,13 @@ def _model_dir(checkpoint: str) -> Path:
 def _load_for_generation(path: Path) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .checkpoint import _quiet_progress
     from .errors import CheckpointError
 
     try:
         import trainformers.models  # noqa: F401  registers DecoderLM with the Auto classes
     except ImportError:
         pass
-    from .checkpoint import _quiet_progress  # a weight-loading bar for a local model is noise here
-
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, TypeError) as err:
@@ -238,7 +230,7 @@ def _load_for_generation(path: Path) -> tuple[Any, Any]:
         raise CheckpointError(f"no usable tokenizer in {str(path)!r} ({first_line}); save one there with "
                               "tokenizer.save_pretrained") from None
     try:
-        with _quiet_progress():
+        with _quiet_progress():  # a weight-loading bar for a local model is noise here
             model = AutoModelForCausalLM.from_pretrained(path)
     except (OSError, ValueError, KeyError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -327,7 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("interrupted; resume with --training.resume_from_checkpoint true", file=sys.stderr)
+        resume = "; resume with --training.resume_from_checkpoint true" if command == "train" else ""
+        print(f"interrupted{resume}", file=sys.stderr)
         return 130
 
 

@@ -688,7 +688,9 @@ class ModelSection:
     dropout: float = _arg(0.0, "Dropout probability, in [0, 1).")
     tie_word_embeddings: bool = _arg(True, "Share the input embedding and output projection weights.")
     preset: str | None = _arg(
-        None, "DecoderLM size preset (nano, tiny, small, base); sets hidden_size, num_layers, num_heads, num_kv_heads."
+        None,
+        "DecoderLM size preset (nano, tiny, small, base): fills hidden_size, num_layers, num_heads and "
+        "num_kv_heads where they are left at their defaults.",
     )
     num_experts: int = _arg(1, "More than 1 turns the MLPs of moe_layers into a top-k mixture of experts.")
     num_experts_per_tok: int = _arg(2, "Experts each token is routed to (top-k).")
@@ -713,7 +715,10 @@ class ModelSection:
         _check_int("model.sample_max_new_tokens", self.sample_max_new_tokens, 0)
         if self.preset is not None:
             self.preset = _choice("model.preset", self.preset, tuple(MODEL_PRESETS))
-            self.hidden_size, self.num_layers, self.num_heads, self.num_kv_heads = MODEL_PRESETS[self.preset]
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            for name, value in zip(("hidden_size", "num_layers", "num_heads", "num_kv_heads"), MODEL_PRESETS[self.preset]):
+                if getattr(self, name) == defaults[name]:  # a size set explicitly (not the default) wins
+                    setattr(self, name, value)
         _check_int("model.num_experts", self.num_experts, 1)
         if self.num_experts > 1 and not 1 <= self.num_experts_per_tok <= self.num_experts:
             raise ConfigError(

@@ -83,10 +83,13 @@ def lm_loss(
         A 0-dim float32 loss.
     """
     if shift:
-        logits = logits[..., :-1, :]
-        labels = labels[..., 1:]
-    # (..., V) -> (N, V) and (...) -> (N,): cross_entropy wants flat rows
-    flat_logits = logits.reshape(-1, logits.shape[-1]).float()
+        # shift the labels, not the logits: slicing logits[..., :-1, :] copies the largest tensor
+        # of the step (bench/decoder_lm.py measured ~13 ms/step at 20M params, vocab 8192)
+        labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]  # position t predicts token t+1
+    # (..., V) -> (N, V) and (...) -> (N,): cross_entropy wants flat rows (a view, no copy)
+    flat_logits = logits.reshape(-1, logits.shape[-1])
+    if flat_logits.dtype != torch.float32:
+        flat_logits = flat_logits.float()  # half-precision logits: the softmax runs in fp32
     flat_labels = labels.reshape(-1).to(flat_logits.device)
     total = F.cross_entropy(
         flat_logits, flat_labels, ignore_index=ignore_index, reduction="sum", label_smoothing=label_smoothing

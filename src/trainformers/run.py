@@ -24,11 +24,8 @@ from .errors import ConfigError
 # perplexity well below the unigram baseline; the numbers are in docs/benchmarks.md.
 DEFAULT_RUN: dict[str, dict[str, Any]] = {
     "model": {
+        "preset": "tiny",  # DecoderLM: hidden 128, 4 layers, 4 heads, 2 KV heads (1.0M parameters)
         "vocab_size": 2048,
-        "hidden_size": 128,
-        "num_layers": 4,
-        "num_heads": 4,
-        "num_kv_heads": 2,
         "max_position_embeddings": 256,
         "sample_prompt": "The ",
         "sample_max_new_tokens": 40,
@@ -77,16 +74,26 @@ def build_tokenizer(config: RunConfig, train_texts: Iterable[str]) -> Any:
     from .data import train_tokenizer
 
     model = config.model
+    # from scratch, `model.tokenizer` may name where to train one (first step), not an existing one
+    train_to = Path(model.tokenizer) if model.tokenizer and not model.name_or_path else None
+    if train_to is not None and (train_to / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(train_to)
     name = model.tokenizer or model.name_or_path
-    if name:
+    if name and (train_to is None or _looks_like_hub_name(name)):
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=model.trust_remote_code)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token  # documented: causal LMs often ship without one
         return tokenizer
-    saved = Path(config.training.output_dir) / "tokenizer"
+    saved = train_to or Path(config.training.output_dir) / "tokenizer"
     if config.training.resume_from_checkpoint and (saved / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(saved)  # a resumed run must see the very same ids
-    return train_tokenizer(train_texts, model.vocab_size, saved)
+    chat = config.data.training_mode == "instruction"  # role markers become single tokens
+    return train_tokenizer(train_texts, model.vocab_size, saved, chat_tokens=chat)
+
+
+def _looks_like_hub_name(name: str) -> bool:
+    """`org/name` with no local meaning: load it; a path-like name is a place to train into."""
+    return not name.startswith((".", "/", "~")) and name.count("/") == 1 and not Path(name).parent.exists()
 
 
 def build_model(config: RunConfig, tokenizer: Any) -> torch.nn.Module:
@@ -215,4 +222,5 @@ def run_training(config: RunConfig, *, echo: Any = print) -> RunResult:
     sample = None
     if config.model.sample_prompt and config.model.sample_max_new_tokens:
         sample = generate_sample(trainer.accelerator.unwrap_model(trainer.model), tokenizer, config.model.sample_prompt, config.model.sample_max_new_tokens, args.seed)
+    trainer.accelerator.end_training()  # finish trackers; in a distributed run, leave the process group cleanly
     return RunResult(out, time.perf_counter() - start, result.global_step, result.training_loss, eval_loss, perplexity, sample)

@@ -21,9 +21,10 @@ from trainformers.data.packing import pack_texts, token_stream
 from trainformers.data.pretraining import tokenize_for_pretraining
 from trainformers.data.sources import load_source, load_splits
 from trainformers.data.stats import DataStats
-from trainformers.data.tokenizer import SPECIAL_TOKENS, train_tokenizer
+from trainformers.data.tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS, train_tokenizer, train_tokenizer_from_data
 
 __all__ = [
+    "CHAT_TEMPLATE",
     "DEFAULT_CHAT_TEMPLATE",
     "FORMATS",
     "SPECIAL_TOKENS",
@@ -53,4 +54,5 @@ __all__ = [
     "tokenize_for_instruction",
     "tokenize_for_pretraining",
     "train_tokenizer",
+    "train_tokenizer_from_data",
 ]

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from trainformers.errors import ConfigError
-
-if TYPE_CHECKING:
-    from trainformers.config import DataSection
+from trainformers.config import DataSection
+from trainformers.data.loader import load_raw, raw_texts
+from trainformers.errors import ConfigError, DataError
 
 __all__ = [
     "BOS_TOKEN",
@@ -57,6 +55,14 @@ CHAT_TEMPLATE = (
     "{{ '<|assistant|>\\n' }}"
     "{%- endif -%}"
 )
+
+# What `save_pretrained` writes for a tokenizer (transformers 4 and 5). Those an earlier tokenizer
+# left in `out_dir` and this one does not write are removed: a stale chat template or
+# special-tokens map would be loaded together with the new vocabulary.
+_TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt",
+)  # fmt: skip
 
 # No length limit of its own: the model's context length is the model's business, and packing
 # tokenises whole documents longer than any context.
@@ -161,15 +167,13 @@ def train_tokenizer_from_data(
         min_frequency: A pair must occur at least this often to be merged.
 
     Returns:
-        The trained tokenizer, already saved in `out_dir`.
+        The trained tokenizer, saved in `out_dir`; tokenizer files of an earlier one there that
+        this one does not write (e.g. `chat_template.jinja`) are removed, other files are kept.
 
     Raises:
         ConfigError: `vocab_size` too small (checked before any data is read), or a bad `data`.
         DataError: the source cannot be read, or has no text.
     """
-    from trainformers.data.loader import load_raw, raw_texts
-    from trainformers.errors import DataError
-
     check_vocab_size(vocab_size, chat_tokens=chat_tokens, name="vocab_size")
     train, _ = load_raw(data)
     seen = 0
@@ -186,5 +190,7 @@ def train_tokenizer_from_data(
             f"data.source {data.source!r} has no text to train a tokenizer on; check data.text_field "
             "(pretraining) or data.format (instruction)"
         )
-    tokenizer.save_pretrained(str(out_dir))
+    written = {Path(f).name for f in tokenizer.save_pretrained(str(out_dir))}
+    for name in set(_TOKENIZER_FILES) - written:
+        (Path(out_dir) / name).unlink(missing_ok=True)
     return tokenizer
