@@ -107,7 +107,7 @@ def run_main(capsys, *argv):
     [
         (["--training.lerning_rate", "1"], "unknown key 'training.lerning_rate' in the command line (did you mean 'training.learning_rate'?)"),
         (["--trainig.seed", "1"], "did you mean 'training'"),
-        (["--training.learning_rate", "fast"], "training.learning_rate must be a number"),
+        (["--training.learning_rate", "fast"], "learning_rate must be a number, got 'fast'"),
         (["--training.fp16", "--training.bf16"], "Can't set both fp16 and bf16"),
         (["--training.fp16"], "fp16=True needs a CUDA GPU"),
         (["--training.load_best_model_at_end", "true", "--training.save_strategy", "epoch"], "load_best_model_at_end"),

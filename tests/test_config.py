@@ -68,7 +68,7 @@ def test_core_defaults_equal_installed_transformers(name):
 def test_fields_are_transformers_fields_except_documented_extras():
     ours = {f.name for f in dataclasses.fields(TrainingArguments)} - ALIASES
     # Spellings transformers 5 dropped but users still write; kept as real fields.
-    assert ours - HF_FIELDS.keys() == {"logging_dir", "overwrite_output_dir", "group_by_length"}
+    assert ours - HF_FIELDS.keys() == {"logging_dir", "overwrite_output_dir", "group_by_length", "param_groups", "loraplus_lr_ratio"}
 
 
 def test_every_scheduler_of_installed_transformers_is_accepted():
@@ -410,7 +410,7 @@ def test_yaml_booleans_and_floats_follow_yaml_1_2(tmp_path):
         ("training:\n  neftune_noise_alpha: 5\n", "'neftune_noise_alpha' is a transformers option"),
         ("- a\n- b\n", "must be a mapping of sections"),
         ("training: 3\n", "section 'training'"),
-        ("training:\n  learning_rate: fast\n", "training.learning_rate must be a number, got 'fast'"),
+        ("training:\n  learning_rate: fast\n", "learning_rate must be a number, got 'fast'"),
         ("training:\n  max_steps: 2.5\n", "training.max_steps must be an integer, got 2.5"),
         ("training:\n  bf16: yes\n", "training.bf16 must be true or false, got 'yes'"),
         ("training:\n  run_name: 123\n", "training.run_name must be a string, got 123"),
@@ -432,7 +432,7 @@ def test_unknown_section_message_in_full(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert str(info.value) == (
-        f"unknown section 'trainig' in '{path}' (did you mean 'training'?); sections are model, data, training"
+        f"unknown section 'trainig' in '{path}' (did you mean 'training'?); sections are model, data, training, peft"
     )
 
 

@@ -220,7 +220,9 @@ class TrainingArguments:
     remove_unused_columns: bool = _arg(True, "Drop dataset columns the model's forward() does not accept.")
     label_names: list[str] | None = _arg(None, "Keys of the batch that hold labels; None detects them from the model.")
     # --- optimisation ---
-    learning_rate: float = _arg(5e-5, "Peak learning rate, reached after warmup.")
+    learning_rate: float | str = _arg(
+        5e-5, "Peak learning rate, reached after warmup; 'auto' runs the LR range test first and uses its suggestion."
+    )
     weight_decay: float = _arg(0.0, "Decoupled weight decay, not applied to biases and norm weights.")
     adam_beta1: float = _arg(0.9, "Adam beta1: decay rate of the first-moment estimate.")
     adam_beta2: float = _arg(0.999, "Adam beta2: decay rate of the second-moment estimate.")
@@ -239,6 +241,14 @@ class TrainingArguments:
         0, "Linear warmup: an integer >= 1 is a number of steps, a float in [0, 1) a fraction of all steps."
     )
     label_smoothing_factor: float = _arg(0.0, "Label smoothing for the cross-entropy loss, in [0, 1).")
+    param_groups: list[dict[str, Any]] | None = _arg(
+        None,
+        "Per-parameter-group settings: a list of {pattern, lr, weight_decay} matched (re.search) against "
+        "parameter names, first match wins; unmatched parameters use learning_rate/weight_decay.",
+    )
+    loraplus_lr_ratio: float | None = _arg(
+        None, "LoRA+: the LoRA B matrices train at learning_rate times this ratio (e.g. 16); None disables."
+    )
     # --- precision ---
     bf16: bool = _arg(False, "Train with bfloat16 mixed precision (autocast).")
     fp16: bool = _arg(False, "Train with float16 mixed precision (autocast with a gradient scaler).")
@@ -517,8 +527,27 @@ class TrainingArguments:
                 f"dataloader_prefetch_factor={self.dataloader_prefetch_factor} needs "
                 "dataloader_num_workers > 0; set workers or remove the prefetch factor"
             )
-        if not _is_number(self.learning_rate) or self.learning_rate < 0:
-            raise ConfigError(f"learning_rate={self.learning_rate!r} must be a number >= 0")
+        if isinstance(self.learning_rate, str) and self.learning_rate != "auto":
+            try:
+                self.learning_rate = float(self.learning_rate)
+            except ValueError:
+                raise ConfigError(
+                    f"learning_rate must be a number, got {self.learning_rate!r} (or 'auto' to run the LR finder)"
+                ) from None
+        if self.learning_rate != "auto" and (not _is_number(self.learning_rate) or self.learning_rate < 0):
+            raise ConfigError(f"learning_rate={self.learning_rate!r} must be a number >= 0 (or 'auto')")
+        if self.loraplus_lr_ratio is not None and (not _is_number(self.loraplus_lr_ratio) or self.loraplus_lr_ratio <= 0):
+            raise ConfigError(f"loraplus_lr_ratio={self.loraplus_lr_ratio!r} must be a positive number (e.g. 16)")
+        for i, group in enumerate(self.param_groups or []):
+            if not isinstance(group, Mapping) or "pattern" not in group:
+                raise ConfigError(f"param_groups[{i}]={group!r} must be a mapping with a 'pattern' (and lr, weight_decay)")
+            unknown = set(group) - {"pattern", "lr", "weight_decay"}
+            if unknown:
+                raise ConfigError(f"param_groups[{i}] has unknown keys {sorted(unknown)}; allowed: pattern, lr, weight_decay")
+            try:
+                re.compile(group["pattern"])
+            except re.error as err:
+                raise ConfigError(f"param_groups[{i}].pattern {group['pattern']!r} is not a valid regex: {err}") from None
         if not _is_number(self.warmup_steps) or self.warmup_steps < 0:
             raise ConfigError(f"warmup_steps={self.warmup_steps!r} must be >= 0 (steps, or a fraction < 1)")
         if self.warmup_steps >= 1:
@@ -703,6 +732,11 @@ class ModelSection:
         None, "Weight of the auxiliary usage loss sum((f_i-1/C)^2); None keeps the model config's (0.0)."
     )
     z_loss_coef: float | None = _arg(None, "Weight of the router z-loss; None keeps the model config's (0.001).")
+    load_in_4bit: bool = _arg(False, "Load the pretrained base model quantized to 4 bits (bitsandbytes; needs a CUDA GPU).")
+    load_in_8bit: bool = _arg(False, "Load the pretrained base model quantized to 8 bits (bitsandbytes; needs a CUDA GPU).")
+    bnb_4bit_quant_type: str = _arg("nf4", "4-bit data type: nf4 or fp4.")
+    bnb_4bit_compute_dtype: str = _arg("bfloat16", "Dtype of the 4-bit matmuls: bfloat16, float16 or float32.")
+    bnb_4bit_use_double_quant: bool = _arg(False, "Quantize the 4-bit quantization constants too (saves ~0.4 bit/param).")
     dtype: str = _arg("float32", "Dtype to load or build the weights in: float32, bfloat16, float16 or auto.")
     trust_remote_code: bool = _arg(False, "Allow running model code downloaded from the Hub.")
     sample_prompt: str = _arg("The ", "Prompt of the sample generated at the end of a run; '' disables it.")
@@ -719,6 +753,12 @@ class ModelSection:
             for name, value in zip(("hidden_size", "num_layers", "num_heads", "num_kv_heads"), MODEL_PRESETS[self.preset]):
                 if getattr(self, name) == defaults[name]:  # a size set explicitly (not the default) wins
                     setattr(self, name, value)
+        if self.load_in_4bit and self.load_in_8bit:
+            raise ConfigError("Can't set both model.load_in_4bit and model.load_in_8bit; pick one")
+        self.bnb_4bit_quant_type = _choice("model.bnb_4bit_quant_type", self.bnb_4bit_quant_type, ("nf4", "fp4"))
+        self.bnb_4bit_compute_dtype = _choice(
+            "model.bnb_4bit_compute_dtype", self.bnb_4bit_compute_dtype, ("bfloat16", "float16", "float32")
+        )
         _check_int("model.num_experts", self.num_experts, 1)
         if self.num_experts > 1 and not 1 <= self.num_experts_per_tok <= self.num_experts:
             raise ConfigError(
@@ -825,7 +865,7 @@ class DataSection:
             raise ConfigError("data.format='template' needs data.template (e.g. 'Q: {question}') and data.response_field")
 
 
-SECTIONS: dict[str, type] = {"model": ModelSection, "data": DataSection, "training": TrainingArguments}
+SECTIONS: dict[str, type] = {"model": ModelSection, "data": DataSection, "training": TrainingArguments, "peft": dict}
 
 
 @dataclass
@@ -836,6 +876,10 @@ class RunConfig:
     data: DataSection = field(default_factory=DataSection, metadata={"help": "What it is trained on."})
     training: TrainingArguments = field(
         default_factory=TrainingArguments, metadata={"help": "How it is trained."}
+    )
+    peft: dict[str, Any] | None = field(
+        default=None,
+        metadata={"help": "PEFT adapter options (LoraConfig fields, `method` for other PEFT methods); None trains fully."},
     )
 
     def __post_init__(self) -> None:
@@ -848,6 +892,7 @@ class RunConfig:
             "model": dataclasses.asdict(self.model),
             "data": dataclasses.asdict(self.data),
             "training": self.training.to_dict(),
+            **({"peft": dict(self.peft)} if self.peft else {}),
         }
 
     def to_yaml(self) -> str:
@@ -982,6 +1027,9 @@ def _merge(merged: dict[str, dict[str, Any]], layer: Any, origin: str) -> None:
         if not isinstance(values, Mapping):
             raise ConfigError(f"section '{section}' in {origin} must be a mapping of keys, got {values!r}")
         cls = SECTIONS[section]
+        if cls is dict:  # `peft`: options of a peft config class, checked against it when the model is built
+            merged[section].update(copy.deepcopy(dict(values)))
+            continue
         known = [f.name for f in dataclasses.fields(cls) if f.init]
         for name, value in values.items():
             if name not in known:
@@ -1037,5 +1085,6 @@ def load_config(
         model=ModelSection(**merged["model"]),
         data=DataSection(**merged["data"]),
         training=TrainingArguments(**merged["training"]),
+        peft=merged["peft"] or None,
     )
 
