@@ -187,3 +187,33 @@ def test_run_trains_its_tokenizer_where_model_tokenizer_points(tmp_path, capsys,
     assert main([*base, "--training.output_dir", "b", "--model.vocab_size", "400"]) == 0
     assert (tmp_path / "tok" / "tokenizer.json").read_text() == vocab  # reused, not retrained
     capsys.readouterr()
+
+
+def test_lr_find_command_suggests_and_leaves_a_run_alone(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *SMALL, "--training.max_steps", "2", "--training.output_dir", "run", "--model.sample_prompt", "''"]) == 0
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if "tokenizer" not in p.parts}
+    capsys.readouterr()
+    assert main(["lr-find", *SMALL, "--training.output_dir", "run"]) == 0
+    out = capsys.readouterr().out
+    assert "suggested learning_rate:" in out and (tmp_path / "run" / "lr_find.png").is_file()
+    after = {p: p.stat().st_mtime_ns for p in before}
+    assert after == before  # checkpoints, log, final model: untouched
+
+
+def test_learning_rate_auto_trains_with_the_suggestion(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = main(["train", *SMALL, "--training.max_steps", "2", "--training.learning_rate", "auto",
+                 "--training.output_dir", "auto", "--model.sample_prompt", "''"])
+    out = capsys.readouterr().out
+    assert code == 0 and "learning_rate: auto ->" in out and (tmp_path / "auto" / "lr_find.png").is_file()
+    saved = json.loads((tmp_path / "auto" / "final" / "training_args.json").read_text())
+    assert isinstance(saved["learning_rate"], float) and saved["learning_rate"] > 0
+
+
+def test_quantization_without_gpu_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = Path(__file__).resolve().parents[1]
+    code, err = run_main(capsys, "train", str(root / "examples" / "qlora.yaml"), "--training.output_dir", "q")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "load_in_4bit" in err
+    assert not (tmp_path / "q").exists()

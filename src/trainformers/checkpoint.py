@@ -229,10 +229,18 @@ def load_model_files(model: nn.Module, ckpt_dir: str | os.PathLike) -> None:
     from safetensors.torch import load_file
 
     ckpt_dir = Path(ckpt_dir)
-    if (ckpt_dir / "adapter_model.safetensors").is_file() and _is_peft(model):
+    adapter_file = ckpt_dir / "adapter_model.safetensors"
+    if adapter_file.is_file() and _is_peft(model):
         from peft import set_peft_model_state_dict
 
-        set_peft_model_state_dict(model, load_file(str(ckpt_dir / "adapter_model.safetensors")))
+        set_peft_model_state_dict(model, load_file(str(adapter_file)))
+        return
+    if adapter_file.is_file() and getattr(model, "_hf_peft_config_loaded", False):
+        # transformers' own add_adapter(): the adapter lives in the model, saved in PEFT format
+        from peft import set_peft_model_state_dict
+
+        active = model.active_adapters()[0] if hasattr(model, "active_adapters") else "default"
+        set_peft_model_state_dict(model, load_file(str(adapter_file)), adapter_name=active)
         return
     if (ckpt_dir / "model.safetensors").is_file():
         state = load_file(str(ckpt_dir / "model.safetensors"))

@@ -4,6 +4,7 @@
     trainformers report RUN_DIR                                    # report.png + summary of a run
     trainformers tokenizer train --vocab-size N --out DIR [--data SOURCE ...]   # a BPE tokenizer
     trainformers generate CHECKPOINT "prompt" [--greedy | --temperature T ...]  # stream a continuation
+    trainformers export RUN_OR_CHECKPOINT [--out DIR] [--merge [--base MODEL]]   # model files, or adapter merged
 """
 
 from __future__ import annotations
@@ -51,10 +52,18 @@ def _parser() -> argparse.ArgumentParser:
         "embedded default run trains a small LM on Python's own documentation.",
     )
     train.add_argument("config", nargs="?", help="YAML run file")
+    lr_find = sub.add_parser(
+        "lr-find",
+        help="LR range test on a run file's model and data: suggests a learning rate, writes lr_find.png",
+        description="Run the learning-rate range test for CONFIG (same file and --section.key overrides as "
+        "train); the model and optimizer are left untouched and nothing is trained.",
+    )
+    lr_find.add_argument("config", nargs="?", help="YAML run file")
     report = sub.add_parser("report", help="plot a run's log to RUN_DIR/report.png and print a summary")
     report.add_argument("run_dir")
     _add_tokenizer_parser(sub)
     _add_generate_parser(sub)
+    _add_export_parser(sub)
     return parser
 
 
@@ -127,6 +136,22 @@ def _add_generate_parser(sub: Any) -> None:
                           "tokenizer's chat template (or the default one) and stream the assistant's answer")
 
 
+def _add_export_parser(sub: Any) -> None:
+    export = sub.add_parser(
+        "export",
+        help="copy a run's final model (or a checkpoint's) without training state, or merge its LoRA adapter",
+        description="Copy the model files and tokenizer of RUN_DIR/final (or of the given checkpoint-N or model "
+        "directory) to --out, leaving out optimizer, scheduler, RNG and trainer state. With --merge, a PEFT adapter "
+        "is folded into its base model (the one named in adapter_config.json, or --base) and saved as a full model "
+        "that loads with AutoModelForCausalLM.from_pretrained.",
+    )
+    export.add_argument("run_or_checkpoint", help="RUN_DIR, RUN_DIR/final or RUN_DIR/checkpoint-N")
+    export.add_argument("--out", metavar="DIR", help="an empty or new directory (default: RUN_DIR/export)")
+    export.add_argument("--merge", action="store_true", help="merge a PEFT adapter into its base model")
+    export.add_argument("--base", metavar="MODEL", help="with --merge: the base model's directory or Hub name, "
+                        "instead of the one adapter_config.json names")
+
+
 def _train(config_path: str | None, overrides: Sequence[str]) -> int:
     from .config import load_config
     from .run import DEFAULT_RUN, run_training
@@ -141,6 +166,27 @@ def _train(config_path: str | None, overrides: Sequence[str]) -> int:
     print(
         f"done in {result.runtime:.1f}s: {result.global_step} steps | {ppl}"
         f"model in {result.output_dir / 'final'} | plot in {result.output_dir / 'report.png'}"
+    )
+    return 0
+
+
+def _lr_find(config_path: str | None, overrides: Sequence[str]) -> int:
+    """The LR range test on a run file's model and data; prints the suggestion, writes the plot."""
+    from .config import load_config
+    from .lr_finder import find_lr
+    from .run import DEFAULT_RUN, build_trainer
+
+    config = load_config(config_path, overrides, base=DEFAULT_RUN if config_path is None else None)
+    if config.training.learning_rate == "auto":
+        config.training.learning_rate = 1.0  # the range test scales it; any number works
+    trainer, _, _ = build_trainer(config, for_training=False)
+    plot = Path(config.training.output_dir) / "lr_find.png"
+    plot.parent.mkdir(parents=True, exist_ok=True)
+    result = find_lr(trainer, plot_path=plot)
+    steepest = f"{result.steepest:.3g}" if result.steepest is not None else "n/a"
+    print(
+        f"suggested learning_rate: {result.suggestion:.3g} (steepest descent {steepest}, minimum/10 "
+        f"{result.min_div_10:.3g}; {len(result.lrs)} steps{', diverged' if result.diverged else ''}) | plot: {plot}"
     )
     return 0
 
@@ -195,21 +241,24 @@ def _tokenizer_train(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def _model_dir(checkpoint: str) -> Path:
-    """The directory holding the model: CHECKPOINT itself, or a run directory's final/."""
+def _model_dir(checkpoint: str, markers: Sequence[str] = ("config.json",)) -> Path:
+    """The directory holding the model (one of `markers`): CHECKPOINT itself, or a run directory's final/."""
     from .errors import CheckpointError
+
+    def holds(folder: Path) -> bool:
+        return any((folder / name).is_file() for name in markers)
 
     path = Path(checkpoint)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {checkpoint!r} is not a directory; pass a model directory such as "
                               "RUN_DIR/final or RUN_DIR/checkpoint-N")
-    if not (path / "config.json").is_file() and (path / "final" / "config.json").is_file():
+    if not holds(path) and holds(path / "final"):
         return path / "final"
-    if not (path / "config.json").is_file():
-        saved = sorted(p.name for p in path.glob("checkpoint-*") if (p / "config.json").is_file())
+    if not holds(path):
+        saved = sorted(p.name for p in path.glob("checkpoint-*") if holds(p))
         hint = f"; it holds {', '.join(saved)}" if saved else ""
-        raise CheckpointError(f"no model in {checkpoint!r} (no config.json, nor final/config.json){hint}; pass a "
-                              "directory written by save_pretrained")
+        raise CheckpointError(f"no model in {checkpoint!r} (no {' or '.join(markers)}, nor final/"
+                              f"{' or final/'.join(markers)}){hint}; pass a directory written by save_pretrained")
     return path
 
 
@@ -292,17 +341,51 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    import shutil
+
+    from . import checkpoint as ckpt
+    from .errors import CheckpointError
+    from .models.peft import ADAPTER_CONFIG, merge_and_save
+
+    given = Path(args.run_or_checkpoint)
+    source = _model_dir(args.run_or_checkpoint, markers=("config.json", ADAPTER_CONFIG))
+    out = Path(args.out) if args.out else (given if source != given else given.parent) / "export"
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"--out {str(out)!r} is a file; give a directory")
+    if out.is_dir() and any(out.iterdir()):
+        raise CheckpointError(f"--out {str(out)!r} is not empty; remove it or choose another --out")
+    if out.resolve().is_relative_to(source.resolve()):
+        raise CheckpointError(f"--out {str(out)!r} is inside the model directory {str(source)!r}; choose another --out")
+    is_adapter = (source / ADAPTER_CONFIG).is_file()
+    if args.base and not args.merge:
+        raise CheckpointError("--base names the base model to merge into; add --merge or drop --base")
+    if args.merge and not is_adapter:
+        raise CheckpointError(f"--merge needs a PEFT adapter, but {str(source)!r} holds a full model "
+                              f"(no {ADAPTER_CONFIG}); export it without --merge")
+    start = time.perf_counter()
+    if args.merge:
+        merge_and_save(source, out, base_model=args.base)
+        what = "merged model (adapter folded into its base)"
+    else:
+        state = (ckpt.STATE_NAME, ckpt.ARGS_NAME, ckpt.OPTIMIZER_NAME, ckpt.SCHEDULER_NAME, ckpt.SCALER_NAME, "rng_state_*.pth")
+        shutil.copytree(source, out, ignore=shutil.ignore_patterns(*state), dirs_exist_ok=True)
+        what = "adapter" if is_adapter else "model"
+    print(f"exported the {what} from {source} to {out} in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `trainformers` command; returns the exit status."""
     from .errors import TrainformersError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
-    if argv[:1] == ["train"] and not {"-h", "--help"} & set(argv):
+    if argv[:1] in (["train"], ["lr-find"]) and not {"-h", "--help"} & set(argv):
         # argparse would take an override's value for the optional CONFIG; only the first token can be it
         config = argv[1] if len(argv) > 1 and not argv[1].startswith("-") else None
         overrides = argv[2:] if config is not None else argv[1:]
-        command = "train"
+        command = argv[0]
     else:
         args = parser.parse_args(argv)
         command = args.command
@@ -310,10 +393,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command == "train":
             return _train(config, overrides)
+        if command == "lr-find":
+            return _lr_find(config, overrides)
         if command == "tokenizer":
             return _tokenizer_train(args)
         if command == "generate":
             return _generate(args)
+        if command == "export":
+            return _export(args)
         return _report(args.run_dir)
     except TrainformersError as err:
         print(f"error: {err}", file=sys.stderr)

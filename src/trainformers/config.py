@@ -538,6 +538,11 @@ class TrainingArguments:
             raise ConfigError(f"learning_rate={self.learning_rate!r} must be a number >= 0 (or 'auto')")
         if self.loraplus_lr_ratio is not None and (not _is_number(self.loraplus_lr_ratio) or self.loraplus_lr_ratio <= 0):
             raise ConfigError(f"loraplus_lr_ratio={self.loraplus_lr_ratio!r} must be a positive number (e.g. 16)")
+        if self.learning_rate == "auto" and any(isinstance(g, Mapping) and "lr" in g for g in self.param_groups or []):
+            raise ConfigError(
+                "learning_rate='auto' can't be combined with absolute lr values in param_groups (the range test "
+                "scales one base rate); set learning_rate to a number or drop the group lrs"
+            )
         for i, group in enumerate(self.param_groups or []):
             if not isinstance(group, Mapping) or "pattern" not in group:
                 raise ConfigError(f"param_groups[{i}]={group!r} must be a mapping with a 'pattern' (and lr, weight_decay)")

@@ -98,16 +98,18 @@ def _looks_like_hub_name(name: str) -> bool:
 
 def build_model(config: RunConfig, tokenizer: Any) -> torch.nn.Module:
     """A pretrained causal LM, or a new `DecoderLM` sized by the `model` section."""
-    from transformers import AutoModelForCausalLM
-
     from .models import DecoderLM, DecoderLMConfig
+    from .models.loading import QUANTIZATION_FIELDS, load_pretrained
 
     m = config.model
     dtype = "auto" if m.dtype == "auto" else getattr(torch, m.dtype)
     router = {k: v for k, v in (("load_balance_coef", m.load_balance_coef), ("auxiliary_coef", m.auxiliary_coef),
                                 ("z_loss_coef", m.z_loss_coef)) if v is not None}
     if m.name_or_path:
-        model = AutoModelForCausalLM.from_pretrained(m.name_or_path, dtype=dtype, trust_remote_code=m.trust_remote_code)
+        model = load_pretrained(
+            m.name_or_path, dtype=m.dtype, trust_remote_code=m.trust_remote_code,
+            **{k: getattr(m, k) for k in QUANTIZATION_FIELDS},
+        )
         for name, value in router.items():  # the run file overrides the saved router coefficients
             setattr(model.config, name, value)
         return model
@@ -164,6 +166,56 @@ def generate_sample(model: torch.nn.Module, tokenizer: Any, prompt: str, max_new
     return tokenizer.decode(out[0], skip_special_tokens=True)
 
 
+def build_trainer(config: RunConfig, *, echo: Any = print, for_training: bool = True) -> tuple[Any, Any, Any]:
+    """Everything a run needs, up to a ready `Trainer`: data, tokenizer, model (+ PEFT).
+
+    With `for_training=False` (the LR finder) the output directory is neither checked nor cleared:
+    nothing of an existing run is touched.
+
+    Returns:
+        `(trainer, tokenizer, data)` where `data` is the `TrainingData` the trainer was given.
+    """
+    from . import checkpoint as ckpt
+    from .data import check_padding_free_model, prepare_data, raw_texts
+    from .data.loader import load_raw
+    from .trainer import Trainer
+
+    args = config.training
+    out = Path(args.output_dir)
+    if for_training:
+        ckpt.check_output_dir(out, resuming=bool(args.resume_from_checkpoint), overwrite=args.overwrite_output_dir)
+    if config.model.load_in_4bit or config.model.load_in_8bit:
+        from .models.loading import check_quantization_available
+
+        # before any data or tokenizer is loaded: one line, not a stack trace from deep inside
+        check_quantization_available("model.load_in_8bit" if config.model.load_in_8bit else "model.load_in_4bit")
+    raw = load_raw(config.data, args.seed)
+    if for_training and not args.resume_from_checkpoint and args.overwrite_output_dir:
+        ckpt.clear_run(out)  # before the tokenizer is written into it
+    tokenizer = build_tokenizer(config, raw_texts(raw[0], config.data))
+    model = build_model(config, tokenizer)
+    data = prepare_data(config.data, tokenizer, raw=raw, seed=args.seed)
+    if data.eval is None and args.eval_strategy != "no":
+        raise ConfigError(
+            f"training.eval_strategy='{args.eval_strategy}' but there is no held-out data; "
+            "set data.validation_split_percentage > 0 (or data.eval_split) or eval_strategy: no"
+        )
+    n_params = sum(p.numel() for p in model.parameters())
+    echo(f"model: {n_params / 1e6:.2f}M parameters | data: {data.summary()}")
+    trainer = Trainer(
+        model=model,
+        args=args,
+        data_collator=data.collator,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        processing_class=tokenizer,
+        peft_config=config.peft,
+    )
+    if data.padding_free:
+        check_padding_free_model(trainer.model)  # documents must not attend to each other
+    return trainer, tokenizer, data
+
+
 def run_training(config: RunConfig, *, echo: Any = print) -> RunResult:
     """Run `config` start to finish; see the module docstring.
 
@@ -171,45 +223,17 @@ def run_training(config: RunConfig, *, echo: Any = print) -> RunResult:
         TrainformersError: any problem with the configuration, the data or the output directory;
             nothing in an existing run directory is changed before these checks pass.
     """
-    from . import checkpoint as ckpt
-    from .data import check_padding_free_model, prepare_data, raw_texts
-    from .data.loader import load_raw
     from .report import plot_run
-    from .trainer import Trainer
 
     args = config.training
     out = Path(args.output_dir)
-    ckpt.check_output_dir(out, resuming=bool(args.resume_from_checkpoint), overwrite=args.overwrite_output_dir)
     start = time.perf_counter()
-    raw = load_raw(config.data, args.seed)
-    if not args.resume_from_checkpoint and args.overwrite_output_dir:
-        ckpt.clear_run(out)  # before the tokenizer is written into it
-    tokenizer = build_tokenizer(config, raw_texts(raw[0], config.data))
-    model = build_model(config, tokenizer)
-    data = prepare_data(config.data, tokenizer, raw=raw, seed=args.seed)
-    train_set, eval_set = data.train, data.eval
-    if eval_set is None and args.eval_strategy != "no":
-        raise ConfigError(
-            f"training.eval_strategy='{args.eval_strategy}' but there is no held-out data; "
-            "set data.validation_split_percentage > 0 (or data.eval_split) or eval_strategy: no"
-        )
-    n_params = sum(p.numel() for p in model.parameters())
-    echo(f"model: {n_params / 1e6:.2f}M parameters | data: {data.summary()}")
+    trainer, tokenizer, data = build_trainer(config, echo=echo)
     out.mkdir(parents=True, exist_ok=True)
     config.save(out / "config.yaml")
-    trainer = Trainer(
-        model=model,
-        args=args,
-        data_collator=data.collator,
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        processing_class=tokenizer,
-    )
-    if data.padding_free:
-        check_padding_free_model(trainer.model)  # documents must not attend to each other
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     eval_loss = perplexity = None
-    if eval_set is not None:
+    if data.eval is not None:
         done = [] if args.load_best_model_at_end else [
             r for r in trainer.state.log_history if "eval_loss" in r and r["step"] == trainer.state.global_step
         ]
@@ -221,6 +245,7 @@ def run_training(config: RunConfig, *, echo: Any = print) -> RunResult:
         plot_run(out)
     sample = None
     if config.model.sample_prompt and config.model.sample_max_new_tokens:
-        sample = generate_sample(trainer.accelerator.unwrap_model(trainer.model), tokenizer, config.model.sample_prompt, config.model.sample_max_new_tokens, args.seed)
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        sample = generate_sample(model, tokenizer, config.model.sample_prompt, config.model.sample_max_new_tokens, args.seed)
     trainer.accelerator.end_training()  # finish trackers; in a distributed run, leave the process group cleanly
     return RunResult(out, time.perf_counter() - start, result.global_step, result.training_loss, eval_loss, perplexity, sample)

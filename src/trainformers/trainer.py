@@ -95,6 +95,7 @@ class Trainer:
         optimizer_cls_and_kwargs: tuple[type[torch.optim.Optimizer], dict[str, Any]] | None = None,
         preprocess_logits_for_metrics: Callable | None = None,
         tokenizer: Any = None,
+        peft_config: Any = None,
     ) -> None:
         self.args = args if args is not None else TrainingArguments(output_dir="trainer_output")
         if tokenizer is not None:
@@ -109,7 +110,9 @@ class Trainer:
         if model is None and model_init is None:
             raise ConfigError("Trainer needs a model: pass model=... or model_init=...")
         self.model_init = model_init
+        self.peft_config = peft_config
         self.model = model if model is not None else self._call_model_init()
+        self.model = self._maybe_apply_peft(self.model)
         self._prepare_model_once(self.model)
         self.processing_class = processing_class
         self.data_collator = data_collator if data_collator is not None else default_collator(processing_class)
@@ -138,6 +141,14 @@ class Trainer:
         if model is None:
             raise ConfigError("model_init returned None; it must return a model")
         return model
+
+    def _maybe_apply_peft(self, model: nn.Module) -> nn.Module:
+        """Wrap the model with the adapters of `peft_config` (a peft config or the run file's dict)."""
+        if not self.peft_config:
+            return model
+        from .models.peft import apply_peft, build_peft_config
+
+        return apply_peft(model, build_peft_config(self.peft_config), echo=None)  # the group table shows it
 
     def _prepare_model_once(self, model: nn.Module) -> None:
         """Gradient checkpointing and device placement, done once per model object."""
@@ -352,8 +363,9 @@ class Trainer:
                     loss = window_share(loss, n_micro, num_items_in_batch)
             else:
                 loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
-        # each rank holds its sum / the global count; DDP averages gradients, so undo the 1/W
-        scale = self.accelerator.num_processes if self._tokens_across_ranks else 1
+        # each rank holds its sum / the global count; DDP averages gradients, so undo the 1/W.
+        # Without labels to count (the model's own mean loss) DDP's average is already right.
+        scale = self.accelerator.num_processes if self._tokens_across_ranks and num_items_in_batch is not None else 1
         self.accelerator.backward(loss * scale if scale != 1 else loss)
         return loss.detach()
 
@@ -407,11 +419,13 @@ class Trainer:
         if self.model_init is not None:
             # HF semantics: every train() starts from a fresh model_init() (hyperparameter trials)
             seed_everything(self.args)
-            self.model = self._call_model_init(trial)
+            self.model = self._maybe_apply_peft(self._call_model_init(trial))
             self._prepare_model_once(self.model)
             self.callback_handler.model = self.model
             self.optimizer = self.lr_scheduler = None
         self._ignore_keys_for_eval = ignore_keys_for_eval
+        if self.args.learning_rate == "auto":
+            self._auto_learning_rate()
         if self.args.auto_find_batch_size:
             from accelerate.utils import find_executable_batch_size
 
@@ -422,6 +436,22 @@ class Trainer:
 
             return find_executable_batch_size(attempt, starting_batch_size=self.args.per_device_train_batch_size)()
         return self._train_loop(resume)
+
+    def _auto_learning_rate(self) -> None:
+        """`learning_rate: auto`: run the LR range test, then train with its suggestion."""
+        from .lr_finder import find_lr
+
+        if self.optimizer is not None:
+            raise ConfigError("training.learning_rate='auto' can't be used with optimizers=(...) given; set a number")
+        self.args.learning_rate = 1.0  # a placeholder: the range test scales every group by the same factor
+        plot = Path(self.args.output_dir) / "lr_find.png"
+        if self.is_world_process_zero():
+            plot.parent.mkdir(parents=True, exist_ok=True)
+        result = find_lr(self, plot_path=plot if self.is_world_process_zero() else None)
+        self.args.learning_rate = float(result.suggestion)
+        self.optimizer = None  # rebuilt with the suggested learning rate (its state was never changed)
+        if self.is_world_process_zero():
+            print(f"learning_rate: auto -> {result.suggestion:.3g} (LR range test, plot in {plot})")
 
     def _resolve_resume(self, value: str | bool | None) -> Path | None:
         if value is None or value is False:
@@ -446,6 +476,10 @@ class Trainer:
             self.optimizer = self.optimizer.optimizer
         if self.optimizer is None:
             self.create_optimizer()
+            if self.is_world_process_zero():  # the effective groups: pattern, tensors, parameters, lr, decay
+                from .optim import describe_param_groups
+
+                print(describe_param_groups(self.optimizer.param_groups, model))
         model, self.optimizer, dataloader = accel.prepare(model, self.optimizer, dataloader)
         self.model_wrapped = model
         ga = args.gradient_accumulation_steps
@@ -513,6 +547,8 @@ class Trainer:
                     with accel.no_sync(model) if not last else nullcontext():
                         step_loss = self.training_step(model, batch, num_items)
                     share = step_loss if num_items is not None else step_loss / len(window)
+                    if num_items is None and self._tokens_across_ranks:
+                        share = share / accel.num_processes  # rank means: the log sums ranks
                     if args.logging_nan_inf_filter:
                         # a NaN/inf micro-step is logged as the window's running average (HF semantics), on device
                         share = torch.where(torch.isfinite(share), share, since.loss / max(since.micro, 1))
