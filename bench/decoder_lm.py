@@ -49,14 +49,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import ctypes.util
 import io
 import os
 import platform
 import resource
 import statistics
-import sys
 import tempfile
 import time
 
@@ -66,10 +63,10 @@ import transformers
 from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback, default_data_collator
 
 import trainformers
+from _machine import CLK_TCK, Load, busy_jiffies, own_cpu, tune_malloc  # bench/_machine.py
 from trainformers import DecoderLM, DecoderLMConfig, Trainer, TrainingArguments
 from trainformers.models.decoder_lm import from_llama_state_dict
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 MODELS = ("Llama", "DecoderLM")
 # name -> (hidden, layers, heads, kv heads, vocab, timed steps per measurement)
 SIZES = {
@@ -81,44 +78,12 @@ SIZES = {
 # ---- machine ---------------------------------------------------------------------------------
 
 
-def tune_malloc() -> str:
-    """What the trainformers CLI does at start (PERF-NOTES: malloc page faults dominate small models)."""
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
-        return "from environment: " + ", ".join(
-            f"{k}={os.environ[k]}" for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_") if k in os.environ
-        )
-    if sys.platform != "linux":
-        return "untouched (not linux)"
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, 32 * 1024 * 1024)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 16 * 1024 * 1024 * 1024)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError) as e:
-        return f"untouched ({e})"
-    return "mallopt: mmap threshold 32 MiB, trim threshold 16 GiB (as the CLI)"
 
 
-def own_cpu() -> float:
-    t = os.times()
-    return t.user + t.system
 
 
-def busy_jiffies() -> int:
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return sum(fields[:8]) - idle
 
 
-class Load:
-    """Cores used by other processes between start and stop (whole-machine busy time minus ours)."""
-
-    def __init__(self) -> None:
-        self.t, self.c, self.b = time.perf_counter(), own_cpu(), busy_jiffies()
-
-    def foreign(self) -> float:
-        wall = time.perf_counter() - self.t
-        return max((busy_jiffies() - self.b) / CLK_TCK - (own_cpu() - self.c), 0.0) / wall
 
 
 def cpu_model() -> str:

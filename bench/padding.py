@@ -47,13 +47,13 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, TrainerCallback, default_data_collator
 
 import trainformers
+from _machine import CLK_TCK, busy_jiffies, own_cpu  # bench/_machine.py (run as a script from bench/)
 from trainformers import Trainer, TrainingArguments
 from trainformers.data.collators import CausalLMCollator, PaddingFreeCollator
 from trainformers.data.pretraining import tokenize_for_pretraining
 
 VOCAB, MAX_LEN, PAD, EOS = 2048, 512, 0, 1
 METHODS = ("fixed-512", "dynamic", "grouped", "packed", "padding-free")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # ---- data ------------------------------------------------------------------------------------
@@ -103,16 +103,8 @@ class Meter(TrainerCallback):
         self.marks.append((time.perf_counter(), self.tokens, self.fed, own_cpu(), busy_jiffies()))
 
 
-def own_cpu() -> float:
-    t = os.times()
-    return t.user + t.system
 
 
-def busy_jiffies() -> int:
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return sum(fields[:8]) - idle
 
 
 def make_model() -> LlamaForCausalLM:

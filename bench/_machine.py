@@ -1,0 +1,46 @@
+"""Shared by the bench scripts: CPU-load accounting (PERF-NOTES: a busy neighbour ruins any
+timing, so rounds with foreign load are discarded) and the CLI's malloc tuning."""
+
+from __future__ import annotations
+
+import os
+import time
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu() -> float:
+    """CPU seconds used by this process and its finished children."""
+    t = os.times()
+    return t.user + t.system
+
+
+def busy_jiffies() -> int:
+    """Whole-machine non-idle time, in clock ticks."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields[:8]) - idle
+
+
+class Load:
+    """Cores used by other processes between start and `foreign()` (machine busy time minus ours)."""
+
+    def __init__(self) -> None:
+        self.t, self.c, self.b = time.perf_counter(), own_cpu(), busy_jiffies()
+
+    def foreign(self) -> float:
+        wall = time.perf_counter() - self.t
+        return max((busy_jiffies() - self.b) / CLK_TCK - (own_cpu() - self.c), 0.0) / wall
+
+
+def tune_malloc() -> str:
+    """Apply exactly what the trainformers CLI applies at start, and say what that was."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        return "from environment: " + ", ".join(
+            f"{k}={os.environ[k]}" for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_") if k in os.environ
+        )
+    from trainformers.cli import _tune_malloc
+
+    _tune_malloc()
+    return "mallopt as the CLI: mmap threshold 128 MiB, trim threshold 16 GiB"
