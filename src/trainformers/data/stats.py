@@ -50,6 +50,8 @@ class DataStats:
 
     def summary(self) -> str:
         """One line, e.g. `train: 120 rows -> 88 blocks, 11264 tokens; skipped 2 empty; truncated 3`."""
+        if not self.rows_in and any("stream" in note for note in self.notes):
+            return f"{self.name}: streamed (rows are not counted up front); " + "; ".join(self.notes)
         parts = [f"{self.name}: {self.rows_in} rows -> {self.rows_out} rows, {self.tokens} tokens"]
         for label, value in (
             ("skipped empty/null", self.skipped_empty),
