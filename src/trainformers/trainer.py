@@ -768,6 +768,8 @@ class Trainer:
         start = time.perf_counter()
         output = self.evaluation_loop(dataloader, "Evaluation", None, ignore_keys, metric_key_prefix)
         output.metrics.update(speed_metrics(metric_key_prefix, start, output.num_samples, safe_len(dataloader)))
+        if self.state.epoch is not None:
+            output.metrics["epoch"] = self.state.epoch  # HF returns it with the metrics
         self.log(output.metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=output.metrics)
         return output.metrics
