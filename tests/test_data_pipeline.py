@@ -118,3 +118,27 @@ def test_streaming_source_trains_with_max_steps(tmp_path, tok, corpus_jsonl):
     with pytest.raises(ConfigError, match="max_steps"):
         Trainer(tiny_llama(vocab=len(tok)), make_args(tmp_path / "b", max_steps=-1, num_train_epochs=1),
                 data_collator=data.collator, train_dataset=data.train).train()
+
+
+def test_streaming_resume_equals_uninterrupted(tmp_path, tok, corpus_jsonl):
+    """A stream cannot be skipped by index: Accelerate re-reads the consumed rows, so the resumed
+    run still sees exactly the batches the uninterrupted one saw."""
+    from test_trainer import CrashAt
+
+    from trainformers import checkpoint as ckpt
+
+    def run(out, callbacks=None, resume=None):
+        data = prepare_data(DataSection(source=str(corpus_jsonl), streaming=True, num_eval_samples=2, max_length=32), tok)
+        t = Trainer(tiny_llama(vocab=len(tok)), make_args(out, max_steps=8, save_strategy="steps", save_steps=3,
+                                                          per_device_train_batch_size=2),
+                    data_collator=data.collator, train_dataset=data.train, callbacks=callbacks)
+        t.train(resume_from_checkpoint=resume)
+        return t
+
+    full = run(tmp_path / "full")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut", callbacks=[CrashAt(5)])
+    assert ckpt.latest_checkpoint(tmp_path / "cut" / "run").name == "checkpoint-3"
+    resumed = run(tmp_path / "cut", resume=True)
+    for name, value in resumed.model.state_dict().items():
+        assert torch.equal(value, full.model.state_dict()[name]), name
