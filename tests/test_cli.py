@@ -217,3 +217,15 @@ def test_quantization_without_gpu_is_one_line(tmp_path, capsys, monkeypatch):
     code, err = run_main(capsys, "train", str(root / "examples" / "qlora.yaml"), "--training.output_dir", "q")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "load_in_4bit" in err
     assert not (tmp_path / "q").exists()
+
+
+def test_overwrite_with_bad_data_destroys_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = ["train", *SMALL, "--training.max_steps", "4", "--training.output_dir", "run", "--model.sample_prompt", "''"]
+    assert main(base) == 0
+    capsys.readouterr()
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "run").rglob("*"))
+    (tmp_path / "rows.jsonl").write_text('{"body": "x"}\n')
+    code, err = run_main(capsys, *base, "--data.source", "rows.jsonl")  # overwrite_output_dir is on
+    assert code == 2 and "text_field 'text' not in columns ['body']" in err
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "run").rglob("*")) == before

@@ -190,8 +190,6 @@ def build_trainer(config: RunConfig, *, echo: Any = print, for_training: bool = 
         # before any data or tokenizer is loaded: one line, not a stack trace from deep inside
         check_quantization_available("model.load_in_8bit" if config.model.load_in_8bit else "model.load_in_4bit")
     raw = load_raw(config.data, args.seed)
-    if for_training and not args.resume_from_checkpoint and args.overwrite_output_dir:
-        ckpt.clear_run(out)  # before the tokenizer is written into it
     tokenizer = build_tokenizer(config, raw_texts(raw[0], config.data))
     model = build_model(config, tokenizer)
     data = prepare_data(config.data, tokenizer, raw=raw, seed=args.seed)
@@ -200,6 +198,8 @@ def build_trainer(config: RunConfig, *, echo: Any = print, for_training: bool = 
             f"training.eval_strategy='{args.eval_strategy}' but there is no held-out data; "
             "set data.validation_split_percentage > 0 (or data.eval_split) or eval_strategy: no"
         )
+    if for_training and not args.resume_from_checkpoint and args.overwrite_output_dir:
+        ckpt.clear_run(out)  # the old run's checkpoints and log; only once data and model are ready
     n_params = sum(p.numel() for p in model.parameters())
     echo(f"model: {n_params / 1e6:.2f}M parameters | data: {data.summary()}")
     trainer = Trainer(

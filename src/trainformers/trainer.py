@@ -409,13 +409,16 @@ class Trainer:
         ckpt.check_output_dir(output_dir, resuming=resume is not None, overwrite=self.args.overwrite_output_dir)
         if self.train_dataset is None:
             raise DataError("Trainer.train() needs a train_dataset; pass train_dataset=... to Trainer")
-        if resume is None and self.args.overwrite_output_dir and self.is_world_process_zero():
-            ckpt.clear_run(output_dir)
+        if hasattr(self.train_dataset, "__len__") and not isinstance(self.train_dataset, IterableDataset):
+            if len(self.train_dataset) == 0:
+                raise DataError("train_dataset is empty (0 rows); check the data source and any filtering")
         if self.args.eval_strategy != "no" and self.eval_dataset is None:
             raise DataError(
                 f"training.eval_strategy='{self.args.eval_strategy}' but Trainer has no eval_dataset; "
                 "pass eval_dataset=... or set eval_strategy='no'"
             )
+        if resume is None and self.args.overwrite_output_dir and self.is_world_process_zero():
+            ckpt.clear_run(output_dir)  # only after every check passed: an error destroys nothing
         if self.model_init is not None:
             # HF semantics: every train() starts from a fresh model_init() (hyperparameter trials)
             seed_everything(self.args)
