@@ -1,6 +1,7 @@
 """Launched by test_distributed.py: train the tiny LM with a given per-device batch, save weights and losses."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -29,4 +30,6 @@ if trainer.is_world_process_zero():
                                                  "world": trainer.accelerator.num_processes,
                                                  "label_ids": pred.label_ids.tolist(),
                                                  "argmax": pred.predictions.argmax(-1).tolist()}))
-trainer.accelerator.end_training()  # trackers finished, process group destroyed: no gloo abort at exit
+trainer.accelerator.end_training()  # trackers finished, process group destroyed
+sys.stdout.flush()
+os._exit(0)  # skip interpreter teardown: gloo's threads sometimes abort there ("terminate called ...")

@@ -374,6 +374,8 @@ out.mkdir(parents=True, exist_ok=True)
 (out / f"rank{{rank}}.json").write_text(json.dumps({{"lrs": result.lrs, "losses": result.losses,
     "suggestion": result.suggestion, "world": trainer.accelerator.num_processes}}))
 trainer.accelerator.end_training()
+import os
+os._exit(0)  # skip interpreter teardown: gloo's threads sometimes abort there (torch, not us)
 """
 
 
