@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import abc
+
 import dataclasses
 import json
 import os
@@ -54,7 +56,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
         raise
 
 
-class ExportableState:
+class ExportableState(abc.ABC):
     """Mixin for callbacks whose state is saved in checkpoints and restored on resume.
 
     `state()` returns `{"args": {...}, "attributes": {...}}` of JSON-friendly values: `args`
@@ -62,9 +64,9 @@ class ExportableState:
     it under `TrainerState.stateful_callbacks[<class name>]`.
     """
 
+    @abc.abstractmethod
     def state(self) -> dict[str, dict[str, Any]]:
-        """Return `{"args": ..., "attributes": ...}` describing this object."""
-        raise NotImplementedError(f"{type(self).__name__} must implement state() to be saved")
+        """Return `{"args": ..., "attributes": ...}` describing this object (subclasses must define it)."""
 
     @classmethod
     def from_state(cls, state: dict[str, dict[str, Any]]) -> ExportableState:
