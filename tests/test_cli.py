@@ -229,3 +229,16 @@ def test_overwrite_with_bad_data_destroys_nothing(tmp_path, capsys, monkeypatch)
     code, err = run_main(capsys, *base, "--data.source", "rows.jsonl")  # overwrite_output_dir is on
     assert code == 2 and "text_field 'text' not in columns ['body']" in err
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "run").rglob("*")) == before
+
+
+def test_report_command(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *SMALL, "--training.max_steps", "4", "--training.output_dir", "r", "--model.sample_prompt", "''"]) == 0
+    (tmp_path / "r" / "report.png").unlink()
+    capsys.readouterr()
+    assert main(["report", "r"]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out[: out.rindex("}") + 1])
+    assert summary["steps"] == 4 and (tmp_path / "r" / "report.png").is_file()
+    code, err = run_main(capsys, "report", "nowhere")
+    assert code == 2 and "log.jsonl" in err
