@@ -247,7 +247,27 @@ def _make_split(
 
 
 @dataclass
-class TranslationConfig(_ConfigMixin):
+class SplitConfig(_ConfigMixin):
+    """The split settings every task shares: how paired rows become unpaired A/B sets."""
+
+    seed: int = _arg(0, "Seed for the eval split, the A/B coin flips and the two shuffles.")
+    eval_size: int | float = _arg(
+        0.1,
+        "Held-out paired rows: a count (int) or a fraction (float in (0,1)); unused when eval_split exists.",
+    )
+    eval_split: str | None = _arg(
+        "validation",
+        "With a DatasetDict: the split used as the paired eval set if present (else split off train).",
+    )
+    paired_train_size: int = _arg(0, "Pairs kept paired for a supervised warm-up (taken before the unpaired split).")
+    disjoint: bool = _arg(
+        True, "Coin-flip each pair to A or B so no pair is in both sets; False uses every pair on both sides."
+    )
+    text_field: str = _arg("text", "Output column; paired sets use <text_field>_A and <text_field>_B.")
+
+
+@dataclass
+class TranslationConfig(SplitConfig):
     """How a parallel corpus becomes two unpaired language sets."""
 
     lang_A: str | None = _arg(
@@ -260,28 +280,6 @@ class TranslationConfig(_ConfigMixin):
     )
     translation_column: str = _arg(
         "translation", "Column holding {lang: text} dicts (HF translation format)."
-    )
-    seed: int = _arg(
-        0, "Seed for the eval split, the A/B coin flips and the two shuffles."
-    )
-    eval_size: int | float = _arg(
-        0.1,
-        "Held-out paired pairs: a count (int) or a fraction (float in (0,1)); unused when eval_split exists.",
-    )
-    eval_split: str | None = _arg(
-        "validation",
-        "With a DatasetDict: the split used as the paired eval set if present (else split off train).",
-    )
-    paired_train_size: int = _arg(
-        0,
-        "Pairs kept paired for a supervised warm-up (taken before the unpaired split).",
-    )
-    disjoint: bool = _arg(
-        True,
-        "Coin-flip each pair to A or B so no pair is in both sets; False uses every pair on both sides.",
-    )
-    text_field: str = _arg(
-        "text", "Output column; paired sets use <text_field>_A and <text_field>_B."
     )
 
     def __post_init__(self) -> None:
@@ -470,7 +468,7 @@ def entity_f1(
 
 
 @dataclass
-class NERConfig(_ConfigMixin):
+class NERConfig(SplitConfig):
     """How CoNLL-style NER rows become sentences (A) and 'entity | type' sequences (B)."""
 
     tokens_column: str = _arg("tokens", "Column with the list of tokens per sentence.")
@@ -490,28 +488,6 @@ class NERConfig(_ConfigMixin):
         _TYPE_SEP, "Separator between an entity's text and its type in domain B."
     )
     empty_token: str = _arg(_EMPTY, "Domain-B text of a sentence without entities.")
-    seed: int = _arg(
-        0, "Seed for the eval split, the A/B coin flips and the two shuffles."
-    )
-    eval_size: int | float = _arg(
-        0.1,
-        "Held-out paired sentences: a count (int) or a fraction (float in (0,1)); unused when eval_split exists.",
-    )
-    eval_split: str | None = _arg(
-        "validation",
-        "With a DatasetDict: the split used as the paired eval set if present (else split off train).",
-    )
-    paired_train_size: int = _arg(
-        0,
-        "Pairs kept paired for a supervised warm-up (taken before the unpaired split).",
-    )
-    disjoint: bool = _arg(
-        True,
-        "Coin-flip each sentence to A or B so no pair is in both sets; False uses every one on both sides.",
-    )
-    text_field: str = _arg(
-        "text", "Output column; paired sets use <text_field>_A and <text_field>_B."
-    )
 
     def __post_init__(self) -> None:
         self._check_common()
