@@ -72,7 +72,8 @@ MODEL_PRESETS: dict[str, tuple[int, int, int, int]] = {
     "small": (384, 6, 6, 2),
     "base": (768, 12, 12, 4),
 }
-DATA_FORMATS = ("auto", "messages", "conversations", "prompt_response", "alpaca", "template")
+INSTRUCTION_FORMATS = ("messages", "conversations", "prompt_response", "alpaca", "template")
+DATA_FORMATS = ("auto", *INSTRUCTION_FORMATS)
 
 
 def _arg(default: Any, help: str) -> Any:

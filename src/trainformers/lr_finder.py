@@ -404,6 +404,8 @@ def _plot(result: LRFinderResult, path: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from .report import save_png
+
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
@@ -428,9 +430,4 @@ def _plot(result: LRFinderResult, path: Path) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
 
-    # written under a temporary name and renamed, so a viewer never sees half an image
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=100)
-    os.replace(tmp, path)
-    return path
+    return save_png(fig, path)

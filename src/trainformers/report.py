@@ -107,12 +107,17 @@ def plot_run(run_dir: str | Path, out_path: str | Path | None = None) -> Path:
     if not panels:
         axes[0].text(0.5, 0.5, "no metrics logged yet", ha="center", va="center")
 
-    # Written under a temporary name and renamed, so a viewer never sees half an image.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
+    return save_png(fig, out)
+
+
+def save_png(fig: Any, path: Path) -> Path:
+    """Write a matplotlib figure as PNG under a temporary name, then rename it, so a viewer
+    never sees half an image."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
     fig.savefig(tmp, format="png", dpi=100)
-    os.replace(tmp, out)
-    return out
+    os.replace(tmp, path)
+    return path
 
 
 def summarize_run(run_dir: str | Path) -> dict[str, Any]:

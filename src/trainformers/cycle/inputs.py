@@ -50,6 +50,8 @@ from typing import Any
 
 import torch
 
+from trainformers.losses import IGNORE_INDEX
+
 __all__ = [
     "CycleBatch",
     "CycleBatchBuilder",
@@ -61,7 +63,6 @@ __all__ = [
     "tokenizers_compatible",
 ]
 
-IGNORE_INDEX = -100
 
 
 class CycleBatch(dict):

@@ -20,8 +20,10 @@ import numpy as np
 import pyarrow.compute as pc
 from transformers.utils.chat_template_utils import render_jinja_template
 
+from trainformers.config import INSTRUCTION_FORMATS as FORMATS
 from trainformers.data.stats import DataStats
 from trainformers.errors import ConfigError, DataError, did_you_mean
+from trainformers.losses import IGNORE_INDEX
 
 __all__ = [
     "DEFAULT_CHAT_TEMPLATE",
@@ -36,8 +38,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
-FORMATS = ("messages", "conversations", "prompt_response", "alpaca", "template")
 
 # What auto-detection looks for, in this order: each group is "any of these columns".
 _SIGNATURES: dict[str, tuple[tuple[str, ...], ...]] = {

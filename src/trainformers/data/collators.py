@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from trainformers.errors import ConfigError, DataError
+from trainformers.losses import IGNORE_INDEX
 
 __all__ = [
     "CausalLMCollator",
@@ -27,7 +28,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 _SIDES = ("left", "right")
 # Attention implementations whose masks (or varlen kernels) keep packed documents apart in
 # transformers 5.x when given position_ids and no attention mask; see PaddingFreeCollator.
