@@ -4,6 +4,8 @@ from transformers.trainer_utils import EvalPrediction, PredictionOutput, TrainOu
 
 from .callbacks import EarlyStoppingCallback, ProgressCallback, TrainerCallback
 from .config import RunConfig, TrainingArguments, load_config
+from .cycle.config import CycleTrainingArguments
+from .cycle.trainer import CycleTrainer
 from .errors import CheckpointError, ConfigError, DataError, TrainformersError
 from .models import DecoderLM, DecoderLMConfig
 from .state import TrainerControl, TrainerState
@@ -14,6 +16,8 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointError",
     "ConfigError",
+    "CycleTrainer",
+    "CycleTrainingArguments",
     "DataError",
     "DecoderLM",
     "DecoderLMConfig",

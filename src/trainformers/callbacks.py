@@ -172,6 +172,7 @@ class CallbackHandler(TrainerCallback):
         self.lr_scheduler = lr_scheduler
         self.train_dataloader: Any = None
         self.eval_dataloader: Any = None
+        self.extra: dict[str, Any] = {}  # more keywords for every event (CycleTrainer: models, optimizers)
         if not any(isinstance(cb, DefaultFlowCallback) for cb in self.callbacks):
             logger.warning(
                 "No DefaultFlowCallback among the callbacks, so nothing will be logged, evaluated "
@@ -216,6 +217,7 @@ class CallbackHandler(TrainerCallback):
             "lr_scheduler": self.lr_scheduler,
             "train_dataloader": self.train_dataloader,
             "eval_dataloader": self.eval_dataloader,
+            **self.extra,
         }
         common.update(kwargs)  # an explicit keyword (e.g. eval_dataloader) wins
         for cb in self.callbacks:

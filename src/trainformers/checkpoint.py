@@ -60,22 +60,49 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
-def check_checkpoint(path: str | os.PathLike) -> Path:
-    """Return `path` if it is a complete checkpoint, else raise a one-line CheckpointError."""
+def check_checkpoint(path: str | os.PathLike, model_dirs: tuple[str, ...] = ("",)) -> Path:
+    """Return `path` if it is a complete checkpoint, else raise a one-line CheckpointError.
+
+    `model_dirs`: the sub-directories that each hold model weights ("" the checkpoint itself;
+    a `CycleTrainer` checkpoint has "A" and "B").
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"resume_from_checkpoint '{path}' does not exist; give a checkpoint-N directory or True")
     if not path.is_dir():
         raise CheckpointError(f"resume_from_checkpoint '{path}' is not a directory; give a checkpoint-N directory")
     missing = [name for name in (STATE_NAME,) if not (path / name).is_file()]
-    if not any((path / name).is_file() for name in WEIGHT_FILES):
-        missing.append("model weights (model.safetensors or adapter_model.safetensors)")
+    for sub in model_dirs:
+        if not any((path / sub / name).is_file() for name in WEIGHT_FILES):
+            where = f" in {sub}/" if sub else ""
+            missing.append(f"model weights{where} (model.safetensors or adapter_model.safetensors)")
     if missing:
         raise CheckpointError(
             f"resume_from_checkpoint '{path}' is incomplete (missing {', '.join(missing)}); "
             "pick an older checkpoint or resume_from_checkpoint=True for the newest complete one"
         )
     return path
+
+
+def resolve_resume(
+    value: str | bool | None, output_dir: str | os.PathLike, model_dirs: tuple[str, ...] = ("",)
+) -> Path | None:
+    """The checkpoint `resume_from_checkpoint` names: a path, True for the newest, None/False for none.
+
+    Raises:
+        CheckpointError: True with no complete checkpoint in `output_dir`, or a missing/incomplete path.
+    """
+    if value is None or value is False:
+        return None
+    if value is True:
+        found = latest_checkpoint(output_dir)
+        if found is None:
+            raise CheckpointError(
+                f"resume_from_checkpoint=True but output_dir '{output_dir}' has no complete checkpoint; "
+                "start without resume_from_checkpoint"
+            )
+        return check_checkpoint(found, model_dirs)
+    return check_checkpoint(value, model_dirs)
 
 
 def run_exists(output_dir: str | os.PathLike) -> bool:
@@ -314,3 +341,48 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def write_json(obj: Any, path: str | os.PathLike) -> None:
     """Write JSON atomically (temp file + rename)."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=json_default))
+
+
+# ---- trainer state ----------------------------------------------------------------------
+
+
+def callback_states(callbacks: Any) -> dict[str, Any]:
+    """`state()` of every `ExportableState` callback, by class name (saved in trainer_state.json)."""
+    from .state import ExportableState
+
+    return {type(cb).__name__: cb.state() for cb in callbacks if isinstance(cb, ExportableState)}
+
+
+def restore_trainer_state(path: Path, current: Any, callbacks: Any) -> Any:
+    """The `TrainerState` saved in checkpoint `path`, keeping this run's process flags and
+    resolved intervals from `current`; stateful callbacks get their saved attributes back.
+
+    Raises:
+        CheckpointError: trainer_state.json is unreadable.
+    """
+    from .state import ExportableState, TrainerState
+
+    try:
+        loaded = TrainerState.load_from_json(path / STATE_NAME)
+    except ValueError as err:
+        raise CheckpointError(f"checkpoint '{path}': {err}") from None
+    loaded.is_local_process_zero, loaded.is_world_process_zero = current.is_local_process_zero, current.is_world_process_zero
+    loaded.max_steps, loaded.num_train_epochs = current.max_steps, current.num_train_epochs
+    loaded.logging_steps, loaded.eval_steps, loaded.save_steps = current.logging_steps, current.eval_steps, current.save_steps
+    for callback in callbacks:
+        saved = loaded.stateful_callbacks.get(type(callback).__name__)
+        if isinstance(callback, ExportableState) and isinstance(saved, dict):
+            for name, value in saved.get("attributes", {}).items():
+                setattr(callback, name, value)
+    return loaded
+
+
+def restore_rng(path: Path, rank: int, world: int) -> None:
+    """Set this rank's random state from `rng_state_<rank>.pth` in checkpoint `path`."""
+    import warnings
+
+    rng_file = path / f"rng_state_{rank}.pth"
+    if rng_file.is_file():
+        set_rng_state(load_state(rng_file))
+    elif world > 1:
+        warnings.warn(f"{rng_file} missing: this rank's random state is not restored", stacklevel=3)

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import ConfigError
+
 @dataclass
 class SinceLog:
     """What the loop accumulated since the last training log row.
@@ -163,3 +165,28 @@ def speed_metrics(prefix: str, start: float, num_samples: int, num_steps: int | 
 def scalar_config(args: Any) -> dict[str, Any]:
     """Trackers (TensorBoard hparams) accept only scalars."""
     return {k: v for k, v in args.to_dict().items() if isinstance(v, (int, float, str, bool))}
+
+
+def prepare_model(model: nn.Module, args: Any, device: torch.device) -> None:
+    """Gradient checkpointing (`args.gradient_checkpointing`), `use_cache` and device placement.
+
+    Raises:
+        ConfigError: gradient checkpointing asked for a model that does not support it.
+    """
+    if args.gradient_checkpointing:
+        # transformers 5.23 renamed it; older releases only have the gradient_ name
+        enable = getattr(model, "activation_checkpointing_enable", None) or getattr(model, "gradient_checkpointing_enable", None)
+        if enable is None:
+            raise ConfigError(f"training.gradient_checkpointing=True but {type(model).__name__} does not support it; drop it")
+        kwargs = args.gradient_checkpointing_kwargs
+        if enable.__name__ == "activation_checkpointing_enable":
+            enable(activation_checkpointing_kwargs=kwargs) if kwargs else enable()
+        else:
+            enable(gradient_checkpointing_kwargs=kwargs)
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()  # frozen embeddings + checkpointing: no grads otherwise
+    config = getattr(unwrap_peft(model), "config", None)
+    if config is not None and hasattr(config, "use_cache"):
+        config.use_cache = args.use_cache  # HF semantics; generate() keeps its own cache setting
+    if getattr(model, "hf_device_map", None) is None and not getattr(model, "is_quantized", False):
+        model.to(device)

@@ -44,6 +44,7 @@ from .loop_utils import (
     default_collator,
     is_plateau,
     loss_shifts_labels,
+    prepare_model,
     row_lengths,
     safe_len,
     scalar_config,
@@ -55,7 +56,7 @@ from .loop_utils import (
 from .losses import count_label_items, lm_loss, window_share
 from .optim import create_optimizer, create_scheduler
 from .sampling import EpochSampler, IndexedDataset, SeededCollate
-from .state import ExportableState, TrainerControl, TrainerState
+from .state import TrainerControl, TrainerState
 
 
 class Trainer:
@@ -152,23 +153,7 @@ class Trainer:
 
     def _prepare_model_once(self, model: nn.Module) -> None:
         """Gradient checkpointing and device placement, done once per model object."""
-        if self.args.gradient_checkpointing:
-            # transformers 5.23 renamed it; older releases only have the gradient_ name
-            enable = getattr(model, "activation_checkpointing_enable", None) or getattr(model, "gradient_checkpointing_enable", None)
-            if enable is None:
-                raise ConfigError(f"training.gradient_checkpointing=True but {type(model).__name__} does not support it; drop it")
-            kwargs = self.args.gradient_checkpointing_kwargs
-            if enable.__name__ == "activation_checkpointing_enable":
-                enable(activation_checkpointing_kwargs=kwargs) if kwargs else enable()
-            else:
-                enable(gradient_checkpointing_kwargs=kwargs)
-            if hasattr(model, "enable_input_require_grads"):
-                model.enable_input_require_grads()  # frozen embeddings + checkpointing: no grads otherwise
-        config = getattr(unwrap_peft(model), "config", None)
-        if config is not None and hasattr(config, "use_cache"):
-            config.use_cache = self.args.use_cache  # HF semantics; generate() keeps its own cache setting
-        if getattr(model, "hf_device_map", None) is None and not getattr(model, "is_quantized", False):
-            model.to(self.accelerator.device)
+        prepare_model(model, self.args, self.accelerator.device)
         unwrapped = unwrap_peft(model)
         self._shift_labels = loss_shifts_labels(unwrapped)
         from transformers.utils import find_labels
@@ -457,17 +442,7 @@ class Trainer:
             print(f"learning_rate: auto -> {result.suggestion:.3g} (LR range test, plot in {plot})")
 
     def _resolve_resume(self, value: str | bool | None) -> Path | None:
-        if value is None or value is False:
-            return None
-        if value is True:
-            found = ckpt.latest_checkpoint(self.args.output_dir)
-            if found is None:
-                raise CheckpointError(
-                    f"resume_from_checkpoint=True but output_dir '{self.args.output_dir}' has no complete checkpoint; "
-                    "start without resume_from_checkpoint"
-                )
-            return ckpt.check_checkpoint(found)
-        return ckpt.check_checkpoint(value)
+        return ckpt.resolve_resume(value, self.args.output_dir)
 
     def _train_loop(self, resume: Path | None) -> TrainOutput:
         args, accel = self.args, self.accelerator
@@ -667,9 +642,7 @@ class Trainer:
         final = ckpt.checkpoint_dir(self.args.output_dir, state.global_step)
         if state.best_global_step == state.global_step:
             state.best_model_checkpoint = str(final)
-        state.stateful_callbacks = {
-            type(cb).__name__: cb.state() for cb in self.callback_handler.callbacks if isinstance(cb, ExportableState)
-        }
+        state.stateful_callbacks = ckpt.callback_states(self.callback_handler.callbacks)
         main = self.is_world_process_zero()
         with ckpt.atomic_checkpoint(final, is_main=main, barrier=accel.wait_for_everyone) as tmp:
             self._save(tmp, _internal_call=True)
@@ -700,24 +673,8 @@ class Trainer:
         self.lr_scheduler.load_state_dict(ckpt.load_state(path / ckpt.SCHEDULER_NAME))
         if accel.scaler is not None and (path / ckpt.SCALER_NAME).is_file():
             accel.scaler.load_state_dict(ckpt.load_state(path / ckpt.SCALER_NAME))
-        try:
-            loaded = TrainerState.load_from_json(path / ckpt.STATE_NAME)
-        except ValueError as err:
-            raise CheckpointError(f"checkpoint '{path}': {err}") from None
-        loaded.is_local_process_zero, loaded.is_world_process_zero = self.state.is_local_process_zero, self.state.is_world_process_zero
-        loaded.max_steps, loaded.num_train_epochs = self.state.max_steps, self.state.num_train_epochs
-        loaded.logging_steps, loaded.eval_steps, loaded.save_steps = self.state.logging_steps, self.state.eval_steps, self.state.save_steps
-        self.state = loaded
-        for callback in self.callback_handler.callbacks:
-            saved = loaded.stateful_callbacks.get(type(callback).__name__)
-            if isinstance(callback, ExportableState) and isinstance(saved, dict):
-                for name, value in saved.get("attributes", {}).items():
-                    setattr(callback, name, value)
-        rng_file = path / f"rng_state_{accel.process_index}.pth"
-        if rng_file.is_file():
-            ckpt.set_rng_state(ckpt.load_state(rng_file))
-        elif accel.num_processes > 1:
-            warnings.warn(f"{rng_file} missing: this rank's random state is not restored", stacklevel=2)
+        self.state = ckpt.restore_trainer_state(path, self.state, self.callback_handler.callbacks)
+        ckpt.restore_rng(path, accel.process_index, accel.num_processes)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save the model (and tokenizer) in HF format to `output_dir` (default: args.output_dir)."""

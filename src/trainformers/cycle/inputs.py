@@ -243,6 +243,10 @@ class CycleBatchBuilder:
         self.prefix_ids = self._encode(prefix)
         self.suffix_ids = self._encode(suffix + sep if kind == "causal" else suffix)
 
+    def encode(self, text: str) -> list[int]:
+        """The ids of `text` alone (no special tokens), as every segment of a row is encoded."""
+        return self._encode(text)
+
     def _encode(self, text: str) -> list[int]:
         return (
             list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -354,6 +358,32 @@ class CycleBatchBuilder:
                 ),
             }
         return CycleBatch(tensors, kept, dropped)
+
+    # -- generation prompts ---------------------------------------------------------------
+
+    def prompt_row(self, src: list[int]) -> list[int]:
+        """What this model reads for source ids `src`: a training row up to (not including) the
+        target. Causal: ``[head] prefix src suffix+sep``; seq2seq: ``[head] prefix src suffix [tail]``.
+        The source is cut to fit `max_length`."""
+        tail = self.tail if self.kind == "seq2seq" else []
+        if self.max_length is not None:
+            fixed = len(self.head) + len(self.prefix_ids) + len(self.suffix_ids) + len(tail)
+            src = src[: max(self.max_length - fixed, 0)]
+        return self.head + self.prefix_ids + list(src) + self.suffix_ids + tail
+
+    def generation_batch(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Generation inputs of this model for source texts: (input_ids, attention_mask, longest
+        source in tokens). Causal prompts are padded on the left (the new tokens follow every
+        prompt directly), seq2seq encoder inputs on the right."""
+        _check_texts(texts, "texts")
+        sources = [self._encode(t) for t in texts]
+        rows = [self.prompt_row(s) for s in sources]
+        width = max(len(r) for r in rows)
+        left = self.kind == "causal"
+        ids = [([self.pad_id] * (width - len(r)) + r) if left else (r + [self.pad_id] * (width - len(r))) for r in rows]
+        mask = [([0] * (width - len(r)) + [1] * len(r)) if left else ([1] * len(r) + [0] * (width - len(r))) for r in rows]
+        longest = max(len(s) for s in sources)
+        return torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.long), longest
 
     # -- rows -----------------------------------------------------------------------------
 

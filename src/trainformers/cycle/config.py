@@ -1,0 +1,182 @@
+"""`CycleTrainingArguments`: `TrainingArguments` plus the settings of cycle-consistency training.
+
+Naming: model A translates domain A -> B, model B translates B -> A. A setting ending in `_A`
+belongs to model A: `prompt_template_A` wraps the source text model A reads (a domain-A text),
+`do_sample_A` / `max_new_tokens_A` / ... steer generation *by model A* (which makes the synthetic
+B inputs that model B trains on).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import TrainingArguments, _arg, _check_int, _choice, _is_number
+from ..errors import ConfigError
+
+__all__ = ["CYCLE_METRICS", "CycleTrainingArguments", "resolve_callable"]
+
+CYCLE_DIRECTIONS = ("both", "A", "B")
+CYCLE_METRICS = ("exact_match", "bleu", "chrf")
+
+
+def resolve_callable(name: str, value: Any) -> Callable | None:
+    """A callable, or one named by a 'package.module:function' string (run files); None stays None."""
+    if value is None or callable(value):
+        return value
+    if not isinstance(value, str) or ":" not in value:
+        raise ConfigError(f"{name}={value!r} must be a callable or a 'package.module:function' string")
+    module_name, _, attr = value.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"{name}={value!r} cannot be imported ({err}); check the module and function name") from None
+    if not callable(fn):
+        raise ConfigError(f"{name}={value!r} is not callable")
+    return fn
+
+
+@dataclass
+class CycleTrainingArguments(TrainingArguments):
+    """Hyperparameters of a cycle-consistency run: every `TrainingArguments` field plus these.
+
+    One optimizer step (`global_step`) updates both models once (each with its own optimizer,
+    scheduler and accumulation window). `per_device_train_batch_size` rows of the *target* domain
+    are drawn per micro-batch and direction.
+    """
+
+    use_macct: bool | None = _arg(
+        None,
+        "MACCT: one frozen base model with LoRA adapters 'A' and 'B'. None: decided by what is given "
+        "(a single model with peft_configs, or a PeftModel with adapters A and B); True/False forces it.",
+    )
+    cycle_directions: str = _arg(
+        "both", "Which models train: 'both', 'A' (only model A, A->B) or 'B' (only model B, B->A)."
+    )
+    text_field_A: str = _arg("text", "Text column of train/eval_dataset_A (ignored for pre-tokenized input_ids).")
+    text_field_B: str = _arg("text", "Text column of train/eval_dataset_B (ignored for pre-tokenized input_ids).")
+    paired_field_A: str = _arg("text_A", "Domain-A column of paired_dataset and paired_eval_dataset.")
+    paired_field_B: str = _arg("text_B", "Domain-B column of paired_dataset and paired_eval_dataset.")
+    prompt_template_A: str = _arg("{text}", "Wraps the source text model A reads, e.g. 'Translate to B: {text}'.")
+    prompt_template_B: str = _arg("{text}", "Wraps the source text model B reads.")
+    sep_seq: str = _arg("\n", "Causal models: text between the prompt and the target.")
+    max_seq_length: int = _arg(
+        256, "Token limit of a training row (causal: prompt+target; seq2seq: encoder input) and of a generation prompt."
+    )
+    max_target_length: int | None = _arg(None, "Seq2seq: token limit of the labels (None: max_seq_length).")
+    do_sample_A: bool = _arg(False, "Model A samples when generating (False: greedy / beam search).")
+    do_sample_B: bool = _arg(False, "Model B samples when generating.")
+    temperature_A: float = _arg(1.0, "Sampling temperature of model A.")
+    temperature_B: float = _arg(1.0, "Sampling temperature of model B.")
+    top_p_A: float = _arg(1.0, "Nucleus sampling mass of model A (1.0: off).")
+    top_p_B: float = _arg(1.0, "Nucleus sampling mass of model B (1.0: off).")
+    top_k_A: int = _arg(0, "Top-k sampling of model A (0: off).")
+    top_k_B: int = _arg(0, "Top-k sampling of model B (0: off).")
+    num_beams_A: int = _arg(1, "Beam search width of model A (1: none).")
+    num_beams_B: int = _arg(1, "Beam search width of model B (1: none).")
+    max_new_tokens_A: int = _arg(64, "Upper bound on the tokens model A generates per row.")
+    max_new_tokens_B: int = _arg(64, "Upper bound on the tokens model B generates per row.")
+    max_new_tokens_ratio_A: float | None = _arg(
+        None,
+        "Bound model A's new tokens by ratio x the longest source in the batch (tokens), capped by "
+        "max_new_tokens_A; e.g. 1.5 for a similar-length task. None: max_new_tokens_A only.",
+    )
+    max_new_tokens_ratio_B: float | None = _arg(None, "The same for model B.")
+    min_new_tokens_A: int = _arg(
+        1, "Model A must generate at least this many tokens before EOS (1 stops empty outputs on a cold start)."
+    )
+    min_new_tokens_B: int = _arg(1, "The same for model B.")
+    drop_empty_synthetic: bool = _arg(
+        True, "Drop rows whose synthetic source came out empty (counted in the log as dropped_A/B)."
+    )
+    warmup_paired_steps: int = _arg(
+        0, "The first N steps train both models supervised on paired_dataset (no generation)."
+    )
+    paired_mix_every: int = _arg(
+        0, "After the warm-up, every N-th step is a supervised paired step instead of a cycle step (0: never)."
+    )
+    metrics: list[str] = _arg(
+        [], "Built-in task metrics on paired_eval_dataset: any of exact_match, bleu, chrf (sacrebleu)."
+    )
+    prepare_cycle_inputs: Any = _arg(
+        None,
+        "Custom batch builder fn(synthetic_texts, target_texts, tokenizer, direction, args) -> dict with "
+        "labels; a callable or 'module:function'. Replaces the built-in text and token paths.",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.cycle_directions = _choice("cycle_directions", self.cycle_directions, CYCLE_DIRECTIONS)
+        if self.use_macct is not None and not isinstance(self.use_macct, bool):
+            raise ConfigError(f"use_macct={self.use_macct!r} must be true, false or null (decide from the models)")
+        for name in ("text_field_A", "text_field_B", "paired_field_A", "paired_field_B"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be a column name")
+        for name in ("prompt_template_A", "prompt_template_B"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or value.replace("{{", "").replace("}}", "").count("{text}") != 1:
+                raise ConfigError(f"{name}={value!r} must contain '{{text}}' exactly once, e.g. 'Translate: {{text}}'")
+        if not isinstance(self.sep_seq, str):
+            raise ConfigError(f"sep_seq={self.sep_seq!r} must be a string (use '' for none)")
+        _check_int("max_seq_length", self.max_seq_length, 4)
+        if self.max_target_length is not None:
+            _check_int("max_target_length", self.max_target_length, 2)
+        for side in ("A", "B"):
+            if not isinstance(getattr(self, f"do_sample_{side}"), bool):
+                raise ConfigError(f"do_sample_{side}={getattr(self, f'do_sample_{side}')!r} must be true or false")
+            temperature = getattr(self, f"temperature_{side}")
+            if not _is_number(temperature) or temperature <= 0:
+                raise ConfigError(f"temperature_{side}={temperature!r} must be > 0")
+            top_p = getattr(self, f"top_p_{side}")
+            if not _is_number(top_p) or not 0 < top_p <= 1:
+                raise ConfigError(f"top_p_{side}={top_p!r} must be in (0, 1]")
+            _check_int(f"top_k_{side}", getattr(self, f"top_k_{side}"), 0)
+            _check_int(f"num_beams_{side}", getattr(self, f"num_beams_{side}"), 1)
+            _check_int(f"max_new_tokens_{side}", getattr(self, f"max_new_tokens_{side}"), 1)
+            _check_int(f"min_new_tokens_{side}", getattr(self, f"min_new_tokens_{side}"), 0)
+            if getattr(self, f"min_new_tokens_{side}") > getattr(self, f"max_new_tokens_{side}"):
+                raise ConfigError(
+                    f"min_new_tokens_{side}={getattr(self, f'min_new_tokens_{side}')} is above "
+                    f"max_new_tokens_{side}={getattr(self, f'max_new_tokens_{side}')}; lower it"
+                )
+            ratio = getattr(self, f"max_new_tokens_ratio_{side}")
+            if ratio is not None and (not _is_number(ratio) or ratio <= 0):
+                raise ConfigError(f"max_new_tokens_ratio_{side}={ratio!r} must be > 0, or null for no bound")
+        _check_int("warmup_paired_steps", self.warmup_paired_steps, 0)
+        _check_int("paired_mix_every", self.paired_mix_every, 0)
+        if isinstance(self.metrics, str):
+            self.metrics = [m.strip() for m in self.metrics.split(",") if m.strip()]
+        if not isinstance(self.metrics, (list, tuple)):
+            raise ConfigError(f"metrics={self.metrics!r} must be a list, e.g. [exact_match, chrf]")
+        self.metrics = [_choice("metrics", m, CYCLE_METRICS) for m in self.metrics]
+        if self.max_steps <= 0 and self.num_train_epochs <= 0:
+            raise ConfigError("CycleTrainingArguments needs max_steps > 0 or num_train_epochs > 0")
+
+    def generation_settings(self, side: str) -> dict[str, Any]:
+        """The generation keywords of model `side` ('A' or 'B'), for `model.generate`."""
+        settings: dict[str, Any] = {
+            "do_sample": getattr(self, f"do_sample_{side}"),
+            "num_beams": getattr(self, f"num_beams_{side}"),
+        }
+        if settings["do_sample"]:
+            settings.update(
+                temperature=float(getattr(self, f"temperature_{side}")),
+                top_p=float(getattr(self, f"top_p_{side}")),
+                top_k=getattr(self, f"top_k_{side}") or None,
+            )
+        return settings
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        fn = self.prepare_cycle_inputs
+        if fn is not None and not isinstance(fn, str):
+            out["prepare_cycle_inputs"] = f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
+        return out
+
+
+CYCLE_FIELDS = tuple(
+    f.name for f in dataclasses.fields(CycleTrainingArguments) if f.name not in {g.name for g in dataclasses.fields(TrainingArguments)}
+)
