@@ -37,6 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import task  # noqa: E402
+from _machine_load import Load  # noqa: E402
 
 
 def vm(field: str) -> float:
@@ -56,6 +57,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--no-gen-guard", action="store_true",
+                    help="seq2seq: drop the min_new_tokens=1 / suppress pad+bos workaround (crashes)")
     ap.add_argument("--workdir", default=str(HERE / "out" / "trainer_tmp"))
     args = ap.parse_args()
 
@@ -81,6 +84,14 @@ def main() -> None:
         checksums = {"A": task.checksum(model_A), "B": task.checksum(model_B)}
         params = {"A": task.n_params(model_A), "B": task.n_params(model_B)}
         kw = {"models": {"A": model_A, "B": model_B}}
+        if not args.no_gen_guard:
+            # Workaround (NOTES.md): without it cycleformers crashes in the first step's B
+            # direction: a T5 that starts with EOS/pad for every row decodes (skip_special_tokens)
+            # to "" for the whole batch, the re-encoded encoder input has 0 columns and
+            # T5Stack.forward raises "cannot reshape tensor of 0 elements into shape [-1, 0]".
+            for m in (model_A, model_B):
+                m.generation_config.min_new_tokens = 1
+                m.generation_config.suppress_tokens = [tok.pad_token_id, tok.bos_token_id]
     else:
         base = task.build_gpt2(tok, args.seed)
         checksums = {"base": task.checksum(base)}
@@ -151,6 +162,8 @@ def main() -> None:
         "settings": {
             "optim": "adamw_torch", "lr": args.lr, "lr_scheduler": "constant", "warmup": 0,
             "weight_decay": 0.0, "grad_accum": 1, "max_new_tokens": 100, "generation": "greedy",
+            "seq2seq_gen_guard": "min_new_tokens=1, suppress_tokens=[pad, bos]"
+            if args.mode == "seq2seq" and not args.no_gen_guard else None,
             "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": ["c_attn"]}
             if args.mode == "macct" else None,
         },
@@ -173,9 +186,13 @@ def main() -> None:
             result["hwm_reset"] = True
         except OSError:
             result["hwm_reset"] = False
+        load = Load()
+        cpu0 = os.times()
         t0 = time.perf_counter()
         trainer.train()
         t1 = time.perf_counter()
+        cpu1 = os.times()
+        foreign = load.foreign()
     except Exception as e:  # record the library's failure as it is
         import traceback
 
@@ -211,6 +228,10 @@ def main() -> None:
             "first_loss_B": stamps.logs[0].get("train_loss_B") if stamps.logs else None,
             "last_lr_A": last.get("learning_rate_A"),
             "log_history_len": len(trainer.state.log_history),
+            "foreign_cores_during_train": foreign,
+            "own_cpu_s_during_train": (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system),
+            "step_s": per_step,
+            "losses": stamps.logs,
         }
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

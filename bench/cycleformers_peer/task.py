@@ -11,7 +11,8 @@ only torch, transformers, tokenizers and datasets. Everything is a pure function
 * `get_tokenizer(dir)`: a shared byte-level BPE (vocab 1000) trained with `tokenizers` on A+B
   of seed 0, saved once as plain files (tokenizer.json + a hand-written tokenizer_config.json,
   so no transformers version writes it) and loaded with `PreTrainedTokenizerFast.from_pretrained`.
-  GPT-2 style: bos/eos/pad are defined but the tokenizer adds no special tokens itself.
+  GPT-2 style: bos/eos/pad are defined but the tokenizer adds no special tokens itself, and it
+  returns only input_ids + attention_mask (no token_type_ids).
 * `build_gpt2` / `build_t5`: tiny random-init models from configs (GPT-2: 512 positions, see
   MAX_POSITIONS), built after
   `torch.manual_seed(seed)` and then re-initialised by `reinit_` from a generator seeded with
@@ -121,6 +122,9 @@ def _train_tokenizer(out_dir: Path) -> None:
         "model_max_length": MAX_POSITIONS,
         "padding_side": "right",
         "clean_up_tokenization_spaces": False,
+        # no token_type_ids: T5.forward rejects them (cycleformers passes the tokenizer's whole
+        # output to the model) and GPT-2 would add wte(token_type_ids) = wte(0) to every position
+        "model_input_names": ["input_ids", "attention_mask"],
     }
     (out_dir / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     (out_dir / "special_tokens_map.json").write_text(
@@ -143,6 +147,7 @@ def get_tokenizer(tokenizer_dir: str | os.PathLike | None = None):
             shutil.rmtree(tmp, ignore_errors=True)
     tok = PreTrainedTokenizerFast.from_pretrained(str(d))
     assert tok.eos_token == EOS and tok.pad_token == PAD and tok.bos_token == BOS, tok
+    assert "token_type_ids" not in tok("a"), f"stale tokenizer files in {d}: delete the folder"
     return tok
 
 

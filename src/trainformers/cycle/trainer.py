@@ -634,10 +634,12 @@ class CycleTrainer:
         accel = self.accelerator
         if self.macct:
             model = self.sides["A"].model
-            trained_params = [p for s in self.trained for p in self.sides[s].params]
-            for p in trained_params:
-                p.requires_grad_(True)  # DDP registers what requires grad when it wraps
+            flags = [(p, p.requires_grad) for p in model.parameters()]
+            for p in (p for s in self.trained for p in self.sides[s].params):
+                p.requires_grad_(True)  # DDP registers what requires grad when it wraps: both adapters
             objs = accel.prepare(model, *[self.sides[s].optimizer for s in self.trained])
+            for p, flag in flags:  # from here on `use_adapter` flags the active adapter per step
+                p.requires_grad_(flag)
             wrapped, optimizers = objs[0], objs[1:]
             for s, opt in zip(self.trained, optimizers):
                 self.sides[s].optimizer = opt
