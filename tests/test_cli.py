@@ -242,3 +242,36 @@ def test_report_command(tmp_path, capsys, monkeypatch):
     assert summary["steps"] == 4 and (tmp_path / "r" / "report.png").is_file()
     code, err = run_main(capsys, "report", "nowhere")
     assert code == 2 and "log.jsonl" in err
+
+
+def test_cycle_command_runs_a_run_file_and_rejects_bad_input(tmp_path, capsys):
+    import yaml
+
+    from trainformers.cli import main
+
+    config = {
+        "model_A": {"preset": "nano", "vocab_size": 300, "max_position_embeddings": 64},
+        "model_B": {"preset": "nano", "vocab_size": 300, "max_position_embeddings": 64, "num_layers": 1},
+        "data": {"task": "demo", "options": {"n_paired_train": 16, "n_unpaired_A": 64, "n_unpaired_B": 64, "n_eval": 8}},
+        "training": {"output_dir": str(tmp_path / "run"), "max_steps": 4, "warmup_paired_steps": 2,
+                     "per_device_train_batch_size": 4, "logging_steps": 2, "metrics": ["exact_match"],
+                     "max_new_tokens_A": 6, "max_new_tokens_B": 6, "report_to": [], "disable_tqdm": True},
+    }
+    path = tmp_path / "cycle.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["cycle", str(path), "--training.seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "eval_A_to_B_exact_match" in out and "seed: 3" in out
+    run = tmp_path / "run"
+    assert (run / "final" / "A" / "model.safetensors").is_file() and (run / "final" / "B" / "config.json").is_file()
+    assert (run / "checkpoint-4" / "cycle_state.json").is_file() and (run / "log.jsonl").is_file()
+    # bad input: one line, exit 2, the finished run untouched
+    assert main(["cycle", str(path), "--training.cycle_directions", "C"]) == 2
+    assert main(["cycle", str(path), "--data.task", "translate"]) == 2
+    err = capsys.readouterr().err
+    assert "cycle_directions='C' is not supported" in err and "did you mean 'translation'" in err
+    assert main(["cycle", str(path)]) == 2  # output_dir already holds a run
+    assert "already holds a run" in capsys.readouterr().err
+    assert (run / "final" / "A" / "model.safetensors").is_file()
+    assert main(["cycle", "--demo.sed", "1"]) == 2
+    assert "did you mean 'seed'" in capsys.readouterr().err

@@ -1015,31 +1015,34 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
     return value
 
 
-def _merge(merged: dict[str, dict[str, Any]], layer: Any, origin: str) -> None:
-    """Check one layer (base, file or overrides) and copy its values over `merged`."""
+def _merge(merged: dict[str, dict[str, Any]], layer: Any, origin: str, sections: Mapping[str, type] | None = None) -> None:
+    """Check one layer (base, file or overrides) and copy its values over `merged`.
+
+    `sections` maps section names to their dataclass (`dict` for free-form); default: a train run file.
+    """
+    sections = SECTIONS if sections is None else sections
     if layer is None:
         return
     if not isinstance(layer, Mapping):
-        sections = ", ".join(SECTIONS)
-        raise ConfigError(f"{origin} must be a mapping of sections ({sections}), got {type(layer).__name__}")
+        raise ConfigError(f"{origin} must be a mapping of sections ({', '.join(sections)}), got {type(layer).__name__}")
     for section, values in layer.items():
-        if section not in SECTIONS:
+        if section not in sections:
             raise ConfigError(
-                f"unknown section '{section}' in {origin}{did_you_mean(str(section), SECTIONS)}; "
-                f"sections are {', '.join(SECTIONS)}"
+                f"unknown section '{section}' in {origin}{did_you_mean(str(section), sections)}; "
+                f"sections are {', '.join(sections)}"
             )
         if values is None:  # an empty `training:` section
             continue
         if not isinstance(values, Mapping):
             raise ConfigError(f"section '{section}' in {origin} must be a mapping of keys, got {values!r}")
-        cls = SECTIONS[section]
+        cls = sections[section]
         if cls is dict:  # `peft`: options of a peft config class, checked against it when the model is built
             merged[section].update(copy.deepcopy(dict(values)))
             continue
         known = [f.name for f in dataclasses.fields(cls) if f.init]
         for name, value in values.items():
             if name not in known:
-                if name in _hf_field_names() and cls is TrainingArguments:
+                if name in _hf_field_names() and issubclass(cls, TrainingArguments):
                     raise ConfigError(_unknown_field_message("training", name, known))
                 hint = did_you_mean(str(name), known).replace("'", f"'{section}.", 1)
                 raise ConfigError(f"unknown key '{section}.{name}' in {origin}{hint}")
