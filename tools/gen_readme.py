@@ -12,6 +12,8 @@ START, END = "<!-- arguments:start -->", "<!-- arguments:end -->"
 
 def render() -> str:
     from trainformers.config import DataSection, ModelSection, TrainingArguments, arguments_markdown_table
+    from trainformers.cycle.config import CYCLE_FIELDS, CycleTrainingArguments
+    from trainformers.cycle.run import CycleDataSection
 
     parts = [
         arguments_markdown_table(TrainingArguments),
@@ -19,6 +21,10 @@ def render() -> str:
         arguments_markdown_table(ModelSection),
         "\nThe `data:` section of a run file:\n",
         arguments_markdown_table(DataSection),
+        "\n`CycleTrainingArguments` adds to `TrainingArguments` (the `training:` section of a cycle run file):\n",
+        arguments_markdown_table(CycleTrainingArguments, only=CYCLE_FIELDS),
+        "\nThe `data:` section of a cycle run file:\n",
+        arguments_markdown_table(CycleDataSection),
     ]
     return "\n".join(parts).strip() + "\n"
 

@@ -678,15 +678,17 @@ class TrainingArguments:
     __repr__ = __str__
 
 
-def arguments_markdown_table(cls: type = TrainingArguments) -> str:
+def arguments_markdown_table(cls: type = TrainingArguments, only: Sequence[str] | None = None) -> str:
     """A Markdown table `| field | type | default | help |` of a config dataclass.
 
     Older spellings accepted by `cls` are listed under the table. The README's argument
-    reference is generated from this.
+    reference is generated from this. `only`: list just these fields (e.g. a subclass's own).
     """
     rows = ["| field | type | default | help |", "| --- | --- | --- | --- |"]
     aliases = []
     for f in dataclasses.fields(cls):
+        if only is not None and f.name not in only:
+            continue
         if _is_alias(f):
             target = f.metadata["alias_of"]
             arrow = f" → `{target}`" if target else ""
