@@ -408,3 +408,42 @@ def test_cycle_arguments_validate(tmp_path, overrides, message):
         CycleTrainingArguments(output_dir=str(tmp_path), **overrides)
     with pytest.raises(ConfigError, match="unknown field 'cycle_direction'.*cycle_directions"):
         CycleTrainingArguments(output_dir=str(tmp_path), cycle_direction="A")
+
+
+def test_inputs_from_a_path_pretokenized_rows_a_collator_and_a_custom_builder(tmp_path):
+    tok, d = tokenizer(), demo()
+    model_dir = tmp_path / "saved"
+    tiny_causal(0).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    ids_a = Dataset.from_dict({"input_ids": [tok(t, add_special_tokens=False)["input_ids"] for t in d.unpaired_A["text"]]})
+    calls = []
+
+    def builder(synthetic, targets, tokenizer_, direction, args):
+        calls.append(direction)
+        enc = tokenizer_([f"{s} = {t}" for s, t in zip(synthetic, targets)], return_tensors="pt", padding=True)
+        return {**enc, "labels": enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)}
+
+    trainer = CycleTrainer(
+        cycle_args(tmp_path, max_steps=2, gradient_checkpointing=True), models=str(model_dir),
+        train_dataset_A=ids_a, train_dataset_B=list(d.unpaired_B["text"]),
+        data_collator_B=lambda rows: [r["text"].strip() for r in rows], prepare_cycle_inputs=builder,
+    )
+    assert trainer._texts("A", _rows(ids_a, 2)) == list(d.unpaired_A["text"][:2])  # input_ids decoded
+    assert not trainer.uses_fast_path("A")  # a custom builder replaces both built-in paths
+    trainer.train()
+    assert calls == ["A->B", "B->A", "A->B", "B->A"]  # the direction the trained model learns
+
+
+def _rows(dataset, n):
+    return [dataset[i] for i in range(n)]
+
+
+def test_macct_with_gradient_checkpointing_trains_the_adapters(tmp_path):
+    trainer = CycleTrainer(cycle_args(tmp_path, max_steps=2, gradient_checkpointing=True), models=tiny_causal(0),
+                           tokenizers=tokenizer(), peft_configs={**LORA, "use_dora": True}, **_data())
+    model = trainer.models["A"]
+    before = {k: v.clone() for k, v in model.state_dict().items() if "lora_" in k}
+    trainer.train()
+    after = model.state_dict()
+    assert any("lora_magnitude" in k for k in before)  # DoRA honoured
+    assert {k for k in before if not torch.equal(before[k], after[k])}

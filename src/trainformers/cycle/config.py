@@ -103,7 +103,7 @@ class CycleTrainingArguments(TrainingArguments):
     )
     prepare_cycle_inputs: Any = _arg(
         None,
-        "Custom batch builder fn(synthetic_texts, target_texts, tokenizer, direction, args) -> dict with "
+        "Custom batch builder fn(synthetic_texts, target_texts, tokenizer, direction ('A->B': model A's batch), args) -> dict with "
         "labels; a callable or 'module:function'. Replaces the built-in text and token paths.",
     )
 

@@ -501,7 +501,7 @@ class CycleTrainer:
             return t.builder.from_token_lists([list(s) for s in sources], [t.builder.encode(x) for x in targets])
         texts = [s if isinstance(s, str) else g.tokenizer.decode(s) for s in sources]
         if self.prepare_fn is not None:
-            out = self.prepare_fn(texts, list(targets), t.tokenizer, f"{other(trained)}->{trained}", self.args)
+            out = self.prepare_fn(texts, list(targets), t.tokenizer, f"{trained}->{other(trained)}", self.args)
             if isinstance(out, CycleBatch):
                 return out
             if not isinstance(out, Mapping) or "labels" not in out:
