@@ -447,3 +447,30 @@ def test_macct_with_gradient_checkpointing_trains_the_adapters(tmp_path):
     after = model.state_dict()
     assert any("lora_magnitude" in k for k in before)  # DoRA honoured
     assert {k for k in before if not torch.equal(before[k], after[k])}
+
+
+def test_run_file_translation_task_from_a_parallel_jsonl(tmp_path):
+    import json
+
+    from trainformers.cycle.run import load_cycle_config, run_cycle
+
+    words = ["red", "fox", "cat", "dog", "sun", "sky", "big", "old"]
+    rows = [{"en": f"{a} {b}", "up": f"{a} {b}".upper()} for a in words for b in words]
+    source = tmp_path / "parallel.jsonl"
+    source.write_text("\n".join(json.dumps(r) for r in rows))
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "model_A: {preset: nano, vocab_size: 290, max_position_embeddings: 64}\n"
+        f"data: {{task: translation, source: '{source}', options: {{lang_A: en, lang_B: up, eval_size: 8}}}}\n"
+        f"training: {{output_dir: '{tmp_path / 'out'}', max_steps: 2, per_device_train_batch_size: 4, "
+        "metrics: [exact_match], max_new_tokens_A: 6, max_new_tokens_B: 6, report_to: [], disable_tqdm: true}\n"
+    )
+    cfg = load_cycle_config(config, ["--training.learning_rate", "1e-3"])
+    assert cfg.training.learning_rate == 1e-3 and cfg.model_B is None
+    result = run_cycle(cfg, echo=lambda *a: None)
+    assert "eval_A_to_B_exact_match" in result["metrics"] and "eval_reconstruction_loss_B" in result["metrics"]
+    assert (tmp_path / "out" / "final" / "B" / "model.safetensors").is_file()
+    with pytest.raises(ConfigError, match="unknown key 'data.sorce'.*data.source"):
+        load_cycle_config(config, ["--data.sorce", "x"])
+    with pytest.raises(ConfigError, match="data.task='ner' needs data.source"):
+        load_cycle_config(None, ["--data.task", "ner"])
