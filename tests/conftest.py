@@ -77,6 +77,7 @@ def make_args(tmp_path, **overrides):
         save_strategy="no",
         report_to="none",
         disable_tqdm=True,
+        report_at_end=False,  # rendering a PNG per train() would add ~1 min to the suite
         seed=0,
         optim="adamw_torch",
     )

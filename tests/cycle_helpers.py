@@ -54,7 +54,7 @@ def cycle_args(tmp_path, **overrides) -> CycleTrainingArguments:
     defaults = dict(
         output_dir=str(tmp_path / "run"), per_device_train_batch_size=4, per_device_eval_batch_size=8,
         learning_rate=3e-3, max_steps=4, logging_steps=1, save_strategy="no", report_to="none",
-        disable_tqdm=True, seed=0, optim="adamw_torch", max_new_tokens_A=8, max_new_tokens_B=8,
+        disable_tqdm=True, report_at_end=False, seed=0, optim="adamw_torch", max_new_tokens_A=8, max_new_tokens_B=8,
     )
     defaults.update(overrides)
     return CycleTrainingArguments(**defaults)

@@ -474,3 +474,42 @@ def test_run_file_translation_task_from_a_parallel_jsonl(tmp_path):
         load_cycle_config(config, ["--data.sorce", "x"])
     with pytest.raises(ConfigError, match="data.task='ner' needs data.source"):
         load_cycle_config(None, ["--data.task", "ner"])
+
+
+def _decoder_lm(seed=0):
+    from trainformers.models import DecoderLM, DecoderLMConfig
+
+    torch.manual_seed(seed)
+    tok = tokenizer()
+    return DecoderLM(DecoderLMConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     num_key_value_heads=2, intermediate_size=64, bos_token_id=tok.bos_token_id,
+                                     eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+
+
+@pytest.mark.parametrize("make", [tiny_causal, tiny_t5, _decoder_lm], ids=["llama", "t5", "decoder_lm"])
+def test_cycle_loss_equals_the_models_own_loss(tmp_path, make):
+    # a regression test: DecoderLM (registered with the Auto classes at runtime) once trained on
+    # unshifted labels, learning to copy its input: the loss fell, every output was garbage
+    model = make(0)
+    trainer = DeterministicCycleTrainer(cycle_args(tmp_path), models={"A": model, "B": tiny_causal(1)},
+                                        tokenizers=tokenizer(), **_data())
+    targets = list(demo().unpaired_B["text"][:4])
+    batch = trainer.build_batch("A", trainer._generate(trainer.sides["B"], targets), targets)
+    side = trainer.sides["A"]
+    from trainformers.losses import count_label_items
+
+    with torch.no_grad():
+        ours = trainer._window_loss(side, model.eval(), batch, count_label_items(batch, shift=side.shift))
+        theirs = model(**batch).loss
+    assert float(ours) == pytest.approx(float(theirs), rel=1e-5)
+
+
+def test_cycle_run_writes_its_report_and_model_card(tmp_path):
+    trainer = CycleTrainer(cycle_args(tmp_path, max_steps=2, report_at_end=True), models={"A": tiny_causal(0), "B": tiny_t5(1)},
+                           tokenizers=tokenizer(), **_data())
+    trainer.train()
+    run = tmp_path / "run"
+    assert (run / "report.png").is_file() and "loss_A" in (run / "report.md").read_text()
+    card = trainer.create_model_card(language="en", tags=["cycle"])
+    text = card.read_text()
+    assert card == run / "README.md" and "cycle" in text and "learning_rate" in text

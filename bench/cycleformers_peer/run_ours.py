@@ -3,8 +3,8 @@ as run_peer.py (cycleformers 0.1.0 in bench/cycleformers_peer/.venv):
 
     .venv/bin/python bench/cycleformers_peer/run_ours.py --mode causal|seq2seq|macct --steps 20 --out out/ours.json
 
---gen parity: greedy, exactly 100 new tokens per row for causal models (cycleformers hard-codes
-max_new_tokens=100 and its untrained models never stop early), min_new_tokens 1 for seq2seq (the peer's workaround); --gen bounded: min_new_tokens 1 and
+--gen parity: greedy, at most 100 new tokens, stopping when every row has emitted EOS, as cycleformers
+does, min_new_tokens 1 (set for the peer too); --gen bounded: min_new_tokens 1 and
 max_new_tokens_ratio 1.5 (new tokens bounded by 1.5x the longest input), our recommended setting. Timing as in run_peer.py (callback stamps).
 """
 
@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--gen", choices=["parity", "bounded"], default="parity")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--min-new-tokens", type=int, default=1, help="100 forces every row to the cap: equal work")
     ap.add_argument("--workdir", default=str(HERE / "out" / "ours_tmp"))
     args = ap.parse_args()
     threads = task.set_threads(args.threads)
@@ -73,9 +74,9 @@ def main() -> None:
         params = {"base": task.n_params(base)}
         lora = peft.LoraConfig(task_type="CAUSAL_LM", r=16, lora_alpha=32, lora_dropout=0.05, target_modules=["c_attn"], bias="none")
         kw = {"models": base, "peft_configs": lora}
-    # parity: cycleformers' untrained causal models never emit EOS, so every row generates all 100
-    # tokens; min_new_tokens=100 makes ours do the same work. seq2seq: the peer's workaround (min 1).
-    min_new = 1 if args.mode == "seq2seq" or args.gen == "bounded" else 100
+    # parity: cycleformers' rule, a hard cap of 100 new tokens and a stop when every row has emitted
+    # EOS, with min_new_tokens 1 in both libraries (run_peer.py sets it in the generation config).
+    min_new = args.min_new_tokens
     ratio = 1.5 if args.gen == "bounded" else None
     targs = CycleTrainingArguments(
         output_dir=args.workdir, overwrite_output_dir=True, max_steps=args.steps,
@@ -136,6 +137,7 @@ def main() -> None:
         "first_loss_A": rows[0]["loss_A"] if rows else None, "first_loss_B": rows[0]["loss_B"] if rows else None,
         "last_loss_A": rows[-1]["loss_A"] if rows else None, "last_loss_B": rows[-1]["loss_B"] if rows else None,
         "generation_share": statistics.mean(r["generation_share"] for r in rows) if rows else None,
+        "dropped_rows": sum(r.get("dropped_A", 0) + r.get("dropped_B", 0) for r in rows),
         "step_s": per_step,
     })
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -57,6 +57,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--min-new-tokens", type=int, default=1, help="100 forces every row to the cap: equal work")
     ap.add_argument("--no-gen-guard", action="store_true",
                     help="seq2seq: drop the min_new_tokens=1 / suppress pad+bos workaround (crashes)")
     ap.add_argument("--workdir", default=str(HERE / "out" / "trainer_tmp"))
@@ -79,6 +80,8 @@ def main() -> None:
         checksums = {"A": task.checksum(model_A), "B": task.checksum(model_B)}
         params = {"A": task.n_params(model_A), "B": task.n_params(model_B)}
         kw = {"models": {"A": model_A, "B": model_B}}
+        for m in (model_A, model_B):  # equal settings with ours: at least one token before EOS
+            m.generation_config.min_new_tokens = args.min_new_tokens
     elif args.mode == "seq2seq":
         model_A, model_B = task.build_t5(tok, args.seed), task.build_t5(tok, args.seed + 1)
         checksums = {"A": task.checksum(model_A), "B": task.checksum(model_B)}
@@ -101,6 +104,7 @@ def main() -> None:
             target_modules=["c_attn"], bias="none",
         )
         kw = {"models": base, "peft_configs": lora}
+        base.generation_config.min_new_tokens = args.min_new_tokens  # equal settings with ours: at least one token before EOS
 
     targs = CycleTrainingArguments(
         output_dir=args.workdir,

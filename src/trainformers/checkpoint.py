@@ -136,7 +136,7 @@ def clear_run(output_dir: str | os.PathLike) -> None:
     for child in root.iterdir():
         if _CKPT_RE.match(child.name.removesuffix(TMP_SUFFIX)) and child.is_dir():
             shutil.rmtree(child)
-    for name in ("log.jsonl", "report.png"):
+    for name in ("log.jsonl", "report.png", "report.md", "compare.png", "compare.md"):
         (root / name).unlink(missing_ok=True)
 
 

@@ -1,7 +1,7 @@
 """The `trainformers` command line: parse, build, call; errors as one line and exit status 2.
 
     trainformers train [CONFIG.yaml] [--section.key VALUE ...]   # no CONFIG: the embedded default
-    trainformers report RUN_DIR                                    # report.png + summary of a run
+    trainformers report RUN_DIR [RUN_DIR ...] [--out DIR]         # report.png + report.md; several: compare.*
     trainformers tokenizer train --vocab-size N --out DIR [--data SOURCE ...]   # a BPE tokenizer
     trainformers generate CHECKPOINT "prompt" [--greedy | --temperature T ...]  # stream a continuation
     trainformers export RUN_OR_CHECKPOINT [--out DIR] [--merge [--base MODEL]]   # model files, or adapter merged
@@ -69,8 +69,23 @@ def _parser() -> argparse.ArgumentParser:
         "overrides its settings, e.g. --demo.seed 1).",
     )
     cycle.add_argument("config", nargs="?", help="YAML run file")
-    report = sub.add_parser("report", help="plot a run's log to RUN_DIR/report.png and print a summary")
-    report.add_argument("run_dir")
+    search = sub.add_parser(
+        "search",
+        help="hyperparameter search (optuna) over a run file's `search:` section; resumes its study",
+        description="Search hyperparameters for CONFIG (a train run file plus a `search:` section, e.g. "
+        "learning_rate: {type: loguniform, low: 1e-5, high: 1e-3}); trials go to OUTPUT_DIR/trial-N, the study "
+        "to OUTPUT_DIR/optuna_study.db (running again resumes it). Overrides as for train.",
+    )
+    search.add_argument("config", nargs="?", help="YAML run file with a search: section")
+    search.add_argument("--n-trials", type=_number(int, 1), default=20, help="trials in total (default 20)")
+    report = sub.add_parser(
+        "report",
+        help="write RUN_DIR/report.png + report.md and print a summary; several runs: overlaid curves in "
+        "compare.png/compare.md (in --out, default the first RUN_DIR)",
+    )
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    report.add_argument("--out", default=None, help="directory for the report files (default: the first RUN_DIR)")
+    report.add_argument("--labels", nargs="+", default=None, help="one name per run for legends and tables")
     _add_tokenizer_parser(sub)
     _add_generate_parser(sub)
     _add_export_parser(sub)
@@ -236,12 +251,13 @@ def _lr_find(config_path: str | None, overrides: Sequence[str]) -> int:
     return 0
 
 
-def _report(run_dir: str) -> int:
-    from .report import plot_run, summarize_run
+def _report(run_dirs: list[str], out: str | None = None, labels: list[str] | None = None) -> int:
+    from .report import summarize_run, write_report
 
-    path = plot_run(run_dir)
-    print(json.dumps(summarize_run(run_dir), indent=2, default=str))
-    print(f"plot: {path}")
+    png, md = write_report(run_dirs[0] if len(run_dirs) == 1 else run_dirs, out, labels)
+    summaries = {d: summarize_run(d) for d in run_dirs}
+    print(json.dumps(summaries[run_dirs[0]] if len(run_dirs) == 1 else summaries, indent=2, default=str))
+    print(f"plot: {png}\nreport: {md}")
     return 0
 
 
@@ -426,7 +442,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
-    if argv[:1] in (["train"], ["lr-find"], ["cycle"]) and not {"-h", "--help"} & set(argv):
+    n_trials = 20
+    if argv[:1] == ["search"] and not {"-h", "--help"} & set(argv):
+        rest, kept = argv[1:], []
+        while rest:  # --n-trials is ours; every other token is the config path or an override
+            token = rest.pop(0)
+            if token == "--n-trials" or token.startswith("--n-trials="):
+                value = token.partition("=")[2] or (rest.pop(0) if rest else "")
+                n_trials = parser.parse_args(["search", "--n-trials", value]).n_trials
+            else:
+                kept.append(token)
+        argv = ["search", *kept]
+    if argv[:1] in (["train"], ["lr-find"], ["cycle"], ["search"]) and not {"-h", "--help"} & set(argv):
         # argparse would take an override's value for the optional CONFIG; only the first token can be it
         config = argv[1] if len(argv) > 1 and not argv[1].startswith("-") else None
         overrides = argv[2:] if config is not None else argv[1:]
@@ -442,13 +469,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _lr_find(config, overrides)
         if command == "cycle":
             return _cycle(config, overrides)
+        if command == "search":
+            from .search import run_search_from_config
+
+            best = run_search_from_config(config, list(overrides), n_trials)
+            print(f"best trial {best.run_id}: objective {best.objective} with {best.hyperparameters}")
+            return 0
         if command == "tokenizer":
             return _tokenizer_train(args)
         if command == "generate":
             return _generate(args)
         if command == "export":
             return _export(args)
-        return _report(args.run_dir)
+        return _report(args.run_dirs, args.out, args.labels)
     except TrainformersError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE

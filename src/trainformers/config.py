@@ -281,6 +281,9 @@ class TrainingArguments:
     logging_nan_inf_filter: bool = _arg(
         True, "Leave NaN/inf step losses out of the logged average (the update still happens)."
     )
+    report_at_end: bool = _arg(
+        True, "At the end of train(), write report.png and report.md (curves, metrics, config diff) into output_dir."
+    )
     report_to: str | list[str] | None = _arg(
         "none", "Trackers to log to: a name or list of them, 'all' for the installed ones, 'none' for none."
     )

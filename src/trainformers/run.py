@@ -223,7 +223,7 @@ def run_training(config: RunConfig, *, echo: Any = print) -> RunResult:
         TrainformersError: any problem with the configuration, the data or the output directory;
             nothing in an existing run directory is changed before these checks pass.
     """
-    from .report import plot_run
+    from .report import write_report
 
     args = config.training
     out = Path(args.output_dir)
@@ -242,7 +242,7 @@ def run_training(config: RunConfig, *, echo: Any = print) -> RunResult:
         trainer.log({"eval_perplexity": perplexity})
     if trainer.is_world_process_zero():
         trainer.save_model(str(out / "final"))
-        plot_run(out)
+        write_report(out)  # again: now with eval_perplexity, logged after train()
     sample = None
     if config.model.sample_prompt and config.model.sample_max_new_tokens:
         model = trainer.accelerator.unwrap_model(trainer.model)

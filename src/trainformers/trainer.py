@@ -493,6 +493,8 @@ class Trainer:
         handler.train_dataloader = dataloader
         if state.global_step == 0 and accel.trackers == [] and args.report_to:
             accel.init_trackers(args.run_name or "trainformers", config=scalar_config(args))
+        if args.push_to_hub and self.is_world_process_zero():
+            self._hub_pusher()  # creates the repository before the first step: a bad token fails now
         self.control = handler.on_train_begin(args, state, self.control)
         if args.eval_on_start and state.global_step == 0:
             self._evaluate_during_training()
@@ -584,7 +586,13 @@ class Trainer:
             "epoch": state.epoch,
         }
         self.log(metrics)
+        if getattr(self, "_hub", None) is not None:
+            self._hub.wait()  # the last checkpoint's background upload ends before train() returns
         self.control = handler.on_train_end(args, state, self.control)
+        if args.report_at_end:
+            from .report import report_at_end
+
+            report_at_end(self)  # report.png + report.md; a failed plot only warns
         return TrainOutput(state.global_step, metrics["train_loss"], metrics)
 
     def _log_training(self, since: SinceLog, grad_norm: torch.Tensor | None) -> None:
@@ -657,6 +665,10 @@ class Trainer:
                 ckpt.write_json(self.args.to_dict(), tmp / ckpt.ARGS_NAME)
                 state.save_to_json(tmp / ckpt.STATE_NAME)  # written last: the completion marker inside
         if main:
+            if self.args.push_to_hub and self.args.hub_strategy != "end":
+                # before rotation; the pusher snapshots the checkpoint (hard links) and uploads in the background
+                self.callback_handler.on_push_begin(self.args, state, self.control)
+                self._hub_pusher().on_checkpoint(final, f"Training in progress, step {state.global_step}")
             ckpt.rotate_checkpoints(self.args.output_dir, self.args.save_total_limit, state.best_model_checkpoint)
         return final
 
@@ -676,11 +688,53 @@ class Trainer:
         self.state = ckpt.restore_trainer_state(path, self.state, self.callback_handler.callbacks)
         ckpt.restore_rng(path, accel.process_index, accel.num_processes)
 
+    # ---- experiments: search, model card (trainformers.search, trainformers.modelcard) -----
+
+    def hyperparameter_search(
+        self,
+        hp_space: Callable[[Any], dict[str, Any]] | None = None,
+        compute_objective: Callable[[dict[str, float]], float] | None = None,
+        n_trials: int = 20,
+        direction: str | list[str] = "minimize",
+        backend: str | None = None,
+        hp_name: Callable[[Any], str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Search hyperparameters with optuna (HF semantics); needs `model_init`. See `trainformers.search`."""
+        from .search import run_hyperparameter_search
+
+        return run_hyperparameter_search(
+            self, hp_space=hp_space, compute_objective=compute_objective, n_trials=n_trials,
+            direction=direction, backend=backend, hp_name=hp_name, **kwargs,
+        )
+
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+    ) -> Path:
+        """Write README.md (a model card) into args.output_dir. See `trainformers.modelcard`."""
+        from .modelcard import create_model_card
+
+        return create_model_card(
+            self, language=language, license=license, tags=tags, model_name=model_name,
+            finetuned_from=finetuned_from, tasks=tasks, dataset_tags=dataset_tags, dataset=dataset,
+            dataset_args=dataset_args,
+        )
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save the model (and tokenizer) in HF format to `output_dir` (default: args.output_dir)."""
-        self._save(Path(output_dir or self.args.output_dir), _internal_call=_internal_call)
+        folder = Path(output_dir or self.args.output_dir)
+        self._save(folder, _internal_call=_internal_call)
         if self.args.push_to_hub and not _internal_call and self.is_world_process_zero():
-            self._push_to_hub(Path(output_dir or self.args.output_dir))
+            self._push_to_hub(folder, "Model save")
 
     def _save(self, output_dir: Path, _internal_call: bool = False) -> None:
         accel = self.accelerator
@@ -695,13 +749,54 @@ class Trainer:
         if main and not _internal_call:
             ckpt.write_json(self.args.to_dict(), output_dir / ckpt.ARGS_NAME)
 
-    def _push_to_hub(self, folder: Path) -> None:
-        from huggingface_hub import HfApi
+    # ---- Hub (trainformers.hub; the real upload is not exercised in CI, only a fake) ---------
 
-        api = HfApi(token=self.args.hub_token)
-        repo = self.args.hub_model_id or Path(self.args.output_dir).name
-        api.create_repo(repo, private=self.args.hub_private_repo, exist_ok=True)
-        api.upload_folder(repo_id=repo, folder_path=str(folder), revision=self.args.hub_revision)
+    def push_to_hub(self, commit_message: str = "End of training", blocking: bool = True, **kwargs: Any) -> Any:
+        """Save the model to args.output_dir and upload that folder (with its model card) to the Hub.
+
+        Waits for the background checkpoint uploads first. Checkpoint folders, `*.tmp` and `_*` are
+        not uploaded. The repository is args.hub_model_id or the output_dir's name, the branch
+        args.hub_revision. Works with args.push_to_hub=False too (HF semantics).
+
+        Args:
+            commit_message: the Hub commit message.
+            blocking: wait for the upload; False returns a Future (a failure is then logged, not raised).
+            **kwargs: passed to `create_model_card` (e.g. `tags`, `language`, `dataset`).
+
+        Returns:
+            upload_folder's CommitInfo, a Future of it when `blocking=False`, None off the main process.
+
+        Raises:
+            ConfigError: `token`, `revision` or `private` given (set the hub_* arguments instead).
+        """
+        unsupported = sorted(set(kwargs) & {"token", "revision", "private"})
+        if unsupported:
+            raise ConfigError(f"push_to_hub({', '.join(unsupported)}=...) is not supported; set args.hub_* instead")
+        output_dir = Path(self.args.output_dir)
+        self._save(output_dir)  # every process: a sharded model gathers its weights
+        if not self.is_world_process_zero():
+            return None
+        return self._push_to_hub(output_dir, commit_message, blocking, **kwargs)
+
+    def _push_to_hub(self, folder: Path, commit_message: str, blocking: bool = True, **card_kwargs: Any) -> Any:
+        """Write the model card (when `folder` is the output_dir) and upload `folder` to the repository root."""
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        make_card = getattr(self, "create_model_card", None)
+        if make_card is not None and folder.resolve() == Path(self.args.output_dir).resolve():
+            try:
+                make_card(**card_kwargs)
+            except Exception as exc:  # noqa: BLE001 - an optional extra: the model goes up without it
+                warnings.warn(f"model card not written ({type(exc).__name__}: {exc}); pushing without it", stacklevel=3)
+        return self._hub_pusher().on_save_model(folder, commit_message, blocking)
+
+    def _hub_pusher(self) -> Any:
+        """The `HubPusher` of this trainer, created with its repository on first use (main process only)."""
+        if getattr(self, "_hub", None) is None:
+            from .hub import HubPusher
+
+            self._hub = HubPusher.from_args(self.args)
+            self._hub.create_repo()
+        return self._hub
 
     # ---- logging ------------------------------------------------------------------------
 

@@ -73,14 +73,14 @@ class DemoRunConfig:
     intermediate_size: int = 128
     # budget in optimizer steps (each step updates both models once)
     paired_steps: int = 200  # S: supervised steps on the paired set (phase 1)
-    cycle_steps: int = 200  # K: cycle steps on the unpaired sets (phase 2)
-    paired_mix_every: int = 0  # phase 2: every N-th step is a paired step instead (0: never)
+    cycle_steps: int = 800  # K: cycle steps on the unpaired sets (phase 2)
+    paired_mix_every: int = 4  # phase 2: every N-th step is a paired step instead (0: never)
     batch_size: int = 32
-    learning_rate: float = 3e-3
+    learning_rate: float = 1e-3  # 3e-3 gave a weaker paired-only baseline (docs/cycle-demo.md)
     lr_scheduler_type: str = "constant"  # constant: phase 2 and the baseline's extra steps see the same lr
     weight_decay: float = 0.0
     # how each model generates synthetic sources in phase 2 (evaluation is always greedy)
-    do_sample: bool = True
+    do_sample: bool = False  # greedy: sampling at temperature 1 hurt (docs/cycle-demo.md)
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
@@ -182,10 +182,14 @@ def _args(cfg: DemoRunConfig, output_dir: str, *, max_steps: int, warmup_paired_
 def _train_and_eval(
     cfg: DemoRunConfig, data: CycleDemoData, tokenizer: Any, models: dict, output_dir: str, **steps: int
 ) -> tuple[dict[str, float], float]:
-    """One CycleTrainer run on `models` (trained in place), then greedy held-out metrics."""
+    """One CycleTrainer run on `models` (trained in place), then greedy held-out metrics.
+    ``max_steps=0`` trains nothing (the models are only evaluated)."""
     from ..callbacks import PrinterCallback
     from .trainer import CycleTrainer
 
+    train = steps["max_steps"] > 0
+    if not train:  # CycleTrainingArguments needs max_steps > 0; the trainer is then only evaluated
+        steps = {**steps, "max_steps": 1, "warmup_paired_steps": 0, "paired_mix_every": 0}
     trainer = CycleTrainer(
         _args(cfg, output_dir, **steps),
         models=models,
@@ -197,7 +201,8 @@ def _train_and_eval(
     )
     trainer.remove_callback(PrinterCallback)  # the demo prints its own table
     start = time.perf_counter()
-    trainer.train()
+    if train:
+        trainer.train()
     seconds = time.perf_counter() - start
     raw = trainer.evaluate()
     metrics = {f"{d}_{m}": float(raw[f"eval_{d}_{m}"]) for d in DIRECTIONS for m in ("exact_match", "chrf")}
@@ -218,7 +223,7 @@ class _OutputDir:
         self.path = self.given or tempfile.mkdtemp(prefix="trainformers-cycle-demo-")
         return self.path
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.given is None:
             shutil.rmtree(self.path, ignore_errors=True)
 

@@ -225,9 +225,9 @@ def run_cycle(config: CycleRunConfig, *, echo: Any = print) -> dict[str, Any]:
     trainer.save_model(str(out / "final"))
     if trainer.is_world_process_zero():
         try:
-            from ..report import plot_run
+            from ..report import write_report
 
-            plot_run(out)
+            write_report(out)
         except Exception as err:  # a plot is a convenience: never fail a finished run on it
             echo(f"(no report.png: {err})")
     return {"metrics": metrics, "train": train_output.metrics, "output_dir": out, "runtime": time.perf_counter() - start}

@@ -50,10 +50,11 @@ from ..callbacks import (
 )
 from ..config import TrainingArguments
 from ..errors import ConfigError, DataError
-from ..loop_utils import is_plateau, loss_shifts_labels, prepare_model, scalar_config, seed_everything, unwrap_peft
+from ..loop_utils import is_plateau, prepare_model, scalar_config, seed_everything, unwrap_peft
 from ..losses import IGNORE_INDEX, count_label_items, lm_loss
 from ..optim import create_optimizer, create_scheduler
 from ..state import TrainerControl, TrainerState
+from ..trainer import Trainer
 from .config import CycleTrainingArguments, resolve_callable
 from .generation import generate_ids
 from .inputs import CycleBatch, CycleBatchBuilder, tokenizers_compatible
@@ -329,7 +330,7 @@ class CycleTrainer:
                 drop_empty=args.drop_empty_synthetic,
             )
             self.sides[s] = CycleSide(
-                s, m, tok, kind, builder, adapter=s if self.macct else None, shift=kind == "causal" and loss_shifts_labels(base)
+                s, m, tok, kind, builder, adapter=s if self.macct else None, shift=kind == "causal"
             )
         self.collators = {"A": data_collator_A, "B": data_collator_B}
         self.train_datasets = {"A": _as_dataset(train_dataset_A, args.text_field_A), "B": _as_dataset(train_dataset_B, args.text_field_B)}
@@ -752,6 +753,10 @@ class CycleTrainer:
         }
         self.log(metrics)
         self.control = handler.on_train_end(args, state, self.control)
+        if args.report_at_end:
+            from ..report import report_at_end
+
+            report_at_end(self)  # report.png + report.md; a failed plot only warns
         return TrainOutput(state.global_step, metrics["train_loss"], metrics)
 
     def _log_training(self, since: _Since) -> None:
@@ -888,6 +893,9 @@ class CycleTrainer:
         since.restore(cycle_state.get("pending", {}))
         self.state = ckpt.restore_trainer_state(path, self.state, self.callback_handler.callbacks)
         ckpt.restore_rng(path, accel.process_index, accel.num_processes)
+
+    # the model card of `Trainer`: `trainformers.modelcard` reads .args, .state and .models
+    create_model_card = Trainer.create_model_card
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Write `A/` and `B/` under `output_dir` (default args.output_dir): each a model plain

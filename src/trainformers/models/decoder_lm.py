@@ -366,6 +366,8 @@ class DecoderLM(PreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.gradient_checkpointing = False  # gradient_checkpointing_enable() turns it on
         self.post_init()
+        # the causal-LM loss (labels shifted inside): how trainers know to count labels[..., 1:]
+        self.loss_type = "ForCausalLM"
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
