@@ -179,8 +179,10 @@ def test_slow_uploads_do_not_block_training_and_blocking_push_waits(tmp_path, mo
     assert fake.uploads[-1]["commit_message"] == "Training in progress, step 6"
 
     start = time.perf_counter()
+    fake.gate = threading.Event()  # the next upload hangs until released: push_to_hub must not wait for it
     future = trainer.push_to_hub(blocking=False)
-    assert time.perf_counter() - start < fake.sleep and not future.done()
+    assert not future.done()
+    fake.gate.set()
     future.result()
     assert fake.uploads[-1]["commit_message"] == "End of training"
     trainer.push_to_hub("again")  # blocking: returns after the upload is recorded

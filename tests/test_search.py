@@ -228,3 +228,14 @@ def test_run_file_errors_name_the_file(tmp_path):
     bad.write_text("training:\n  learning_rat: 1.0e-3\nsearch:\n  seed: {type: int, low: 1, high: 3}\n")
     with pytest.raises(ConfigError, match=rf"unknown key 'training.learning_rat' in '{bad}'"):
         run_search_from_config(bad, n_trials=1)
+
+
+def test_search_command_line(tmp_path, monkeypatch, capsys):
+    from trainformers.cli import main
+
+    example = Path(__file__).parents[1] / "examples" / "search.yaml"
+    monkeypatch.chdir(tmp_path)
+    assert main(["search", str(example), "--n-trials", "2", *SMALL, "--training.output_dir", "s"]) == 0
+    assert "best trial" in capsys.readouterr().out and (tmp_path / "s" / "trial-1" / "log.jsonl").is_file()
+    assert main(["search", str(example), "--n-trials=1", "--training.learning_rat", "1"]) == 2
+    assert "did you mean 'training.learning_rate'" in capsys.readouterr().err
