@@ -1,5 +1,8 @@
 """Shared by the bench scripts: CPU-load accounting (PERF-NOTES: a busy neighbour ruins any
-timing, so rounds with foreign load are discarded) and the CLI's malloc tuning."""
+timing, so rounds with foreign load are discarded), process memory, and the CLI's malloc tuning.
+
+Standard library only at import (trainformers is imported inside `tune_malloc`), so the
+cycleformers scripts, which run in a venv without trainformers, import it too."""
 
 from __future__ import annotations
 
@@ -32,6 +35,15 @@ class Load:
     def foreign(self) -> float:
         wall = time.perf_counter() - self.t
         return max((busy_jiffies() - self.b) / CLK_TCK - (own_cpu() - self.c), 0.0) / wall
+
+
+def vm_mb(field: str) -> float:
+    """A memory line of /proc/self/status (VmRSS, VmHWM, ...), in MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def tune_malloc() -> str:

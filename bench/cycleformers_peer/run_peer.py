@@ -34,18 +34,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # task.py here, _machine.py in bench/
 
 import task  # noqa: E402
-from _machine_load import Load  # noqa: E402
-
-
-def vm(field: str) -> float:
-    """VmRSS / VmHWM of this process, in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+from _machine import Load, vm_mb as vm  # noqa: E402
 
 
 def main() -> None:

@@ -4,8 +4,10 @@ Exit 0 when idle, 1 after --timeout s (the caller then runs anyway and the JSON 
 import argparse
 import sys
 import time
+from pathlib import Path
 
-from _machine_load import busy_jiffies, CLK_TCK
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/_machine.py
+from _machine import CLK_TCK, busy_jiffies  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--max-foreign", type=float, default=0.25)
