@@ -648,3 +648,14 @@ class EarlyStoppingCallback(TrainerCallback, ExportableState):
             },
             "attributes": {"early_stopping_patience_counter": self.early_stopping_patience_counter},
         }
+
+
+def default_callbacks(args: Args, accelerator: Any) -> list[Any]:
+    """The callbacks every trainer starts with: flow (log/eval/save/stop on schedule), progress bar
+    (or plain printing with `disable_tqdm`), the log.jsonl writer and the Accelerate trackers."""
+    return [
+        DefaultFlowCallback,
+        PrinterCallback if args.disable_tqdm else ProgressCallback,
+        JsonlLoggerCallback,
+        TrackerCallback(accelerator),
+    ]

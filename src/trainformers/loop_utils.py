@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -160,6 +161,31 @@ def speed_metrics(prefix: str, start: float, num_samples: int, num_steps: int | 
     if num_steps:
         out[f"{prefix}_steps_per_second"] = round(num_steps / max(runtime, 1e-9), 3)
     return out
+
+
+def best_metric_key(args: Any) -> str | None:
+    """The logged key of `args.metric_for_best_model` ("loss" -> "eval_loss"), or None."""
+    metric = args.metric_for_best_model
+    if not metric:
+        return None
+    return metric if metric.startswith("eval_") else f"eval_{metric}"
+
+
+def update_best_metric(state: Any, args: Any, metrics: Mapping[str, float]) -> bool:
+    """Record the best-model metric of `metrics` in `state` when it beats the best so far.
+
+    Returns:
+        True when `state.best_metric` (and `best_global_step`) changed.
+    """
+    key = best_metric_key(args)
+    if key is None or key not in metrics:
+        return False
+    value = metrics[key]
+    better = np.greater if args.greater_is_better else np.less
+    if state.best_metric is None or better(value, state.best_metric):
+        state.best_metric, state.best_global_step = value, state.global_step
+        return True
+    return False
 
 
 def scalar_config(args: Any) -> dict[str, Any]:

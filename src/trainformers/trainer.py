@@ -25,15 +25,7 @@ from transformers.trainer_utils import EvalPrediction, PredictionOutput, TrainOu
 
 from . import checkpoint as ckpt
 from .accel import build_accelerator
-from .callbacks import (
-    CallbackHandler,
-    DefaultFlowCallback,
-    JsonlLoggerCallback,
-    PrinterCallback,
-    ProgressCallback,
-    TrackerCallback,
-    TrainerCallback,
-)
+from .callbacks import CallbackHandler, TrainerCallback, default_callbacks
 from .config import TrainingArguments
 from .errors import CheckpointError, ConfigError, DataError, TrainformersError
 from .evaluation import EvalAccumulator
@@ -41,6 +33,7 @@ from .loop_utils import (
     SinceLog,
     TermMeans,
     batch_size_info,
+    best_metric_key,
     default_collator,
     is_plateau,
     loss_shifts_labels,
@@ -52,6 +45,7 @@ from .loop_utils import (
     speed_metrics,
     take,
     unwrap_peft,
+    update_best_metric,
 )
 from .losses import count_label_items, lm_loss, window_share
 from .optim import create_optimizer, create_scheduler
@@ -127,10 +121,9 @@ class Trainer:
             is_local_process_zero=self.is_local_process_zero(), is_world_process_zero=self.is_world_process_zero()
         )
         self.control = TrainerControl()
-        defaults: list[Any] = [DefaultFlowCallback, PrinterCallback if self.args.disable_tqdm else ProgressCallback]
-        defaults += [JsonlLoggerCallback, TrackerCallback(self.accelerator)]
         self.callback_handler = CallbackHandler(
-            defaults + list(callbacks or []), self.model, processing_class, self.optimizer, self.lr_scheduler
+            default_callbacks(self.args, self.accelerator) + list(callbacks or []),
+            self.model, processing_class, self.optimizer, self.lr_scheduler,
         )
         self.control = self.callback_handler.on_init_end(self.args, self.state, self.control)
 
@@ -628,18 +621,11 @@ class Trainer:
 
     def _evaluate_during_training(self) -> dict[str, float]:
         metrics = self.evaluate(ignore_keys=getattr(self, "_ignore_keys_for_eval", None))
-        metric = self.args.metric_for_best_model
-        if metric:
-            key = metric if metric.startswith("eval_") else f"eval_{metric}"
-            if key in metrics:
-                value = metrics[key]
-                better = np.greater if self.args.greater_is_better else np.less
-                if self.state.best_metric is None or better(value, self.state.best_metric):
-                    self.state.best_metric, self.state.best_global_step = value, self.state.global_step
-                    if self.args.save_strategy == "best":
-                        self.control.should_save = True
-        if is_plateau(self.lr_scheduler) and metric:
-            self.lr_scheduler.step(metrics[metric if metric.startswith("eval_") else f"eval_{metric}"])
+        if update_best_metric(self.state, self.args, metrics) and self.args.save_strategy == "best":
+            self.control.should_save = True
+        key = best_metric_key(self.args)
+        if is_plateau(self.lr_scheduler) and key:
+            self.lr_scheduler.step(metrics[key])
         self.control.should_evaluate = False
         return metrics
 

@@ -24,6 +24,7 @@ the `TrainerState` (`callbacks`, `state`).
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -39,18 +40,10 @@ from transformers.trainer_utils import EvalPrediction, TrainOutput
 
 from .. import checkpoint as ckpt
 from ..accel import build_accelerator
-from ..callbacks import (
-    CallbackHandler,
-    DefaultFlowCallback,
-    JsonlLoggerCallback,
-    PrinterCallback,
-    ProgressCallback,
-    TrackerCallback,
-    TrainerCallback,
-)
+from ..callbacks import CallbackHandler, TrainerCallback, default_callbacks
 from ..config import TrainingArguments
-from ..errors import ConfigError, DataError
-from ..loop_utils import is_plateau, prepare_model, scalar_config, seed_everything, unwrap_peft
+from ..errors import CheckpointError, ConfigError, DataError
+from ..loop_utils import is_plateau, prepare_model, scalar_config, seed_everything, unwrap_peft, update_best_metric
 from ..losses import IGNORE_INDEX, count_label_items, lm_loss
 from ..optim import create_optimizer, create_scheduler
 from ..state import TrainerControl, TrainerState
@@ -340,9 +333,9 @@ class CycleTrainer:
         self._check_datasets()
         self.state = TrainerState(is_local_process_zero=self.accelerator.is_local_main_process, is_world_process_zero=self.accelerator.is_main_process)
         self.control = TrainerControl()
-        defaults: list[Any] = [DefaultFlowCallback, PrinterCallback if args.disable_tqdm else ProgressCallback]
-        defaults += [JsonlLoggerCallback, TrackerCallback(self.accelerator)]
-        self.callback_handler = CallbackHandler(defaults + list(callbacks or []), pair["A"], toks["A"], None, None)
+        self.callback_handler = CallbackHandler(
+            default_callbacks(args, self.accelerator) + list(callbacks or []), pair["A"], toks["A"], None, None
+        )
         self._update_handler()
         self.control = self.callback_handler.on_init_end(args, self.state, self.control)
 
@@ -411,24 +404,12 @@ class CycleTrainer:
     def models(self) -> dict[str, nn.Module]:
         return {s: side.model for s, side in self.sides.items()}
 
-    def is_world_process_zero(self) -> bool:
-        return self.accelerator.is_main_process
-
-    def add_callback(self, callback: TrainerCallback | type[TrainerCallback]) -> None:
-        self.callback_handler.add_callback(callback)
-
-    def pop_callback(self, callback: TrainerCallback | type[TrainerCallback]) -> TrainerCallback | None:
-        return self.callback_handler.pop_callback(callback)
-
-    def remove_callback(self, callback: TrainerCallback | type[TrainerCallback]) -> None:
-        self.callback_handler.remove_callback(callback)
-
-    def log(self, logs: dict[str, float]) -> None:
-        """Record a row in `state.log_history` and hand it to the callbacks (progress, JSONL, trackers)."""
-        if self.state.epoch is not None:
-            logs = {**logs, "epoch": self.state.epoch}
-        self.state.log_history.append({**logs, "step": self.state.global_step})
-        self.control = self.callback_handler.on_log(self.args, self.state, self.control, logs)
+    # the same as Trainer's: they only use .accelerator, .callback_handler, .state and .control
+    is_world_process_zero = Trainer.is_world_process_zero
+    add_callback = Trainer.add_callback
+    pop_callback = Trainer.pop_callback
+    remove_callback = Trainer.remove_callback
+    log = Trainer.log
 
     def _adapter(self, side: CycleSide) -> Any:
         """Inside: `side`'s adapter is the active (and only trainable) one; the previous comes back after."""
@@ -792,16 +773,8 @@ class CycleTrainer:
 
     def _evaluate_during_training(self) -> dict[str, float]:
         metrics = self.evaluate()
-        metric = self.args.metric_for_best_model
-        if metric:
-            key = metric if metric.startswith("eval_") else f"eval_{metric}"
-            if key in metrics:
-                value = metrics[key]
-                better = np.greater if self.args.greater_is_better else np.less
-                if self.state.best_metric is None or better(value, self.state.best_metric):
-                    self.state.best_metric, self.state.best_global_step = value, self.state.global_step
-                    if self.args.save_strategy == "best":
-                        self.control.should_save = True
+        if update_best_metric(self.state, self.args, metrics) and self.args.save_strategy == "best":
+            self.control.should_save = True
         self.control.should_evaluate = False
         return metrics
 
@@ -846,7 +819,7 @@ class CycleTrainer:
             state.best_model_checkpoint = str(final)
         state.stateful_callbacks = ckpt.callback_states(self.callback_handler.callbacks)
         main = self.is_world_process_zero()
-        pending = since.pending(accel)
+        pending = since.pending()
         with ckpt.atomic_checkpoint(final, is_main=main, barrier=accel.wait_for_everyone) as tmp:
             self._save_models(tmp)
             if not args.save_only_model:
@@ -868,8 +841,6 @@ class CycleTrainer:
 
     def _load_checkpoint(self, path: Path, since: _Since) -> None:
         """Restore everything `_save_checkpoint` wrote, so the run continues bit for bit."""
-        from ..errors import CheckpointError
-
         missing = [f"optimizer_{s}.pt" for s in self.trained if not (path / f"optimizer_{s}.pt").is_file()]
         if missing or not (path / CYCLE_STATE_NAME).is_file():
             raise CheckpointError(
@@ -883,8 +854,6 @@ class CycleTrainer:
             self.sides[s].scheduler.load_state_dict(ckpt.load_state(path / f"scheduler_{s}.pt"))
         if accel.scaler is not None and (path / ckpt.SCALER_NAME).is_file():
             accel.scaler.load_state_dict(ckpt.load_state(path / ckpt.SCALER_NAME))
-        import json
-
         cycle_state = json.loads((path / CYCLE_STATE_NAME).read_text())
         for name, stream in self._streams.items():
             if name not in cycle_state["streams"]:
@@ -1041,7 +1010,7 @@ class _Since:
         self.train_time += out["train_time"]
         self.rows += out["rows"]
 
-    def pending(self, accel: Any) -> dict[str, Any]:
+    def pending(self) -> dict[str, Any]:
         """The unlogged sums, as plain values (a resumed run logs the same rows)."""
         return {
             "loss": {s: float(v.item()) for s, v in self.loss.items()},
