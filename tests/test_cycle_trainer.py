@@ -467,7 +467,7 @@ def test_run_file_translation_task_from_a_parallel_jsonl(tmp_path):
     )
     cfg = load_cycle_config(config, ["--training.learning_rate", "1e-3"])
     assert cfg.training.learning_rate == 1e-3 and cfg.model_B is None
-    result = run_cycle(cfg, echo=lambda *a: None)
+    result = run_cycle(cfg)
     assert "eval_A_to_B_exact_match" in result["metrics"] and "eval_reconstruction_loss_B" in result["metrics"]
     assert (tmp_path / "out" / "final" / "B" / "model.safetensors").is_file()
     with pytest.raises(ConfigError, match="unknown key 'data.sorce'.*data.source"):

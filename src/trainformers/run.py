@@ -223,7 +223,7 @@ def run_training(config: RunConfig, *, echo: Any = print) -> RunResult:
         TrainformersError: any problem with the configuration, the data or the output directory;
             nothing in an existing run directory is changed before these checks pass.
     """
-    from .report import write_report
+    from .report import report_at_end
 
     args = config.training
     out = Path(args.output_dir)
@@ -231,7 +231,11 @@ def run_training(config: RunConfig, *, echo: Any = print) -> RunResult:
     trainer, tokenizer, data = build_trainer(config, echo=echo)
     out.mkdir(parents=True, exist_ok=True)
     config.save(out / "config.yaml")
-    result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    report, args.report_at_end = args.report_at_end, False  # written once, below, with eval_perplexity
+    try:
+        result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    finally:
+        args.report_at_end = report
     eval_loss = perplexity = None
     if data.eval is not None:
         done = [] if args.load_best_model_at_end else [
@@ -242,7 +246,7 @@ def run_training(config: RunConfig, *, echo: Any = print) -> RunResult:
         trainer.log({"eval_perplexity": perplexity})
     if trainer.is_world_process_zero():
         trainer.save_model(str(out / "final"))
-        write_report(out)  # again: now with eval_perplexity, logged after train()
+        report_at_end(trainer)  # report.png + report.md, unless report_at_end is off
     sample = None
     if config.model.sample_prompt and config.model.sample_max_new_tokens:
         model = trainer.accelerator.unwrap_model(trainer.model)

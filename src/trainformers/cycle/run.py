@@ -171,7 +171,7 @@ def _texts(dataset: Any, column: str) -> list[str]:
     return [str(t) for t in dataset[column]] if dataset is not None and column in dataset.column_names else []
 
 
-def run_cycle(config: CycleRunConfig, *, echo: Any = print) -> dict[str, Any]:
+def run_cycle(config: CycleRunConfig) -> dict[str, Any]:
     """Build data, tokenizer(s) and models from the run file, cycle-train, evaluate, save.
 
     Returns a dict with the final evaluation metrics, the TrainOutput metrics and the output dir.
@@ -220,14 +220,14 @@ def run_cycle(config: CycleRunConfig, *, echo: Any = print) -> dict[str, Any]:
     if trainer.is_world_process_zero():
         out.mkdir(parents=True, exist_ok=True)
         (out / "cycle_config.yaml").write_text(config.to_yaml(), encoding="utf-8")
-    train_output = trainer.train()
+    report, args.report_at_end = args.report_at_end, False  # written once, below, with the final evaluation
+    try:
+        train_output = trainer.train()
+    finally:
+        args.report_at_end = report
     metrics = trainer.evaluate() if eval_sets or trainer.paired_eval_dataset is not None else {}
     trainer.save_model(str(out / "final"))
-    if trainer.is_world_process_zero():
-        try:
-            from ..report import write_report
+    from ..report import report_at_end
 
-            write_report(out)
-        except Exception as err:  # a plot is a convenience: never fail a finished run on it
-            echo(f"(no report.png: {err})")
+    report_at_end(trainer)  # report.png + report.md, unless report_at_end is off
     return {"metrics": metrics, "train": train_output.metrics, "output_dir": out, "runtime": time.perf_counter() - start}
