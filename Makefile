@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: train test venv clean
+.PHONY: train test bench venv clean
 
 $(BIN)/trainformers: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ train: venv
 
 test: venv
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+
+# the performance suite (bench/run_all.py): ~25 min on an idle machine, writes docs/benchmarks.md; not in CI
+bench: venv
+	$(BIN)/python bench/run_all.py
 
 clean:
 	rm -rf $(VENV) runs out .pytest_cache

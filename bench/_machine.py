@@ -55,4 +55,41 @@ def tune_malloc() -> str:
     from trainformers.cli import _tune_malloc
 
     _tune_malloc()
-    return "mallopt as the CLI: mmap threshold 128 MiB, trim threshold 16 GiB"
+    return "mallopt as the CLI: mmap threshold 128 MiB, trim threshold 2 GiB"
+
+
+def spread(values: list[float], fmt: str = "{:.3g}") -> str:
+    """'median (min–max)' of repeated measurements, the form every bench table uses."""
+    import statistics
+
+    if not values:
+        return "n/a"
+    med = fmt.format(statistics.median(values))
+    return med if len(values) == 1 else f"{med} ({fmt.format(min(values))}–{fmt.format(max(values))})"
+
+
+def machine_line() -> str:
+    """One line naming the machine and the versions that matter, for every bench fragment."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    parts = [f"{os.cpu_count()} cores ({cpu})", f"Python {platform.python_version()}"]
+    for name in ("torch", "transformers", "accelerate"):
+        try:
+            module = __import__(name)
+            parts.append(f"{name} {module.__version__}")
+        except ImportError:
+            pass
+    return ", ".join(parts)
+
+
+def write_fragment(path: str | None, text: str) -> None:
+    """`--markdown PATH`: the section `make bench` puts into docs/benchmarks.md."""
+    if path:
+        with open(path, "w") as f:
+            f.write(text.rstrip() + "\n")

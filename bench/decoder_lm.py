@@ -34,7 +34,7 @@ peak, where the peak is measured once at start: fp32 `torch.mm` on square matric
 foreign load disturbed it; if every try did, measured again after the first quiet round).
 
 glibc malloc is tuned at start as the `trainformers` CLI does (mmap threshold 32 MiB, trim
-threshold 16 GiB; PERF-NOTES.md), unless `--no-tune-malloc` or the MALLOC_* variables are set.
+threshold 2 GiB; PERF-NOTES.md), unless `--no-tune-malloc` or the MALLOC_* variables are set.
 Each round line shows minor page faults per step: at 20M the logits (8 x 128 x 8192 fp32) are
 exactly 32 MiB, so they, their gradient and log-softmax output reach that mmap threshold and are
 mapped and faulted afresh every step (7k-41k faults/step); the 20M numbers vary more for it. With
@@ -54,6 +54,7 @@ import os
 import platform
 import resource
 import statistics
+import sys
 import tempfile
 import time
 
@@ -63,7 +64,7 @@ import transformers
 from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback, default_data_collator
 
 import trainformers
-from _machine import CLK_TCK, Load, busy_jiffies, own_cpu, tune_malloc  # bench/_machine.py
+from _machine import CLK_TCK, Load, busy_jiffies, machine_line, own_cpu, spread, tune_malloc, write_fragment  # bench/_machine.py
 from trainformers import DecoderLM, DecoderLMConfig, Trainer, TrainingArguments
 from trainformers.models.decoder_lm import from_llama_state_dict
 
@@ -185,7 +186,7 @@ def training_args(out: str, steps: int, batch: int) -> TrainingArguments:
         output_dir=out, max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-3,
         optim="adamw_torch_fused", max_grad_norm=1.0, lr_scheduler_type="linear", weight_decay=0.0,
         logging_steps=100_000, save_strategy="no", report_to="none", disable_tqdm=True, seed=0,
-        dataloader_pin_memory=False,
+        dataloader_pin_memory=False, report_at_end=False,
     )
 
 
@@ -263,6 +264,7 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=420, help="stop starting rounds after this many seconds (once >= 3 are valid)")
     parser.add_argument("--no-tune-malloc", action="store_true")
     parser.add_argument("--profile", action="store_true", help="after the table, profile a few steps of each model")
+    parser.add_argument("--markdown", help="write the docs/benchmarks.md fragment here (make bench)")
     opts = parser.parse_args()
     malloc = "untouched (--no-tune-malloc)" if opts.no_tune_malloc else tune_malloc()
 
@@ -382,6 +384,28 @@ def main() -> None:
     for size in opts.sizes:
         if ratios[size]:
             print(f"{size} per-round DecoderLM/Llama ratios: " + ", ".join(f"{r:.3f}" for r in ratios[size]))
+    if opts.markdown:
+        rows = ["| model | size | params | tokens/s | DecoderLM / Llama | TFLOP/s | MFU | rounds |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for size in opts.sizes:
+            for m in MODELS if ratios[size] else ():
+                tok = [r["tok_s"] for r in results[size][m]]
+                flops = statistics.median(tok) * info[size]["flops_tok"]
+                ratio = spread(ratios[size], "{:.3f}") if m == "DecoderLM" else "1 (ref)"
+                rows.append(f"| {m} | {size} | {info[size]['params'] / 1e6:.2f}M | {spread(tok, '{:.0f}')} | {ratio} | "
+                            f"{flops / 1e12:.4f} | {spread([t * info[size]['flops_tok'] / (peak * 1e9) for t in tok], '{:.2f}')} | {len(tok)} |")
+        table = "\n".join(rows)
+        command = "python bench/decoder_lm.py " + " ".join(a for a in sys.argv[1:] if a != opts.markdown and a != "--markdown")
+        write_fragment(opts.markdown, f"""### DecoderLM against LlamaForCausalLM, and MFU (`bench/decoder_lm.py`)
+
+Training tokens/s of `DecoderLM` and a same-shape `LlamaForCausalLM` (same weights, identical
+logits) under our `Trainer` (fp32, sdpa, fused AdamW, clip 1.0, batch {opts.batch} x {opts.seq}), paired rounds
+in alternating order, rounds with foreign CPU load discarded; median (min–max). MFU: model FLOPs
+(6N + 12·L·H·T per token) over the fp32 matmul peak measured in the same run ({peak:.1f} GFLOP/s).
+
+Machine: {machine_line()}, {threads} threads. Command: `{command.strip()}`
+
+{table}
+""")
     print(f"total {time.perf_counter() - start:.0f} s after set-up")
 
     if opts.profile:

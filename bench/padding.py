@@ -9,9 +9,12 @@ Model: a random-init Llama (hidden 256, 4 layers, 4 heads, SwiGLU 704, vocab 2,0
 1. fixed-512: every document padded to 512 (HF tutorial `padding="max_length"`);
 2. dynamic: padded to the longest document of the batch (multiple of 8);
 3. grouped: dynamic padding, batches of similar lengths (`train_sampling_strategy="group_by_length"`);
-4. packed: the token stream cut into full blocks of 512 (attention crosses documents);
-5. padding-free: a batch's documents bin-packed into rows of <= 512, `position_ids` restarting per document
-   (`PaddingFreeCollator`; sdpa gets a block-diagonal mask, documents kept apart).
+4. packed: the library's default path, `tokenize_for_pretraining` with packing on and the collator
+   `make_collator` picks for it: the token stream cut into blocks of 512, all full but the last (padded),
+   so no token is dropped (attention crosses documents);
+5. padding-free: `make_collator` with `padding_free`: a batch's documents bin-packed into rows of <= 512,
+   `position_ids` restarting per document (`PaddingFreeCollator`; sdpa gets a block-diagonal mask,
+   documents kept apart).
 
 Every method sees about the same number of real tokens per optimizer step (`--tokens`, default
 4,096): the batch size is `tokens / mean document length` documents, or `tokens / 512` blocks.
@@ -21,11 +24,12 @@ data order; the first step (warm-up) is not timed. Real tokens are counted at th
 tokens the model processed. A round runs every method once from the same weights and data seed
 (the seed and the order of methods change between rounds); a round is discarded and run again when other processes used more
 than `--max-foreign` CPU cores during it (from /proc/stat minus this process's CPU time), or when
-the 1-minute load average before it is far above our own threads. The table gives medians over
-`--rounds` valid rounds and the median of the per-round ratios to fixed-512.
+the 1-minute load average before it is far above our own threads. The table gives the median
+(min–max) over `--rounds` valid rounds of real tokens/s and of the per-round ratio to fixed-512;
+`--markdown PATH` writes it as the docs/benchmarks.md section.
 
     .venv/bin/python bench/padding.py                  # about 4 minutes on 2 cores
-    .venv/bin/python bench/padding.py --rounds 5 --steps 4
+    .venv/bin/python bench/padding.py --rounds 5 --steps 4 --markdown /tmp/padding.md
 """
 
 from __future__ import annotations
@@ -34,26 +38,34 @@ import argparse
 import contextlib
 import io
 import os
-import platform
 import statistics
+import sys
 import tempfile
 import time
 
 import datasets
 import numpy as np
 import torch
-import transformers
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, TrainerCallback, default_data_collator
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, TrainerCallback
 
 import trainformers
-from _machine import CLK_TCK, busy_jiffies, own_cpu  # bench/_machine.py (run as a script from bench/)
+from _machine import CLK_TCK, busy_jiffies, machine_line, own_cpu, spread, write_fragment  # bench/_machine.py
 from trainformers import Trainer, TrainingArguments
-from trainformers.data.collators import CausalLMCollator, PaddingFreeCollator
+from trainformers.config import DataSection
+from trainformers.data import make_collator
+from trainformers.data.collators import CausalLMCollator
 from trainformers.data.pretraining import tokenize_for_pretraining
 
 VOCAB, MAX_LEN, PAD, EOS = 2048, 512, 0, 1
 METHODS = ("fixed-512", "dynamic", "grouped", "packed", "padding-free")
+LABELS = {
+    "fixed-512": 'padding to 512 (`padding="max_length"`)',
+    "dynamic": "dynamic padding (multiple of 8)",
+    "grouped": "length-grouped (`group_by_length`)",
+    "packed": "packed into 512-token blocks (default)",
+    "padding-free": "padding-free, bin-packed rows ≤ 512",
+}
 
 
 # ---- data ------------------------------------------------------------------------------------
@@ -119,7 +131,7 @@ def make_model() -> LlamaForCausalLM:
 
 
 def run_once(
-    method: str, rows: dict[str, datasets.Dataset], batch: dict[str, int], steps: int, data_seed: int
+    method: str, rows: dict[str, datasets.Dataset], tokenizer, batch: dict[str, int], steps: int, data_seed: int
 ) -> dict[str, float]:
     model = make_model()
     meter = Meter(model)
@@ -129,9 +141,11 @@ def run_once(
     elif method == "grouped":
         strategy = "group_by_length"
     elif method == "packed":
-        dataset, collator = rows["packed"], default_data_collator
+        # what `trainformers train` uses: packing is the data section's default
+        dataset, (collator, _) = rows["packed"], make_collator(DataSection(max_length=MAX_LEN), tokenizer)
     elif method == "padding-free":
-        collator = PaddingFreeCollator(max_length=MAX_LEN, pad_token_id=PAD)  # bin-packed rows of <= 512
+        # bin-packed rows of <= 512, as `trainformers train` with data.padding_free
+        collator, _ = make_collator(DataSection(max_length=MAX_LEN, padding_free=True), tokenizer)
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
             output_dir=out, max_steps=1 + steps, per_device_train_batch_size=batch[method], learning_rate=1e-3,
@@ -158,12 +172,12 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=2000, help="documents in the synthetic corpus")
     parser.add_argument("--max-foreign", type=float, default=0.25, help="discard a round when others used more cores")
     parser.add_argument("--max-attempts", type=int, default=8, help="rounds tried at most")
+    parser.add_argument("--markdown", help="write the docs/benchmarks.md section here")
     opts = parser.parse_args()
 
     threads = torch.get_num_threads()
     print(
-        f"machine: {platform.processor() or platform.machine()}, nproc {os.cpu_count()}, torch {torch.__version__} "
-        f"({threads} threads), transformers {transformers.__version__}, datasets {datasets.__version__}, "
+        f"machine: {machine_line()}; {threads} threads; datasets {datasets.__version__}, "
         f"trainformers {trainformers.__version__}"
     )
     print(f"MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'unset')}")
@@ -173,17 +187,19 @@ def main() -> None:
     mean = statistics.fmean(lengths)
     docs_per_step = max(1, round(opts.tokens / mean))
     batch = {m: docs_per_step for m in METHODS} | {"packed": max(1, opts.tokens // MAX_LEN)}
-    print(
-        f"documents: {len(lengths)}, mean {mean:.1f} tokens (EOS included), median {statistics.median(lengths):.0f}, "
-        f"max {max(lengths)}; batch sizes: {batch}"
+    corpus = (
+        f"{len(lengths)} synthetic documents, log-normal lengths (mean {mean:.0f} tokens with EOS, median "
+        f"{statistics.median(lengths):.0f}, max {max(lengths)})"
     )
+    print(f"documents: {corpus}; batch sizes: {batch}")
     model = make_model()
-    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
+    n_params = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"model: {n_params:.2f}M parameters")
     del model
-    run_once("packed", rows, batch, 1, 0)  # warm-up of the process (imports, first kernels)
+    run_once("packed", rows, tokenizer, batch, 1, 0)  # warm-up of the process (imports, first kernels)
 
     results: dict[str, list[dict[str, float]]] = {m: [] for m in METHODS}
-    start, attempt = time.perf_counter(), 0
+    start, attempt, discarded = time.perf_counter(), 0, 0
     while min(len(r) for r in results.values()) < opts.rounds and attempt < opts.max_attempts:
         load = os.getloadavg()[0]
         if load > threads + 1.5:
@@ -195,7 +211,7 @@ def main() -> None:
         attempt += 1
         # Paired: in a round every method starts from the same weights and data seed; rounds
         # differ in data seed, so the medians cover several batch compositions.
-        measured = {m: run_once(m, rows, batch, opts.steps, data_seed=attempt) for m in order}
+        measured = {m: run_once(m, rows, tokenizer, batch, opts.steps, data_seed=attempt) for m in order}
         worst = max(r["foreign"] for r in measured.values())
         verdict = "kept" if worst <= opts.max_foreign else "discarded"
         print(
@@ -205,23 +221,44 @@ def main() -> None:
         if verdict == "kept":
             for m, r in measured.items():
                 results[m].append(r)
+        else:
+            discarded += 1
 
     n = min(len(r) for r in results.values())
     if n == 0:
         raise SystemExit("no round ran without foreign CPU load; run again on a quiet machine")
-    print(f"\nreal tokens/s, median of {n} paired rounds ({opts.steps} timed steps each, ~{opts.tokens} real tokens/step)")
-    print("| method | batch | real tokens/step | real/fed tokens | s/step | real tokens/s | vs fixed-512 |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    lines = [
+        "| method | batch | real tokens/step | real/fed tokens | s/step | real tokens/s | × fixed-512 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for m in METHODS:
-        kept = results[m][:n]
-        ratio = statistics.median(r["tok_s"] / f["tok_s"] for r, f in zip(kept, results["fixed-512"][:n]))
-        print(
-            f"| {m} | {batch[m]} | {statistics.median(r['tokens_per_step'] for r in kept):.0f} | "
+        kept, base = results[m][:n], results["fixed-512"][:n]
+        ratios = [r["tok_s"] / f["tok_s"] for r, f in zip(kept, base)]  # paired: per round
+        lines.append(
+            f"| {LABELS[m]} | {batch[m]} | {statistics.median(r['tokens_per_step'] for r in kept):.0f} | "
             f"{statistics.median(r['real_share'] for r in kept):.2f} | "
-            f"{statistics.median(r['s_per_step'] for r in kept):.2f} | "
-            f"{statistics.median(r['tok_s'] for r in kept):.0f} | {ratio:.2f}x |"
+            f"{spread([r['s_per_step'] for r in kept], '{:.2f}')} | {spread([r['tok_s'] for r in kept], '{:.0f}')} | "
+            f"{spread(ratios, '{:.2f}')} |"
         )
+    table = "\n".join(lines)
+    print(f"\nreal tokens/s, median (min–max) of {n} paired rounds ({opts.steps} timed steps each)\n{table}")
     print(f"total {time.perf_counter() - start:.0f} s after set-up")
+    command = "python bench/padding.py " + " ".join(sys.argv[1:])
+    write_fragment(opts.markdown, f"""### Padding, packing and padding-free (`bench/padding.py`)
+
+Real (non-pad) tokens per second of training with our `Trainer` on variable-length documents:
+{corpus}, through `tokenize_for_pretraining`.
+A {n_params:.2f}M-parameter Llama (hidden 256, 4 layers, sdpa, fp32, fused AdamW), about
+{opts.tokens} real tokens per optimizer step. "Packed" is the default path (blocks of 512, the
+last one shorter and padded: no token dropped); "padding-free" keeps documents apart.
+Median (min–max) over {n} paired round(s) of {opts.steps} timed step(s) after a warm-up, the
+ratio to fixed-512 taken within each round; rounds with foreign CPU load above
+{opts.max_foreign} cores discarded ({discarded} were).
+
+Machine: {machine_line()}, {threads} threads. Command: `{command.strip()}`
+
+{table}
+""")
 
 
 if __name__ == "__main__":

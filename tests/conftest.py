@@ -10,6 +10,8 @@ from datasets import Dataset
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# MFU needs a peak; measuring it (tests/test_flops.py does) would write ~/.cache from every worker
+os.environ.setdefault("TRAINFORMERS_PEAK_TFLOPS", "0.1")
 torch.set_num_threads(1)  # tests run two at a time (xdist) on two cores
 
 VOCAB = 64

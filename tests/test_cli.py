@@ -50,6 +50,8 @@ def test_default_run_writes_what_it_promises(tmp_path):
     assert "held-out perplexity" in done.stdout and "sample: 'The" in done.stdout
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [2, 4, 6, 8]
+    assert all(r["tflops"] > 0 and r["mfu"] > 0 for r in rows if "loss" in r)  # peak from conftest's env
+    assert "training speed:" in done.stdout and "TFLOP/s model FLOPs, MFU" in done.stdout
     assert any("eval_perplexity" in r for r in rows)
     # the saved model reloads with plain transformers and gives the same logits as the final checkpoint
     from transformers import AutoModelForCausalLM, AutoTokenizer

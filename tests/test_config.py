@@ -68,7 +68,7 @@ def test_core_defaults_equal_installed_transformers(name):
 def test_fields_are_transformers_fields_except_documented_extras():
     ours = {f.name for f in dataclasses.fields(TrainingArguments)} - ALIASES
     # Spellings transformers 5 dropped but users still write; kept as real fields.
-    assert ours - HF_FIELDS.keys() == {"logging_dir", "overwrite_output_dir", "group_by_length", "param_groups", "loraplus_lr_ratio", "report_at_end"}
+    assert ours - HF_FIELDS.keys() == {"logging_dir", "overwrite_output_dir", "group_by_length", "param_groups", "loraplus_lr_ratio", "report_at_end", "peak_tflops"}
 
 
 def test_every_scheduler_of_installed_transformers_is_accepted():

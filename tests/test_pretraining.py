@@ -1,19 +1,24 @@
-"""Pretraining rows: packing invariants, truncation, counts, caching, num_proc and streaming."""
+"""Pretraining rows: packing invariants, collation, truncation, counts, caching, num_proc and streaming."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import datasets
 import pytest
 import torch
+from conftest import tiny_llama
 from datasets.fingerprint import Hasher
-from transformers import AutoTokenizer, default_data_collator
+from torch.utils.data import DataLoader
+from transformers import AutoTokenizer
 
-from trainformers.data import default_corpus, pretraining, train_tokenizer
+from trainformers.config import DataSection
+from trainformers.data import default_corpus, make_collator, pretraining, train_tokenizer
 from trainformers.data.pretraining import tokenize_for_pretraining
 from trainformers.data.sources import load_source
 from trainformers.errors import ConfigError, DataError
+from trainformers.losses import IGNORE_INDEX, count_label_items, lm_loss
 
 
 @pytest.fixture(autouse=True)
@@ -51,34 +56,113 @@ def text_rows(texts) -> datasets.Dataset:
 # --- packing ----------------------------------------------------------------------------------
 
 
-def test_packing_keeps_every_token_but_the_tail(tokenizer, corpus):
-    block = 64
-    rows, stats = tokenize_for_pretraining(text_rows(corpus), tokenizer, max_length=block)
-    expected = stream_of(tokenizer, corpus)
+def flat(rows) -> list[int]:
+    """Every row's tokens end to end."""
+    return [t for row in rows["input_ids"] for t in row]
+
+
+def with_exact_fit(tokenizer, texts: list[str], block: int) -> list[str]:
+    """`texts` plus one filler document that makes the stream length a multiple of `block`."""
+    length = len(stream_of(tokenizer, texts))
+    for n in range(1, 10 * block):
+        filler = "~" * n  # no merges for "~" in this vocabulary: n tokens
+        if (length + len(encode(tokenizer, filler)) + 1) % block == 0:
+            return [*texts, filler]
+    raise AssertionError(f"no filler fits block {block}")
+
+
+@pytest.mark.parametrize("block", [1, 7, 64, 1000, "exact"])
+def test_packing_keeps_every_token_across_map_batches(tokenizer, corpus, monkeypatch, block):
+    # Map batches of 8 rows: the remainder is carried across 8 batches, and kept once at the end.
+    monkeypatch.setattr(pretraining, "_MAP_BATCH_ROWS", 8)
+    texts = corpus
+    if block == "exact":
+        block = 64
+        texts = with_exact_fit(tokenizer, corpus, block)  # the stream fills its last block exactly
+    expected = stream_of(tokenizer, texts)
+    counter = CountCalls(monkeypatch)
+    rows, stats = tokenize_for_pretraining(text_rows(texts), tokenizer, max_length=block)
+    assert counter.take()["pack"] == -(-len(texts) // 8)
+
     assert rows.column_names == ["input_ids", "labels"]
-    blocks = rows["input_ids"]
-    assert len(blocks) == len(expected) // block and all(len(b) == block for b in blocks)
-    flat = [t for b in blocks for t in b]
-    assert flat == expected[: len(flat)]  # nothing dropped or repeated but the tail
-    assert list(rows["labels"]) == list(blocks)
-    assert (stats.rows_in, stats.rows_out, stats.skipped_empty) == (60, len(blocks), 0)
-    assert stats.tokens == len(flat) and stats.dropped_tail_tokens == len(expected) - len(flat) < block
-
-    batch = default_data_collator([rows[i] for i in range(3)])
-    assert tuple(batch["input_ids"].shape) == (3, block) and batch["labels"].dtype == torch.int64
+    assert flat(rows) == expected  # nothing dropped, nothing repeated, in order
+    lengths = [len(row) for row in rows["input_ids"]]
+    assert len(lengths) == -(-len(expected) // block)
+    assert set(lengths[:-1]) <= {block} and lengths[-1] == (len(expected) % block or block)
+    assert list(rows["labels"]) == list(rows["input_ids"])
+    assert (stats.rows_in, stats.rows_out, stats.skipped_empty) == (len(texts), len(lengths), 0)
+    assert stats.tokens == len(expected)
+    assert "dropped" not in stats.summary()
 
 
-def test_blocks_cross_map_batches(tokenizer, monkeypatch):
-    # 2,500 short documents: three map batches of 1,000. Blocks must span batch boundaries (one
-    # tail in all, unlike a per-batch group_texts that drops one per batch).
+def test_blocks_cross_map_batches_of_the_default_size(tokenizer, monkeypatch):
+    # 2,500 short documents: three map batches of 1,000 (datasets' default). A per-batch
+    # group_texts would drop one tail per batch; here the blocks span the batch boundaries.
     texts = [f"document {i}: " + "word " * (i % 7) for i in range(2500)]
     counter = CountCalls(monkeypatch)
     rows, stats = tokenize_for_pretraining(text_rows(texts), tokenizer, max_length=100)
     assert counter.take()["pack"] == 3
     expected = stream_of(tokenizer, texts)
-    flat = [t for b in rows["input_ids"] for t in b]
-    assert flat == expected[: len(flat)] and len(expected) - len(flat) < 100
-    assert stats.dropped_tail_tokens == len(expected) - len(flat)
+    assert flat(rows) == expected and stats.tokens == len(expected)
+    assert [len(row) for row in rows["input_ids"]][:-1] == [100] * (len(rows) - 1)
+
+
+def test_packed_rows_collate_with_padding_that_never_trains(tokenizer, corpus):
+    """The run's collator (`make_collator`, packing on) pads the shorter last block: pad labels
+    are -100 and the mask 0, so the loss of a batch counts exactly its real tokens."""
+    block = 64
+    texts = next(corpus[:k] for k in range(3, 30) if len(stream_of(tokenizer, corpus[:k])) % block > 1)
+    rows, _ = tokenize_for_pretraining(text_rows(texts), tokenizer, max_length=block)
+    full, short = rows[len(rows) - 2], rows[len(rows) - 1]
+    n = len(short["input_ids"])
+    assert len(full["input_ids"]) == block and 1 < n < block
+    collator, padding_free = make_collator(DataSection(max_length=block), tokenizer)
+    assert not padding_free
+    batch = collator([full, short])
+
+    pad = block - n
+    assert batch["input_ids"].tolist() == [full["input_ids"], short["input_ids"] + [tokenizer.pad_token_id] * pad]
+    assert batch["attention_mask"].tolist() == [[1] * block, [1] * n + [0] * pad]
+    assert batch["labels"].tolist() == [full["input_ids"], short["input_ids"] + [IGNORE_INDEX] * pad]
+    real = batch["input_ids"][batch["attention_mask"].bool()].tolist()
+    assert real == full["input_ids"] + short["input_ids"]
+
+    # The loss of the padded batch is the token-weighted loss of the two rows run alone.
+    assert count_label_items(batch, shift=True) == (block - 1) + (n - 1)
+    model = tiny_llama(vocab=len(tokenizer))
+    with torch.no_grad():
+        padded = lm_loss(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                         batch["labels"], shift=True)
+        sums = [
+            lm_loss(model(input_ids=ids).logits, ids, shift=True, num_items_in_batch=1)
+            for ids in (torch.tensor([full["input_ids"]]), torch.tensor([short["input_ids"]]))
+        ]
+    torch.testing.assert_close(padded, sum(sums) / ((block - 1) + (n - 1)), atol=1e-5, rtol=1e-5)
+
+
+def test_padding_free_batches_keep_every_token(tokenizer, corpus):
+    # The run's padding-free path: one row per document, bin-packed per batch into rows of at
+    # most max_length (longer than every document here, so nothing is truncated).
+    max_length = 1600
+    rows, stats = tokenize_for_pretraining(
+        text_rows(corpus), tokenizer, max_length=max_length, packing=False, padding_free=True
+    )
+    assert stats.truncated == 0
+    collator, padding_free = make_collator(DataSection(max_length=max_length, padding_free=True), tokenizer)
+    assert padding_free
+    documents = [encode(tokenizer, text) + [tokenizer.eos_token_id] for text in corpus]
+    segments = []
+    for batch in DataLoader(rows, batch_size=8, collate_fn=collator):
+        for ids, positions, labels in zip(batch["input_ids"].tolist(), batch["position_ids"].tolist(),
+                                          batch["labels"].tolist()):
+            starts = [i for i, p in enumerate(positions) if p == 0] + [len(ids)]
+            for begin, end in itertools.pairwise(starts):
+                if set(ids[begin:end]) == {tokenizer.pad_token_id}:  # the pad run evening out a row
+                    assert end == len(ids) and set(labels[begin:end]) == {IGNORE_INDEX}
+                    continue
+                assert labels[begin:end] == [IGNORE_INDEX] + ids[begin + 1 : end]
+                segments.append(ids[begin:end])
+    assert sorted(segments) == sorted(documents)  # each document once, whole (rows reorder them)
 
 
 def test_empty_rows_are_counted_and_fields_joined(tokenizer):
@@ -93,14 +177,19 @@ def test_empty_rows_are_counted_and_fields_joined(tokenizer):
     assert "skipped empty/null: 2" in stats.summary()
 
     packed, stats = tokenize_for_pretraining(data, tokenizer, text_field=["title", "body"], max_length=2)
-    assert [t for b in packed["input_ids"] for t in b] == stream_of(tokenizer, joined)[: stats.tokens]
+    assert flat(packed) == stream_of(tokenizer, joined) and stats.tokens == len(flat(packed))
     assert stats.skipped_empty == 2
+
+
+def test_data_shorter_than_one_block_is_one_row(tokenizer):
+    rows, stats = tokenize_for_pretraining(text_rows(["a short text"]), tokenizer, max_length=4096)
+    assert list(rows["input_ids"]) == [stream_of(tokenizer, ["a short text"])] and stats.rows_out == 1
 
 
 def test_add_eos_false(tokenizer):
     ids = encode(tokenizer, "abcabc")
     rows, stats = tokenize_for_pretraining(text_rows(["abcabc"]), tokenizer, max_length=len(ids), add_eos=False)
-    assert list(rows["input_ids"]) == [ids] and stats.dropped_tail_tokens == 0
+    assert list(rows["input_ids"]) == [ids] and stats.tokens == len(ids)
 
 
 # --- one row per document ---------------------------------------------------------------------
@@ -129,14 +218,16 @@ def test_num_proc_2_equals_num_proc_1(tokenizer, corpus):
     assert two.to_dict() == one.to_dict() and stats_two == stats_one
 
 
-def test_streaming_packs_like_the_dataset(tokenizer, corpus):
+def test_streaming_packs_like_the_dataset_but_its_last_block(tokenizer, corpus):
     data = text_rows(corpus)
-    packed, _ = tokenize_for_pretraining(data, tokenizer, max_length=48)
-    stream, stats = tokenize_for_pretraining(data.to_iterable_dataset(), tokenizer, max_length=48)
+    packed, stats = tokenize_for_pretraining(data, tokenizer, max_length=48)
+    stream, stream_stats = tokenize_for_pretraining(data.to_iterable_dataset(), tokenizer, max_length=48)
     assert isinstance(stream, datasets.IterableDataset) and stream.column_names == ["input_ids", "labels"]
     first, second = list(stream), list(stream)  # the carry restarts with each pass (epoch)
-    assert first == packed.to_list() and second == first
-    assert stats.rows_out == 0 and "not counted up front" in stats.summary()
+    # A map over a stream never learns which batch is its last: the shorter final block is missing.
+    assert stats.tokens % 48 and first == packed.to_list()[:-1] and second == first
+    assert stream_stats.rows_out == 0 and "not counted up front" in stream_stats.summary()
+    assert "packing a stream drops the last < 48 tokens of each pass" in stream_stats.summary()
 
     rows, _ = tokenize_for_pretraining(data.to_iterable_dataset(), tokenizer, max_length=8, packing=False)
     assert list(rows) == tokenize_for_pretraining(data, tokenizer, max_length=8, packing=False)[0].to_list()
@@ -204,9 +295,11 @@ def test_map_functions_hash_stably(tokenizer):
     assert Hasher.hash(make(AutoTokenizer.from_pretrained(tokenizer.saved_to))) == before
     assert Hasher.hash(pretraining._Tokenize(tokenizer, ["text"], None, None)) != before
 
-    packer = pretraining._PackBlocks(8)
+    packer = pretraining._PackBlocks(8, rows=10)
     packer._carry = packer._carry[:0].copy()
-    assert Hasher.hash(packer) == Hasher.hash(pretraining._PackBlocks(8)) != Hasher.hash(pretraining._PackBlocks(9))
+    assert Hasher.hash(packer) == Hasher.hash(pretraining._PackBlocks(8, rows=10))
+    assert Hasher.hash(packer) != Hasher.hash(pretraining._PackBlocks(9, rows=10))
+    assert Hasher.hash(packer) != Hasher.hash(pretraining._PackBlocks(8, rows=11))
 
 
 class CharTokenizer:
@@ -220,7 +313,7 @@ class CharTokenizer:
 
 def test_tokenizer_without_backend():
     rows, stats = tokenize_for_pretraining(text_rows(["ab", "cde"]), CharTokenizer(), max_length=2)
-    assert list(rows["input_ids"]) == [[97, 98], [0, 99], [100, 101]] and stats.dropped_tail_tokens == 1
+    assert list(rows["input_ids"]) == [[97, 98], [0, 99], [100, 101], [0]] and stats.tokens == 7
 
 
 # --- errors -----------------------------------------------------------------------------------
@@ -232,8 +325,6 @@ def test_errors(tokenizer):
         tokenize_for_pretraining(data, tokenizer, max_length=0)
     with pytest.raises(ConfigError, match="Can't set both data.packing and data.padding_free"):
         tokenize_for_pretraining(data, tokenizer, max_length=8, padding_free=True)
-    with pytest.raises(DataError, match=r"data.max_length 4096 is longer than the \d+ tokens the 1 texts of train"):
-        tokenize_for_pretraining(data, tokenizer, max_length=4096)
     with pytest.raises(DataError, match=r"data.text_field 'txt' not in columns \['text'\] \(did you mean 'text'\?\)"):
         tokenize_for_pretraining(data, tokenizer, text_field="txt", max_length=8)
 

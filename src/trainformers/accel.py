@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import platform
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -59,15 +61,43 @@ def _deepspeed_plugin(args: Any) -> Any:
     return DeepSpeedPlugin(hf_ds_config=config)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware: AVX512-BF16 or AMX on x86, BF16 on Arm.
+
+    Only then is bf16 autocast faster than fp32. oneDNN also accepts bf16 on AVX512 CPUs without
+    those instructions (`torch.ops.mkldnn._is_mkldnn_bf16_supported()` is True there) but emulates
+    it, and torch's own bf16 matmul without oneDNN is slower still; neither counts.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return False
+    x86 = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private torch helpers; absent means no
+    if any(getattr(torch.cpu, name, lambda: False)() for name in x86):
+        return True
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        try:  # on Arm, oneDNN's bf16 check is the BF16 extension itself
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+NO_CPU_BF16 = "bf16=True: this CPU has no native bf16 matmul (needs AVX512-BF16 or AMX, or Arm BF16); training in fp32"
+_said_no_cpu_bf16 = False  # the line is printed once per process, not once per hyperparameter-search trial
+
+
 def build_accelerator(args: Any) -> Accelerator:
     """An Accelerator configured from `args`.
 
     Gradient accumulation is done by the trainer (it needs the window's label count before the
     first forward), so Accelerate is told 1 and never rescales the loss.
 
+    `bf16=True` on a CPU without native bf16 matmul (`cpu_has_native_bf16`) trains in fp32, and
+    the main process says so in one line: autocast there would only add casts.
+
     Raises:
         ConfigError: fp16 without a CUDA device.
     """
+    global _said_no_cpu_bf16
     from accelerate.state import AcceleratorState
 
     # Accelerate keeps one state per process and takes plugins (compile, precision, FSDP) only from
@@ -83,6 +113,9 @@ def build_accelerator(args: Any) -> Accelerator:
                 f"(or trainformers[{tracker}]), or drop it from report_to"
             )
     mixed = "bf16" if args.bf16 else "fp16" if args.fp16 else "no"
+    fp32_fallback = mixed == "bf16" and cpu and not cpu_has_native_bf16()
+    if fp32_fallback:
+        mixed = "no"
     if args.tf32 is not None and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)
         torch.backends.cudnn.allow_tf32 = bool(args.tf32)
@@ -104,7 +137,7 @@ def build_accelerator(args: Any) -> Accelerator:
 
         dynamo = TorchDynamoPlugin(backend=args.torch_compile_backend or "inductor", mode=args.torch_compile_mode or "default")
     accel_config = dict(args.accelerator_config or {})
-    return Accelerator(
+    accelerator = Accelerator(
         mixed_precision=mixed,
         cpu=cpu,
         gradient_accumulation_steps=1,
@@ -122,3 +155,7 @@ def build_accelerator(args: Any) -> Accelerator:
         rng_types=[],  # our samplers are seeded per epoch; nothing to synchronise
         step_scheduler_with_optimizer=False,
     )
+    if fp32_fallback and accelerator.is_main_process and not _said_no_cpu_bf16:
+        print(NO_CPU_BF16, file=sys.stderr, flush=True)
+        _said_no_cpu_bf16 = True
+    return accelerator

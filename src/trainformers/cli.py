@@ -26,17 +26,20 @@ EXIT_USAGE = 2
 def _tune_malloc() -> None:
     """Stop glibc from returning and re-faulting memory every step (PERF-NOTES: 7-15% on small models).
 
-    Equivalent to MALLOC_MMAP_THRESHOLD_=128 MiB and MALLOC_TRIM_THRESHOLD_=16 GiB; a no-op off glibc
-    or when the user set either variable. PERF-NOTES used 32 MiB, but then a 32 MiB logits tensor
-    (batch 8 x 128 x vocab 8192) is still mmapped and page-faulted every step (bench/decoder_lm.py).
+    Equivalent to MALLOC_MMAP_THRESHOLD_=128 MiB and MALLOC_TRIM_THRESHOLD_=2 GiB - 1; a no-op off
+    glibc or when the user set either variable. PERF-NOTES used 32 MiB, but then a 32 MiB logits
+    tensor (batch 8 x 128 x vocab 8192) is still mmapped and page-faulted every step
+    (bench/decoder_lm.py). `mallopt` takes a C int: the 16 GiB of PERF-NOTES' environment variable
+    would wrap to 0 here, which trims the heap on every free (the opposite of the intent).
     """
     if sys.platform != "linux" or "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
         return
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         m_trim_threshold, m_mmap_threshold = -1, -3
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         libc.mallopt(m_mmap_threshold, 128 * 1024 * 1024)
-        libc.mallopt(m_trim_threshold, 16 * 1024 * 1024 * 1024)
+        libc.mallopt(m_trim_threshold, 2**31 - 1)
     except (OSError, AttributeError):
         pass
 
@@ -188,6 +191,8 @@ def _train(config_path: str | None, overrides: Sequence[str]) -> int:
     if result.sample is not None:
         print(f"\nsample: {result.sample!r}")
     ppl = f"held-out perplexity {result.perplexity:.2f} (loss {result.eval_loss:.4f}) | " if result.perplexity else ""
+    if result.throughput:
+        print(f"training speed: {result.throughput}")
     print(
         f"done in {result.runtime:.1f}s: {result.global_step} steps | {ppl}"
         f"model in {result.output_dir / 'final'} | plot in {result.output_dir / 'report.png'}"

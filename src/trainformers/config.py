@@ -284,6 +284,11 @@ class TrainingArguments:
     report_at_end: bool = _arg(
         True, "At the end of train(), write report.png and report.md (curves, metrics, config diff) into output_dir."
     )
+    peak_tflops: float | None = _arg(
+        None,
+        "Peak TFLOP/s of one device, for the logged MFU; None: a GPU's datasheet figure, else a matmul measured "
+        "once and cached (~/.cache/trainformers); 0 turns MFU off (TFLOP/s is still logged).",
+    )
     report_to: str | list[str] | None = _arg(
         "none", "Trackers to log to: a name or list of them, 'all' for the installed ones, 'none' for none."
     )
@@ -304,7 +309,9 @@ class TrainingArguments:
     eval_on_start: bool = _arg(False, "Evaluate once before training, as a sanity check.")
     prediction_loss_only: bool = _arg(False, "In evaluate/predict return only the loss, not logits and labels.")
     eval_accumulation_steps: int | None = _arg(
-        None, "Move gathered predictions to the CPU every N eval steps; None keeps them on the device."
+        None,
+        "Keep eval outputs on the device for N batches, then move them to the CPU as numpy in one copy; "
+        "None moves each batch's outputs to the CPU as it comes.",
     )
     include_for_metrics: list[str] = _arg([], "Extra inputs passed to compute_metrics: any of 'inputs', 'loss'.")
     batch_eval_metrics: bool = _arg(
@@ -540,6 +547,8 @@ class TrainingArguments:
                 ) from None
         if self.learning_rate != "auto" and (not _is_number(self.learning_rate) or self.learning_rate < 0):
             raise ConfigError(f"learning_rate={self.learning_rate!r} must be a number >= 0 (or 'auto')")
+        if self.peak_tflops is not None and (not _is_number(self.peak_tflops) or self.peak_tflops < 0):
+            raise ConfigError(f"peak_tflops={self.peak_tflops!r} must be a number of TFLOP/s >= 0 (0 turns MFU off), or None to measure it")
         if self.loraplus_lr_ratio is not None and (not _is_number(self.loraplus_lr_ratio) or self.loraplus_lr_ratio <= 0):
             raise ConfigError(f"loraplus_lr_ratio={self.loraplus_lr_ratio!r} must be a positive number (e.g. 16)")
         if self.learning_rate == "auto" and any(isinstance(g, Mapping) and "lr" in g for g in self.param_groups or []):
@@ -829,7 +838,7 @@ class DataSection:
     max_length: int = _arg(128, "Longest sequence in tokens: the block length when packing, else the truncation length.")
     packing: bool = _arg(
         True,
-        "Pretraining: join documents with EOS and cut full blocks of max_length (no padding at all). "
+        "Pretraining: join documents with EOS and cut blocks of max_length, all full but the last (padded); no token dropped. "
         "Instruction: pack conversations padding-free (positions and labels kept per conversation).",
     )
     padding_free: bool = _arg(

@@ -65,6 +65,7 @@ class RunResult:
     eval_loss: float | None
     perplexity: float | None
     sample: str | None
+    throughput: str | None = None  # tokens/s, achieved TFLOP/s and MFU of the training time
 
 
 def build_tokenizer(config: RunConfig, train_texts: Iterable[str]) -> Any:
@@ -252,4 +253,17 @@ def run_training(config: RunConfig, *, echo: Any = print) -> RunResult:
         model = trainer.accelerator.unwrap_model(trainer.model)
         sample = generate_sample(model, tokenizer, config.model.sample_prompt, config.model.sample_max_new_tokens, args.seed)
     trainer.accelerator.end_training()  # finish trackers; in a distributed run, leave the process group cleanly
-    return RunResult(out, time.perf_counter() - start, result.global_step, result.training_loss, eval_loss, perplexity, sample)
+    return RunResult(
+        out, time.perf_counter() - start, result.global_step, result.training_loss, eval_loss, perplexity, sample,
+        throughput_line(result.metrics, trainer.peak_flops()),
+    )
+
+
+def throughput_line(metrics: dict[str, float], peak: Any) -> str | None:
+    """'18,073 tokens/s, 0.123 TFLOP/s, MFU 0.62 of ...' from train() metrics; None without them."""
+    if "train_tflops" not in metrics:
+        return None
+    line = f"{metrics['train_tokens_per_second']:,.0f} tokens/s, {metrics['train_tflops']:.3g} TFLOP/s model FLOPs"
+    if "train_mfu" in metrics and peak is not None:
+        line += f", MFU {metrics['train_mfu']:.2f} of the {peak.describe()}"
+    return line

@@ -29,7 +29,9 @@ from .callbacks import CallbackHandler, TrainerCallback, default_callbacks
 from .config import TrainingArguments
 from .errors import CheckpointError, ConfigError, DataError, TrainformersError
 from .evaluation import EvalAccumulator
+from .flops import Peak, model_flops, peak_tflops
 from .loop_utils import (
+    OptimizerStep,
     SinceLog,
     TermMeans,
     batch_size_info,
@@ -49,7 +51,7 @@ from .loop_utils import (
 )
 from .losses import count_label_items, lm_loss, window_share
 from .optim import create_optimizer, create_scheduler
-from .sampling import EpochSampler, IndexedDataset, SeededCollate
+from .sampling import EpochSampler, IndexedDataset, SeededCollate, skip_first_batches
 from .state import TrainerControl, TrainerState
 
 
@@ -152,7 +154,8 @@ class Trainer:
         from transformers.utils import find_labels
 
         self.label_names = self.args.label_names or find_labels(unwrapped.__class__) or ["labels"]
-        self._flops_per_token = 6 * sum(p.numel() for p in model.parameters())
+        self._flops = model_flops(unwrapped)
+        self._peak: Peak | None | bool = False  # looked up at the first log row (may measure once)
 
     @property
     def tokenizer(self) -> Any:
@@ -174,11 +177,21 @@ class Trainer:
     def remove_callback(self, callback: TrainerCallback | type[TrainerCallback]) -> None:
         self.callback_handler.remove_callback(callback)
 
-    def floating_point_ops(self, inputs: Mapping[str, Any]) -> int:
-        """Training FLOPs of one forward+backward over `inputs`: 6 x parameters x tokens."""
+    def floating_point_ops(self, inputs: Mapping[str, Any]) -> float:
+        """Model FLOPs of one forward+backward over `inputs` (6N + 12LHT per token; flops.py)."""
         ids = inputs.get("input_ids", inputs.get("inputs_embeds"))
-        tokens = ids.shape[0] * ids.shape[1] if ids is not None and ids.dim() >= 2 else 0
-        return self._flops_per_token * tokens
+        if ids is None or ids.dim() < 2:
+            return 0.0
+        return self._flops.per_batch(ids.shape[0] * ids.shape[1], ids.shape[1])
+
+    def peak_flops(self) -> Peak | None:
+        """The peak TFLOP/s of one device for this run's precision (flops.peak_tflops), looked up once."""
+        if self._peak is False:
+            dtype = torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else torch.float32
+            if self.accelerator.mixed_precision == "no":
+                dtype = torch.float32  # bf16 asked for but not available: training runs in fp32
+            self._peak = peak_tflops(self.accelerator.device, dtype, self.args.peak_tflops)
+        return self._peak
 
     # ---- data -------------------------------------------------------------------------------
 
@@ -329,7 +342,8 @@ class Trainer:
 
     def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | None = None) -> torch.Tensor:
         """Forward and backward of one micro-batch; returns its detached share of the window loss."""
-        model.train()
+        if not (model.training and self.model.training):
+            model.train()  # after evaluation or a callback's eval(); HF calls it every micro-step (~0.3 ms)
         with self.accelerator.autocast():
             if self._compute_loss_is_overridden():
                 # a subclass returns its micro-batch mean (its num_items_in_batch may be ignored);
@@ -464,7 +478,9 @@ class Trainer:
             num_epochs = math.ceil(args.num_train_epochs)
         else:
             raise ConfigError("training.max_steps must be set (> 0) for a dataset without a length (streaming)")
-        self.create_scheduler(max_steps, self.optimizer)
+        # on the torch optimizer: OptimizerStep may step it past Accelerate's wrapper, and the
+        # scheduler must see those steps (torch tracks them through the optimizer it was given)
+        self.create_scheduler(max_steps, getattr(self.optimizer, "optimizer", self.optimizer))
 
         state = self.state = TrainerState(
             is_local_process_zero=self.is_local_process_zero(), is_world_process_zero=self.is_world_process_zero()
@@ -492,9 +508,12 @@ class Trainer:
         if args.eval_on_start and state.global_step == 0:
             self._evaluate_during_training()
         start_time = since.start = time.perf_counter()
+        self._paused, flops_at_start, run_tokens = 0.0, state.total_flos, 0
         grad_norm: torch.Tensor | None = None
         start_step = state.global_step
         skip = state.epoch_step if not args.ignore_data_skip else 0
+        opt_step = OptimizerStep(accel, self.optimizer, model.parameters())
+        step_scheduler = not is_plateau(self.lr_scheduler)
 
         for epoch in range(start_epoch, num_epochs):
             # Accelerate's loader re-applies its own epoch counter to the sampler on every iter();
@@ -503,7 +522,7 @@ class Trainer:
                 dataloader.set_epoch(epoch)
             elif sampler is not None:
                 sampler.set_epoch(epoch)
-            batches = accel.skip_first_batches(dataloader, skip) if skip else dataloader
+            batches = skip_first_batches(accel, dataloader, skip) if skip else dataloader  # jumps there
             if not skip:
                 state.epoch_step = 0
             skip = 0
@@ -527,10 +546,13 @@ class Trainer:
                         share = torch.where(torch.isfinite(share), share, since.loss / max(since.micro, 1))
                     since.loss += share
                     since.micro += 1
-                    tokens, samples = batch_size_info(batch)
+                    tokens, samples, seq_len = batch_size_info(batch)
                     since.tokens += tokens
+                    run_tokens += tokens
                     since.samples += samples
-                    state.total_flos += self._flops_per_token * tokens
+                    flops = self._flops.per_batch(tokens, seq_len)
+                    since.flops += flops
+                    state.total_flos += flops
                     if args.include_num_input_tokens_seen == "non_padding" and "attention_mask" in batch:
                         since.seen = since.seen + batch["attention_mask"].sum()  # device tensor, read when logging
                     elif args.include_num_input_tokens_seen:
@@ -540,13 +562,13 @@ class Trainer:
                     if not last:
                         self.control = handler.on_substep_end(args, state, self.control)
                 if args.max_grad_norm and args.max_grad_norm > 0:
-                    grad_norm = accel.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    grad_norm = opt_step.clip(args.max_grad_norm)
                 self.control = handler.on_pre_optimizer_step(args, state, self.control)
-                self.optimizer.step()
+                opt_step.step()
                 self.control = handler.on_optimizer_step(args, state, self.control)
-                if not accel.optimizer_step_was_skipped and not is_plateau(self.lr_scheduler):
+                if not opt_step.skipped and step_scheduler:
                     self.lr_scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                opt_step.zero_grad()
                 state.global_step += 1
                 since.steps += 1
                 state.epoch = epoch + state.epoch_step / micro_per_epoch if micro_per_epoch else float(epoch)
@@ -575,6 +597,8 @@ class Trainer:
             "train_samples_per_second": round(done * ga * args.per_device_train_batch_size * accel.num_processes / max(runtime, 1e-9), 3),
             "train_steps_per_second": round(done / max(runtime, 1e-9), 3),
             "total_flos": state.total_flos,
+            "train_tokens_per_second": round(run_tokens * accel.num_processes / max(runtime - self._paused, 1e-9), 2),
+            **self._flops_row(state.total_flos - flops_at_start, max(runtime - self._paused, 1e-9), "train_"),
             "train_loss": float(np.mean(losses)) if losses else float("nan"),
             "epoch": state.epoch,
         }
@@ -598,9 +622,10 @@ class Trainer:
         if grad_norm is not None:
             logs["grad_norm"] = float(grad_norm)
         logs["learning_rate"] = self.optimizer.param_groups[0]["lr"]
-        elapsed = max(time.perf_counter() - since.start, 1e-9)
+        elapsed = since.elapsed()
         logs["tokens_per_second"] = round(since.tokens * world / elapsed, 2)
         logs["samples_per_second"] = round(since.samples * world / elapsed, 3)
+        logs.update(self._flops_row(since.flops, elapsed))
         if self.args.include_num_input_tokens_seen:
             self.state.num_input_tokens_seen += since.take_seen()
             logs["num_input_tokens_seen"] = self.state.num_input_tokens_seen * world
@@ -608,7 +633,27 @@ class Trainer:
         since.reset()
         self.log(logs)
 
+    def _flops_row(self, flops: float, seconds: float, prefix: str = "") -> dict[str, float]:
+        """Achieved model TFLOP/s (all ranks) and MFU (per device) of `flops` done by this rank in `seconds`."""
+        if not flops:
+            return {}
+        achieved = flops / seconds / 1e12
+        row = {f"{prefix}tflops": float(f"{achieved * self.accelerator.num_processes:.4g}")}
+        peak = self.peak_flops()
+        if peak is not None:
+            row[f"{prefix}mfu"] = float(f"{achieved / peak.tflops:.4g}")
+        return row
+
     def _maybe_evaluate_and_save(self, since: SinceLog) -> None:
+        if not (self.control.should_evaluate or self.control.should_save):
+            return
+        start = time.perf_counter()
+        self._evaluate_and_save(since)
+        pause = time.perf_counter() - start
+        since.paused += pause
+        self._paused += pause
+
+    def _evaluate_and_save(self, since: SinceLog) -> None:
         if self.control.should_evaluate:
             self._evaluate_during_training()
         if self.control.should_save:
@@ -851,6 +896,7 @@ class Trainer:
             include_inputs="inputs" in args.include_for_metrics,
             include_losses="loss" in args.include_for_metrics,
             batch_metrics=self.compute_metrics if args.batch_eval_metrics else None,
+            accumulation_steps=args.eval_accumulation_steps,
         )
         self.callback_handler.eval_dataloader = dataloader
         for inputs in dataloader:

@@ -84,11 +84,12 @@ def make_collator(data: DataSection, tokenizer: Any) -> tuple[Callable, bool]:
         return PaddingFreeCollator(max_length=data.max_length, pad_token_id=pad or 0), True
     if tokenizer.pad_token_id is None:
         raise ConfigError(
-            "the tokenizer has no pad token, needed to pad batches; set tokenizer.pad_token (e.g. to its eos_token) "
-            "or use data.packing: true"
+            "the tokenizer has no pad token, needed to pad batches (a packed run's last row too); "
+            "set tokenizer.pad_token (e.g. to its eos_token)"
         )
-    collator = CausalLMCollator(
-        tokenizer.pad_token_id, pad_to_multiple_of=data.pad_to_multiple_of, padding_side=data.padding_side
+    collator = CausalLMCollator(  # max_length: full packed blocks are never rounded up past it
+        tokenizer.pad_token_id, pad_to_multiple_of=data.pad_to_multiple_of, padding_side=data.padding_side,
+        max_length=data.max_length,
     )
     return collator, False
 

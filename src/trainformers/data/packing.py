@@ -1,10 +1,10 @@
 """Packing for pretraining, for documents held in memory as a `list[str]`.
 
-Documents become one token stream, cut into full blocks. No padding at all: every token in a
-block is a real token, so every position trains. The price, measured in PERF-NOTES.md: the tail
-after the last full block is dropped, and attention crosses document boundaries (an EOS token
-marks each one). Both functions are `pretraining.tokenize_for_pretraining`'s steps; use that
-directly on a `datasets` dataset (cached, streaming, several text fields).
+Documents become one token stream, cut into blocks: all full but the last, which holds the rest
+(the collator pads that one row), so no token is dropped or repeated and every other position is
+a real token that trains. The price: attention crosses document boundaries (an EOS token marks
+each one). Both functions are `pretraining.tokenize_for_pretraining`'s steps; use that directly
+on a `datasets` dataset (cached, streaming, several text fields).
 """
 
 from __future__ import annotations
@@ -45,12 +45,13 @@ def token_stream(texts: Sequence[str], tokenizer, *, add_eos: bool = True) -> np
 def pack_texts(
     texts: Sequence[str], tokenizer, block_size: int, *, add_eos: bool = True
 ) -> datasets.Dataset:
-    """Pack in-memory documents into blocks of exactly `block_size` tokens for causal LM training.
+    """Pack in-memory documents into blocks of `block_size` tokens for causal LM training.
 
     `pretraining.tokenize_for_pretraining` on `Dataset.from_dict({"text": texts})`: block `i`
     holds tokens `[i * block_size, (i + 1) * block_size)` of `token_stream(texts)` (blank texts
-    left out); only the final partial block is dropped. `labels` is a copy of `input_ids`: the
-    model shifts them itself.
+    left out), and the last block the rest, so the blocks end to end are exactly the stream (the
+    last one is shorter unless the stream length is a multiple of `block_size`; pad it with
+    `CausalLMCollator`). `labels` is a copy of `input_ids`: the model shifts them itself.
 
     Args:
         texts: The documents, in the order they are packed.
@@ -63,7 +64,7 @@ def pack_texts(
 
     Raises:
         ConfigError: `block_size` is not positive.
-        DataError: the texts yield fewer tokens than one block, or the tokenizer has no EOS.
+        DataError: every text is blank, or the tokenizer has no EOS (with `add_eos`).
     """
     rows = datasets.Dataset.from_dict({"text": list(texts)}, features=_TEXT)
     packed, stats = tokenize_for_pretraining(rows, tokenizer, max_length=block_size, add_eos=add_eos, name="packed")

@@ -2,8 +2,9 @@
 
 Three shapes, all with an EOS token after every document:
 
-- packing (default): the documents form one token stream cut into full blocks of `max_length`;
-  no padding at all, the tail after the last full block is dropped (and counted);
+- packing (default): the documents form one token stream cut into blocks of `max_length`; every
+  block is full but the last, which holds the rest of the stream (the collator pads that one row),
+  so no token is dropped or repeated;
 - padding-free: one row per document (truncated to `max_length`), concatenated per batch by a
   padding-free collator whose `position_ids` restart at each document;
 - neither: one row per document (truncated), padded per batch by the collator.
@@ -30,8 +31,11 @@ from trainformers.errors import ConfigError, DataError
 __all__ = ["tokenize_for_pretraining"]
 
 # Part of both map functions' state, hence of the cache key: bump it when what they compute
-# changes (datasets hashes a class by reference, not by its code).
-_FORMAT_VERSION = 1
+# changes (datasets hashes a class by reference, not by its code). 2: packing keeps the tail.
+_FORMAT_VERSION = 2
+# Rows per `datasets.map` batch (datasets' own default); the packing tests lower it so that a
+# small corpus crosses several batch boundaries.
+_MAP_BATCH_ROWS = 1000
 # Fewer rows than this tokenise in a second or two: no progress bars (they would fill the CLI's stderr).
 _QUIET_ROWS = 50_000
 _IDS = pa.list_(pa.int64())
@@ -60,10 +64,12 @@ def tokenize_for_pretraining(
     document.
 
     - `packing=True`: block `i` is tokens `[i * max_length, (i + 1) * max_length)` of the
-      documents' concatenated stream; columns `input_ids` and `labels` (a copy: the model shifts
-      them), so `transformers.default_data_collator` can batch them. Only the tail after the last
-      full block is dropped (`stats.dropped_tail_tokens`). Tokenising runs on `num_proc`
-      processes; cutting blocks always runs in one, so the blocks do not depend on `num_proc`.
+      documents' concatenated stream, the last block the rest of it (shorter unless the stream
+      length is a multiple of `max_length`): concatenated, the blocks are exactly the stream.
+      Columns `input_ids` and `labels` (a copy: the model shifts them); batch them with a padding
+      collator (`CausalLMCollator`: the short row's padding gets label -100 and attention mask 0).
+      Tokenising runs on `num_proc` processes; cutting blocks always runs in one, so the blocks
+      do not depend on `num_proc`.
     - `padding_free=True`: one row per document, column `input_ids`, for a padding-free collator.
     - both `False`: one row per document, column `input_ids`, for a padding collator.
 
@@ -78,17 +84,18 @@ def tokenize_for_pretraining(
     tokenises nothing. An in-memory dataset (the embedded corpus, `Dataset.from_dict`) keeps its
     results in memory and is tokenised again on every call.
 
-    A stream (`IterableDataset`) is mapped lazily, the same way (blocks are cut across batches,
-    so a stream packs exactly like the dataset it streams), and nothing can be counted up front:
-    its stats hold zeros and say so. Read by several DataLoader workers, each worker packs its
-    own shards and drops its own tail.
+    A stream (`IterableDataset`) is mapped lazily, the same way (blocks are cut across batches),
+    and nothing can be counted up front: its stats hold zeros and say so. A map over a stream
+    never learns which batch is its last, so a packed stream yields the dataset's full blocks but
+    not its final shorter one: the last `< max_length` tokens of each pass are dropped (of each
+    DataLoader worker's pass, when several read it), and the stats' note says so.
 
     Args:
         dataset: The documents (e.g. from `sources.load_source`).
         tokenizer: A `transformers` tokenizer (fast ones are hashed by their JSON).
         text_field: The text column, or several to join.
         max_length: Block length when packing, else the truncation length.
-        packing: Cut the stream into full blocks (see above).
+        packing: Cut the stream into blocks of `max_length` (see above).
         padding_free: One row per document, for a padding-free collator; excludes `packing`.
         add_eos: Add the tokenizer's EOS token after every document.
         num_proc: Processes for tokenisation (`datasets.map`); `None` tokenises in this one. A
@@ -100,8 +107,8 @@ def tokenize_for_pretraining(
 
     Raises:
         ConfigError: `max_length` is not positive, or both `packing` and `padding_free` are set.
-        DataError: a text field is missing or not text; the tokenizer has no EOS token but
-            `add_eos` is set; packing yields no full block.
+        DataError: a text field is missing or not text; every text is blank; the tokenizer has
+            no EOS token but `add_eos` is set.
     """
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
         raise ConfigError(f"data.max_length must be a positive number of tokens, got {max_length!r}; use e.g. 256")
@@ -122,12 +129,15 @@ def tokenize_for_pretraining(
     tokenized = _map(dataset, encode, features=features, num_proc=num_proc, desc=f"Tokenizing {name}")
 
     if packing:
-        rows = _map(tokenized, _PackBlocks(max_length), features=_BLOCKS, with_indices=True, desc=f"Packing {name}")
+        pack = _PackBlocks(max_length, rows=None if streaming else len(tokenized))
+        rows = _map(tokenized, pack, features=_BLOCKS, with_indices=True, desc=f"Packing {name}")
     else:
         rows = tokenized.remove_columns("truncated")
     rows = rows.with_format(None)
     if streaming:
         stats.notes.append("streaming: rows and tokens are not counted up front")
+        if packing:
+            stats.notes.append(f"packing a stream drops the last < {max_length} tokens of each pass")
         return rows, stats
 
     lengths = pc.list_value_length(_column(tokenized, "input_ids"))
@@ -139,16 +149,8 @@ def tokenize_for_pretraining(
             f"every row of {name} ({stats.rows_in}) has empty or null text in {text_field!r}; "
             "check data.text_field and data.source"
         )
-    if packing:
-        stats.tokens = len(rows) * max_length
-        stats.dropped_tail_tokens = total - stats.tokens
-        if len(rows) == 0:
-            raise DataError(
-                f"data.max_length {max_length} is longer than the {total} tokens the "
-                f"{len(tokenized)} texts of {name} yield; lower data.max_length or add data"
-            )
-    else:
-        stats.tokens = total
+    stats.tokens = total  # packed blocks hold the whole stream; rows per document were cut already
+    if not packing:
         stats.truncated = pc.sum(_column(tokenized, "truncated")).as_py() or 0
     return rows, stats
 
@@ -226,20 +228,22 @@ class _Tokenize:
 
 
 class _PackBlocks:
-    """The packing map function: consecutive `input_ids` rows -> full blocks of `block_size`.
+    """The packing map function: consecutive `input_ids` rows -> blocks of `block_size`.
 
-    The remainder of a batch is carried into the next one, so blocks cross batch boundaries and
-    only the tail of the whole pass is dropped. A pass starts at row index 0, where the carry is
-    reset (a stream is iterated once per epoch through the same function object).
+    What does not fill a block is carried into the next batch, so blocks cross batch boundaries:
+    one remainder for the whole pass, not one per batch. The batch holding row `rows - 1`, the
+    last, emits that remainder as a shorter final block; with `rows=None` (a stream, whose length
+    is unknown) it is never emitted. A pass starts at row index 0, where the carry is reset (a
+    stream is iterated once per epoch through the same function object).
     """
 
-    def __init__(self, block_size: int):
-        self.block_size = block_size
+    def __init__(self, block_size: int, rows: int | None):
+        self.block_size, self.rows = block_size, rows
         self.version = _FORMAT_VERSION
         self._carry = np.zeros(0, dtype=np.int64)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"block_size": self.block_size, "version": self.version}
+        return {"block_size": self.block_size, "rows": self.rows, "version": self.version}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state, _carry=np.zeros(0, dtype=np.int64))
@@ -249,12 +253,13 @@ class _PackBlocks:
             self._carry = np.zeros(0, dtype=np.int64)
         ids = pc.list_flatten(batch["input_ids"]).to_numpy()
         stream = np.concatenate([self._carry, ids.astype(np.int64, copy=False)])
-        n_blocks = len(stream) // self.block_size
-        used = n_blocks * self.block_size
+        last = self.rows is not None and bool(indices) and indices[-1] == self.rows - 1
+        used = len(stream) if last else len(stream) // self.block_size * self.block_size
         self._carry = stream[used:].copy()
-        # One flat buffer; list offsets mark the block boundaries (shared by both columns).
-        offsets = pa.array(np.arange(0, used + 1, self.block_size, dtype=np.int32))
-        blocks = pa.ListArray.from_arrays(offsets, pa.array(stream[:used], pa.int64()))
+        # One flat buffer; list offsets mark the block boundaries (shared by both columns). The
+        # last batch's final block ends where the stream does.
+        offsets = np.append(np.arange(0, used, self.block_size), used).astype(np.int32)
+        blocks = pa.ListArray.from_arrays(pa.array(offsets), pa.array(stream[:used], pa.int64()))
         return pa.table({"input_ids": blocks, "labels": blocks})
 
 
@@ -285,11 +290,12 @@ def _map(dataset: Any, function: Any, *, features: datasets.Features, with_indic
     if isinstance(dataset, datasets.IterableDataset):
         # An IterableDataset drops `remove_columns` from the *output*: remove only what is not replaced.
         remove = [c for c in dataset_columns(dataset)[0] if c not in features]
-        return arrow.map(function, batched=True, with_indices=with_indices, remove_columns=remove, features=features)
+        return arrow.map(function, batched=True, batch_size=_MAP_BATCH_ROWS, with_indices=with_indices,
+                         remove_columns=remove, features=features)
     with quiet_progress(len(dataset) < _QUIET_ROWS):
         return arrow.map(
-            function, batched=True, with_indices=with_indices, remove_columns=dataset.column_names,
-            features=features, num_proc=num_proc, desc=desc,
+            function, batched=True, batch_size=_MAP_BATCH_ROWS, with_indices=with_indices,
+            remove_columns=dataset.column_names, features=features, num_proc=num_proc, desc=desc,
         )
 
 

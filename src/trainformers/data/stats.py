@@ -24,7 +24,6 @@ class DataStats:
         no_assistant: Chat rows without an assistant turn (skipped: nothing to learn).
         all_masked: Rows whose labels were all -100 after rendering and truncation (skipped).
         tokens: Real (non-pad) tokens in the produced rows.
-        dropped_tail_tokens: Tokens after the last full block when packing (not trained on).
         notes: Free-form remarks (e.g. the detected chat format).
     """
 
@@ -36,7 +35,6 @@ class DataStats:
     no_assistant: int = 0
     all_masked: int = 0
     tokens: int = 0
-    dropped_tail_tokens: int = 0
     notes: list[str] = field(default_factory=list)
 
     def merge(self, other: DataStats) -> DataStats:
@@ -58,7 +56,6 @@ class DataStats:
             ("truncated to max_length", self.truncated),
             ("skipped without an assistant turn", self.no_assistant),
             ("skipped with every label masked", self.all_masked),
-            ("tail tokens dropped by packing", self.dropped_tail_tokens),
         ):
             if value:
                 parts.append(f"{label}: {value}")
