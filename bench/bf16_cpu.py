@@ -209,7 +209,7 @@ def main() -> None:
     if not cpu_has_native_bf16():
         raise SystemExit(NO_CPU_BF16 + "; nothing to compare")
     malloc = "untouched (--no-tune-malloc)" if opts.no_tune_malloc else tune_malloc()
-    command = "python bench/bf16_cpu.py " + " ".join(sys.argv[1:])
+    command = "python bench/bf16_cpu.py " + " ".join(a for a in sys.argv[1:] if a not in (opts.markdown, "--markdown"))
 
     print(f"machine: {machine_line()}; {torch.get_num_threads()} torch threads")
     print(f"malloc: {malloc}; load average at start {os.getloadavg()[0]:.2f}")

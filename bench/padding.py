@@ -243,7 +243,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(f"\nreal tokens/s, median (min–max) of {n} paired rounds ({opts.steps} timed steps each)\n{table}")
     print(f"total {time.perf_counter() - start:.0f} s after set-up")
-    command = "python bench/padding.py " + " ".join(sys.argv[1:])
+    command = "python bench/padding.py " + " ".join(a for a in sys.argv[1:] if a not in (opts.markdown, "--markdown"))
     write_fragment(opts.markdown, f"""### Padding, packing and padding-free (`bench/padding.py`)
 
 Real (non-pad) tokens per second of training with our `Trainer` on variable-length documents:

@@ -33,7 +33,7 @@ BEGIN, END = "<!-- make bench: begin -->", "<!-- make bench: end -->"
 
 # name -> (arguments of the full run, arguments of --quick)
 SUITE: dict[str, tuple[list[str], list[str]]] = {
-    "step_overhead": ([], ["--sizes", "nano", "--rounds", "1"]),
+    "step_overhead": (["--tune-malloc"], ["--sizes", "nano", "--rounds", "1"]),
     "padding": ([], ["--rounds", "1", "--steps", "1"]),
     "bf16_cpu": ([], ["--rounds", "1", "--steps", "2", "--curve-steps", "4"]),
     "decoder_lm": ([], ["--sizes", "1M", "--rounds", "1", "--steps", "3"]),

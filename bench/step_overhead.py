@@ -16,8 +16,12 @@ schedule, gradient clipping at 1.0, one micro-batch per step, shuffled `DataLoad
 - `ours`: `trainformers.Trainer`, defaults otherwise (progress bar on, logging every 50 steps);
 - `hf`: `transformers.Trainer` with the same arguments.
 
-A measurement is one training run of warm-up + N steps; steps/s is N over the time from the end of
-the last warm-up step to the end of the last step (`on_step_end` in the Trainers). A round runs the
+Each size starts with one untimed run of every variant (first kernels, imports, allocator
+growth). A measurement is one training run of warm-up + N steps, each step's end timestamped
+(`on_step_end` in the Trainers); steps/s is 1 / the median time between consecutive step ends
+after the warm-up, so an odd stalled step (a page-fault storm, a neighbour's burst) does not
+move it while a cost paid every step does (the Trainers' log row every 50 steps is left out
+that way too: one `.item()` and a dict, well under a millisecond here). A round runs the
 three variants back to back in one process, in an order rotated from round to round, from the
 same initial weights; a round is discarded and run again when other processes used more than
 `--max-foreign` CPU cores during it (bench/_machine.py). The table gives, per size, the median
@@ -26,7 +30,7 @@ same initial weights; a round is discarded and run again when other processes us
 glibc malloc is left as it is (`--tune-malloc` applies the CLI's mallopt to the whole process:
 every variant gets it).
 
-    .venv/bin/python bench/step_overhead.py                       # about 4 minutes on 2 quiet cores
+    .venv/bin/python bench/step_overhead.py                       # about 6 minutes on 2 quiet cores
     .venv/bin/python bench/step_overhead.py --sizes nano --rounds 3
     .venv/bin/python bench/step_overhead.py --profile ours --sizes nano   # cProfile of our loop, top functions
 """
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import io
 import os
 import statistics
@@ -134,11 +139,13 @@ def run_trainer(variant: str, model: torch.nn.Module, data: list, steps: int) ->
 
 def measure(variant: str, size: str, init: dict, data: list) -> float:
     timed, warm = SIZES[size][5], SIZES[size][6]
+    gc.collect()  # the previous run's garbage (an HF Trainer leaves cycles) is not collected mid-measurement
     model = build(size, init)
     run = run_hand if variant == "hand" else lambda m, d, s: run_trainer(variant, m, d, s)
     marks = run(model, data, warm + timed)
     assert len(marks) == warm + timed, (variant, len(marks))
-    return timed / (marks[-1] - marks[warm - 1])
+    steps = [b - a for a, b in zip(marks[warm - 1:], marks[warm:])]
+    return 1.0 / statistics.median(steps)  # robust to the odd stalled step (page faults, a neighbour)
 
 
 def profile(variant: str, size: str) -> None:
@@ -180,6 +187,8 @@ def main() -> None:
         timed, warm = SIZES[size][5], SIZES[size][6]
         data = rows(size, BATCH * (timed + warm))
         per = results[size] = {v: [] for v in VARIANTS}
+        for v in VARIANTS:  # untimed: first kernels, imports and allocator growth would bias round 1
+            measure(v, size, init, data)
         valid = attempts = 0
         while valid < opts.rounds and attempts < opts.max_attempts:
             attempts += 1
