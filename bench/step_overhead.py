@@ -41,7 +41,6 @@ import argparse
 import contextlib
 import gc
 import io
-import os
 import statistics
 import sys
 import tempfile

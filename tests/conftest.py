@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -97,3 +100,18 @@ def read_losses(run_dir) -> list[tuple[int, float]]:
 
     rows = [json.loads(line) for line in (Path(run_dir) / "log.jsonl").read_text().splitlines() if line.strip()]
     return [(r["step"], r["loss"]) for r in rows if "loss" in r]
+
+
+def accelerate_launch(script, *args, processes: int = 2) -> None:
+    """Run `script args...` under `accelerate launch` with `processes` CPU processes; fail with its stderr.
+
+    On a machine without GPUs, --multi_gpu is accelerate's torchrun launcher; each process then
+    finds no CUDA and joins a gloo group on the CPU (plain --cpu would need mpirun).
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    mode = "--multi_gpu" if processes > 1 else "--cpu"
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", mode, "--num_processes", str(processes),
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+    done = subprocess.run([*launcher, str(script), *map(str, args)], check=False, capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-4000:]

@@ -3,28 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import accelerate_launch
+
 SCRIPT = Path(__file__).parent / "ddp_train.py"
 
 
 def _launch(out: Path, processes: int, batch: int, accum: int) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
-    # on a machine without GPUs, --multi_gpu is accelerate's torchrun launcher; each process then
-    # finds no CUDA and joins a gloo group on the CPU (plain --cpu would need mpirun)
-    mode = "--multi_gpu" if processes > 1 else "--cpu"
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", mode, "--num_processes", str(processes),
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
-    done = subprocess.run([*launcher, str(SCRIPT), str(out), str(batch), str(accum)],
-                          capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-4000:]
+    accelerate_launch(SCRIPT, out, batch, accum, processes=processes)
     result = json.loads((out / "result.json").read_text())
     result["weights"] = load_file(out / "weights.safetensors")
     return result
@@ -50,13 +41,7 @@ CYCLE_SCRIPT = Path(__file__).parent / "ddp_cycle.py"
 
 
 def _launch_cycle(out: Path, processes: int, batch: int, accum: int, kind: str) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
-    mode = "--multi_gpu" if processes > 1 else "--cpu"
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", mode, "--num_processes", str(processes),
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
-    done = subprocess.run([*launcher, str(CYCLE_SCRIPT), str(out), str(batch), str(accum), kind],
-                          capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-4000:]
+    accelerate_launch(CYCLE_SCRIPT, out, batch, accum, kind, processes=processes)
     result = json.loads((out / "result.json").read_text())
     result["weights"] = load_file(out / "weights.safetensors")
     return result

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import PadCollator, lm_rows, make_args, read_losses, tiny_llama, weights
+from conftest import PadCollator, accelerate_launch, lm_rows, make_args, read_losses, tiny_llama, weights
 from datasets import Dataset
 from torch import nn
 
@@ -384,14 +381,7 @@ def test_two_processes_run_the_global_batch(tmp_path):
     """Each of 2 ranks x batch 4 runs both halves of the global step: the curve of 1 process x batch 8."""
     script = tmp_path / "lr_find_ddp.py"
     script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    env["PYTHONPATH"] = str(Path(__file__).parents[1] / "src")
-    # as in test_distributed.py: --multi_gpu without GPUs is torchrun over a gloo group on the CPU
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
-    command = [*launcher, str(script), str(tmp_path / "two"), "4"]
-    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-4000:]
+    accelerate_launch(script, tmp_path / "two", 4, processes=2)
     ranks = [json.loads((tmp_path / "two" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0] == ranks[1] and ranks[0]["world"] == 2  # one curve, one suggestion for all ranks
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from accelerate.data_loader import BatchSamplerShard, SkipBatchSampler
-from conftest import PadCollator, lm_rows, make_args, tiny_llama
+from conftest import PadCollator, accelerate_launch, lm_rows, make_args, tiny_llama
 from torch.utils.data import BatchSampler
 
 from trainformers import Trainer
@@ -147,17 +147,10 @@ os._exit(0)
 
 def _launch_two(tmp_path: Path, out: Path, *extra: str) -> list[dict]:
     import json
-    import os
-    import subprocess
-    import sys
 
     script = tmp_path / "ddp_resume.py"
     script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
-    done = subprocess.run([*launcher, str(script), str(out), *extra], check=False, capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-4000:]
+    accelerate_launch(script, out, *extra, processes=2)
     return [json.loads((out / f"result_{rank}.json").read_text()) for rank in range(2)]
 
 
