@@ -43,7 +43,7 @@ from ..accel import build_accelerator
 from ..callbacks import CallbackHandler, TrainerCallback, default_callbacks
 from ..config import TrainingArguments
 from ..errors import CheckpointError, ConfigError, DataError
-from ..loop_utils import is_plateau, prepare_model, scalar_config, seed_everything, unwrap_peft, update_best_metric
+from ..loop_utils import OptimizerStep, is_plateau, prepare_model, scalar_config, seed_everything, unwrap_peft, update_best_metric
 from ..losses import IGNORE_INDEX, count_label_items, lm_loss
 from ..optim import create_optimizer, create_scheduler
 from ..state import TrainerControl, TrainerState
@@ -82,6 +82,7 @@ class CycleSide:
     scheduler: Any = None
     wrapped: nn.Module | None = None  # after accelerator.prepare (DDP)
     params: list[nn.Parameter] = field(default_factory=list)
+    stepper: OptimizerStep | None = None  # clip, step, zero_grad (after accelerator.prepare)
 
 
 def _is_peft_model(model: Any) -> bool:
@@ -552,11 +553,11 @@ class CycleTrainer:
                 self.state.micro_step += 1
             grad_norm = None
             if self.args.max_grad_norm and self.args.max_grad_norm > 0:
-                grad_norm = accel.clip_grad_norm_(side.params, self.args.max_grad_norm)
-            side.optimizer.step()
-            if not accel.optimizer_step_was_skipped and not is_plateau(side.scheduler):
+                grad_norm = side.stepper.clip(self.args.max_grad_norm)
+            side.stepper.step()
+            if not side.stepper.skipped and not is_plateau(side.scheduler):
                 side.scheduler.step()
-            side.optimizer.zero_grad(set_to_none=True)
+            side.stepper.zero_grad()
         return total, grad_norm
 
     def _step_kind(self, step: int) -> str:
@@ -627,13 +628,16 @@ class CycleTrainer:
                 self.sides[s].optimizer = opt
             for s in SIDES:
                 self.sides[s].wrapped = wrapped
-            return
-        for s in SIDES:
+        else:
+            for s in SIDES:
+                side = self.sides[s]
+                if s in self.trained:
+                    side.wrapped, side.optimizer = accel.prepare(side.model, side.optimizer)
+                else:
+                    side.wrapped = side.model  # only generates
+        for s in self.trained:
             side = self.sides[s]
-            if s in self.trained:
-                side.wrapped, side.optimizer = accel.prepare(side.model, side.optimizer)
-            else:
-                side.wrapped = side.model  # only generates
+            side.stepper = OptimizerStep(accel, side.optimizer, side.params)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> TrainOutput:
         """Run cycle training; resume from a checkpoint path, or the newest with True.
