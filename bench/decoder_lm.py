@@ -66,6 +66,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback, default
 import trainformers
 from _machine import CLK_TCK, Load, busy_jiffies, machine_line, own_cpu, spread, tune_malloc, write_fragment  # bench/_machine.py
 from trainformers import DecoderLM, DecoderLMConfig, Trainer, TrainingArguments
+from trainformers.flops import model_flops
 from trainformers.models.decoder_lm import from_llama_state_dict
 
 MODELS = ("Llama", "DecoderLM")
@@ -154,12 +155,9 @@ def initial_llama_state(size: str, seq: int) -> dict[str, torch.Tensor]:
 
 
 def matmul_params(model: torch.nn.Module) -> tuple[int, int]:
-    """(unique parameters, N = parameters that do matmuls: all but the input embedding, plus the LM head)."""
+    """(unique parameters, N = parameters that do matmuls), N as the Trainer counts it (trainformers.flops)."""
     total = sum(p.numel() for p in model.parameters())  # deduplicates the tied head
-    emb = model.get_input_embeddings().weight
-    head = model.get_output_embeddings().weight
-    n = total - emb.numel() + (head.numel() if head is emb else 0)
-    return total, n
+    return total, model_flops(model).matmul_params
 
 
 def random_blocks(rows: int, seq: int, vocab: int, seed: int) -> datasets.Dataset:
@@ -302,10 +300,13 @@ def main() -> None:
         hidden, layers, heads, kv, vocab, _ = SIZES[size]
         inits[size] = initial_llama_state(size, opts.seq)
         diff = check_parity(size, opts, inits[size])
-        counts = {name: matmul_params(build(name, size, opts.seq, inits[size])) for name in MODELS}
+        models = {name: build(name, size, opts.seq, inits[size]) for name in MODELS}
+        counts = {name: matmul_params(model) for name, model in models.items()}
         assert counts["Llama"] == counts["DecoderLM"], counts
         total, n = counts["Llama"]
-        flops_tok = 6 * n + 12 * layers * hidden * opts.seq
+        flops_tok = model_flops(models["Llama"]).per_batch(1, opts.seq)  # the formula the Trainer logs MFU with
+        assert flops_tok == 6 * n + 12 * layers * hidden * opts.seq
+        del models
         info[size] = {"params": total, "n": n, "flops_tok": flops_tok}
         print(
             f"{size}: hidden {hidden}, {layers} layers, {heads} heads, {kv} KV heads, SwiGLU "
