@@ -294,7 +294,7 @@ def test_eval_keeps_no_logits_without_metrics(tmp_path, monkeypatch):
 
     t = _trainer(tmp_path, eval_dataset=lm_rows(8))
     gathered = []
-    monkeypatch.setattr(evaluation, "_cpu", lambda v: gathered.append(v) or v)
+    monkeypatch.setattr(evaluation, "_detach", lambda v, to_cpu=False: gathered.append(v) or v)  # every keeping path
     t.evaluate()
     assert gathered == []
 

@@ -31,20 +31,13 @@ class EvalOutput:
     num_samples: int
 
 
-def _cpu(value: Any) -> Any:
+def _detach(value: Any, to_cpu: bool = False) -> Any:
+    """Detach every tensor of a nested tuple/list (Nones kept), and move it to the CPU with `to_cpu`."""
     if value is None:
         return None
     if isinstance(value, (tuple, list)):
-        return type(value)(_cpu(v) for v in value)
-    return value.detach().cpu()
-
-
-def _detach(value: Any) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, (tuple, list)):
-        return type(value)(_detach(v) for v in value)
-    return value.detach()
+        return type(value)(_detach(v, to_cpu) for v in value)
+    return value.detach().cpu() if to_cpu else value.detach()
 
 
 def _numpy(value: Any) -> np.ndarray:
@@ -194,9 +187,9 @@ class EvalAccumulator:
         if self.batch_metrics is not None and self.world_size == 1:
             if self._pending is not None:
                 self.batch_metrics(self._pending, compute_result=False)
-            self._pending = _prediction(*_cpu(entry))
+            self._pending = _prediction(*_detach(entry, to_cpu=True))
         elif self.accumulation_steps is None or self.batch_metrics is not None:
-            self.batches.append(_cpu(entry))
+            self.batches.append(_detach(entry, to_cpu=True))
         else:
             self._on_device.append(_detach(entry))
             if len(self._on_device) >= self.accumulation_steps:
