@@ -15,7 +15,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 def own_cpu() -> float:
     """CPU seconds used by this process and its finished children."""
     t = os.times()
-    return t.user + t.system
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def busy_jiffies() -> int:

@@ -16,21 +16,26 @@ schedule, gradient clipping at 1.0, one micro-batch per step, shuffled `DataLoad
 - `ours`: `trainformers.Trainer`, defaults otherwise (progress bar on, logging every 50 steps);
 - `hf`: `transformers.Trainer` with the same arguments.
 
-Each size starts with one untimed run of every variant (first kernels, imports, allocator
-growth). A measurement is one training run of warm-up + N steps, each step's end timestamped
-(`on_step_end` in the Trainers); steps/s is 1 / the median time between consecutive step ends
-after the warm-up, so an odd stalled step (a page-fault storm, a neighbour's burst) does not
-move it while a cost paid every step does (the Trainers' log row every 50 steps is left out
-that way too: one `.item()` and a dict, well under a millisecond here). A round runs the
-three variants back to back in one process, in an order rotated from round to round, from the
-same initial weights; a round is discarded and run again when other processes used more than
-`--max-foreign` CPU cores during it (bench/_machine.py). The table gives, per size, the median
-(min–max) steps/s over the valid rounds and the median (min–max) of the per-round ratios to `hand`.
+How it is timed. On this VM the speed of the same loop drifts by up to 25% over seconds (a
+neighbour on the host; no steal time is reported), so timing the variants one after the other
+cannot resolve 5%. Instead the variants run side by side, interleaved: each in its own process
+(torch in its main thread, its own OpenMP pool: in a second Python thread of one process the
+nano step is 2x slower), gated by this script, which lets one process run a block of steps
+(10 at nano, 5 at 1M, 2 at 20M), then the next, in a rotating order, so the three see the same
+machine within a fraction of a second. Each step's end is timestamped (`on_step_end` in the
+Trainers); a step's time runs from the previous step's end, or from the moment the process got
+the gate back. Left out: the warm-up steps (first kernels, allocator growth) and the first step
+of every block (cold caches after another process ran). steps/s is 1 / the median step time,
+so an odd stalled step does not move it while a cost paid every step does (the Trainers' log
+row every 50 steps is left out that way too: one `.item()` and a dict). A round starts three
+fresh processes from the same initial weights and data; it is discarded and run again when
+other processes used more than `--max-foreign` CPU cores during it (bench/_machine.py). The
+table gives, per size, the median (min–max) steps/s over the valid rounds and the median
+(min–max) of the per-round ratios to `hand`.
 
-glibc malloc is left as it is (`--tune-malloc` applies the CLI's mallopt to the whole process:
-every variant gets it).
+glibc malloc is left as it is (`--tune-malloc` applies the CLI's mallopt in every variant's process).
 
-    .venv/bin/python bench/step_overhead.py                       # about 6 minutes on 2 quiet cores
+    .venv/bin/python bench/step_overhead.py                       # about 8 minutes on 2 quiet cores
     .venv/bin/python bench/step_overhead.py --sizes nano --rounds 3
     .venv/bin/python bench/step_overhead.py --profile ours --sizes nano   # cProfile of our loop, top functions
 """
@@ -39,8 +44,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import io
+import multiprocessing as mp
 import statistics
 import sys
 import tempfile
@@ -54,28 +59,25 @@ from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback, default
 from _machine import Load, machine_line, spread, tune_malloc, write_fragment  # bench/_machine.py
 import trainformers
 
-# name -> (hidden, layers, heads, SwiGLU, vocab, timed steps, warm-up steps)
+# name -> (hidden, layers, heads, SwiGLU, vocab, timed steps, warm-up steps, steps per block)
 SIZES = {
-    "nano": (64, 2, 2, 128, 256, 300, 20),
-    "1M": (128, 4, 4, 352, 2048, 60, 5),
-    "20M": (512, 6, 8, 1376, 8192, 8, 2),
+    "nano": (64, 2, 2, 128, 256, 300, 20, 10),
+    "1M": (128, 4, 4, 352, 2048, 100, 5, 5),
+    "20M": (512, 6, 8, 1376, 8192, 10, 2, 2),
 }
 VARIANTS = ("hand", "ours", "hf")
 BATCH, SEQ, LR = 8, 128, 1e-3
 
 
-def build(size: str, init: dict[str, torch.Tensor] | None = None) -> LlamaForCausalLM:
-    hidden, layers, heads, inter, vocab, _, _ = SIZES[size]
+def build(size: str) -> LlamaForCausalLM:
+    hidden, layers, heads, inter, vocab = SIZES[size][:5]
     config = LlamaConfig(
         vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=SEQ,
         tie_word_embeddings=True, use_cache=False, attn_implementation="sdpa", dtype=torch.float32,
     )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    if init is not None:
-        model.load_state_dict(init)
-    return model
+    torch.manual_seed(0)  # the same initial weights in every process
+    return LlamaForCausalLM(config)
 
 
 def rows(size: str, n: int) -> list[dict[str, torch.Tensor]]:
@@ -83,21 +85,49 @@ def rows(size: str, n: int) -> list[dict[str, torch.Tensor]]:
     return [{"input_ids": r, "labels": r} for r in ids]
 
 
-class StepClock(TrainerCallback):
-    def __init__(self) -> None:
-        self.marks: list[float] = []
+class Gate:
+    """A variant's side of the interleaving: step times, and handing the machine back every `block` steps.
+
+    Without a connection (the profile) it only records the step times.
+    """
+
+    def __init__(self, conn=None, block: int = 0, steps: int = 0) -> None:
+        self.conn, self.block, self.steps = conn, block, steps
+        self.times: list[float] = []
+        self.last = time.perf_counter()
+
+    def start(self) -> None:
+        if self.conn is not None:
+            self.conn.recv()  # "go"
+        self.last = time.perf_counter()
+
+    def step_end(self) -> None:
+        now = time.perf_counter()
+        self.times.append(now - self.last)
+        self.last = now
+        if self.conn is not None and len(self.times) % self.block == 0 and len(self.times) < self.steps:
+            self.conn.send("yield")
+            self.start()
+
+
+class GateCallback(TrainerCallback):
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.gate.start()
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.marks.append(time.perf_counter())
+        self.gate.step_end()
 
 
-def run_hand(model: torch.nn.Module, data: list, steps: int) -> list[float]:
+def run_hand(model: torch.nn.Module, data: list, steps: int, gate: Gate) -> None:
     loader = DataLoader(data, batch_size=BATCH, shuffle=True, collate_fn=default_data_collator,
                         generator=torch.Generator().manual_seed(0))
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0, fused=True)
     scheduler = get_linear_schedule_with_warmup(optimizer, 0, steps)
     model.train()
-    marks = []
+    gate.start()
     for batch in loader:
         loss = model(**batch).loss
         loss.backward()
@@ -105,10 +135,9 @@ def run_hand(model: torch.nn.Module, data: list, steps: int) -> list[float]:
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        marks.append(time.perf_counter())
-        if len(marks) == steps:
+        gate.step_end()
+        if len(gate.times) == steps:
             break
-    return marks
 
 
 def trainer_args(cls, out: str, steps: int):
@@ -119,47 +148,82 @@ def trainer_args(cls, out: str, steps: int):
     )
 
 
-def run_trainer(variant: str, model: torch.nn.Module, data: list, steps: int) -> list[float]:
+def run_trainer(variant: str, model: torch.nn.Module, data: list, steps: int, gate: Gate) -> None:
     if variant == "ours":
         trainer_cls, args_cls = trainformers.Trainer, trainformers.TrainingArguments
     else:
         trainer_cls, args_cls = transformers.Trainer, transformers.TrainingArguments
-    clock = StepClock()
     with tempfile.TemporaryDirectory() as out:
-        extra = {"report_at_end": False} if variant == "ours" else {}
         args = trainer_args(args_cls, out, steps)
-        for key, value in extra.items():
-            setattr(args, key, value)
-        trainer = trainer_cls(model=model, args=args, train_dataset=data, data_collator=default_data_collator, callbacks=[clock])
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            trainer.train()
-    return clock.marks
+        if variant == "ours":
+            args.report_at_end = False
+        trainer = trainer_cls(model=model, args=args, train_dataset=data, data_collator=default_data_collator,
+                              callbacks=[GateCallback(gate)])
+        trainer.train()
 
 
-def measure(variant: str, size: str, init: dict, data: list) -> float:
-    timed, warm = SIZES[size][5], SIZES[size][6]
-    gc.collect()  # the previous run's garbage (an HF Trainer leaves cycles) is not collected mid-measurement
-    model = build(size, init)
-    run = run_hand if variant == "hand" else lambda m, d, s: run_trainer(variant, m, d, s)
-    marks = run(model, data, warm + timed)
-    assert len(marks) == warm + timed, (variant, len(marks))
-    steps = [b - a for a, b in zip(marks[warm - 1:], marks[warm:])]
-    return 1.0 / statistics.median(steps)  # robust to the odd stalled step (page faults, a neighbour)
+def run_variant(variant: str, size: str, gate: Gate) -> list[float]:
+    """Train `variant` for warm-up + timed steps; the time of every step."""
+    steps = sum(SIZES[size][5:7])
+    data, model = rows(size, BATCH * steps), build(size)
+    run = run_hand if variant == "hand" else lambda m, d, s, g: run_trainer(variant, m, d, s, g)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        run(model, data, steps, gate)
+    assert len(gate.times) == steps, (variant, len(gate.times))
+    return gate.times
+
+
+def child(variant: str, size: str, malloc: bool, conn) -> None:
+    """One variant in its own process: runs a block whenever the parent says "go"."""
+    if malloc:
+        tune_malloc()
+    transformers.logging.set_verbosity_error()
+    block, steps = SIZES[size][7], sum(SIZES[size][5:7])
+    conn.send(("done", run_variant(variant, size, Gate(conn, block, steps))))
+
+
+def step_rate(times: list[float], size: str) -> float:
+    """steps/s: 1 / the median time of the steady steps (past the warm-up, not first in a block)."""
+    warm, block = SIZES[size][6], SIZES[size][7]
+    steady = [t for i, t in enumerate(times) if i >= warm and i % block]
+    return 1.0 / statistics.median(steady)
+
+
+def interleaved_round(size: str, order: tuple[str, ...], malloc: bool) -> dict[str, float]:
+    """Start one process per variant and let them run a block each, in turn, until all are done."""
+    ctx = mp.get_context("spawn")
+    conns, procs = {}, []
+    for variant in order:
+        parent, child_end = ctx.Pipe()
+        proc = ctx.Process(target=child, args=(variant, size, malloc, child_end), daemon=True)
+        proc.start()
+        conns[variant] = parent
+        procs.append(proc)
+    active, times = list(order), {}
+    try:
+        while active:
+            for variant in list(active):
+                conns[variant].send("go")
+                message = conns[variant].recv()  # EOFError if the child died: its traceback is on stderr
+                if message != "yield":
+                    times[variant] = message[1]
+                    active.remove(variant)
+    finally:
+        for proc in procs:
+            proc.join(timeout=60)
+    return {v: step_rate(times[v], size) for v in order}
 
 
 def profile(variant: str, size: str) -> None:
     import cProfile
     import pstats
 
-    init = build(size).state_dict()
-    timed, warm = SIZES[size][5], SIZES[size][6]
-    data = rows(size, BATCH * (timed + warm))
-    measure(variant, size, init, data)  # warm caches, imports
+    run_variant(variant, size, Gate())  # warm caches, imports
     prof = cProfile.Profile()
     prof.enable()
-    rate = measure(variant, size, init, data)
+    times = run_variant(variant, size, Gate())
     prof.disable()
-    print(f"{variant} {size}: {rate:.1f} steps/s under cProfile")
+    print(f"{variant} {size}: {1 / statistics.median(times[SIZES[size][6]:]):.1f} steps/s under cProfile")
     pstats.Stats(prof).sort_stats("tottime").print_stats(35)
 
 
@@ -173,27 +237,24 @@ def main() -> None:
     parser.add_argument("--profile", choices=VARIANTS)
     parser.add_argument("--markdown", help="write the docs/benchmarks.md fragment here")
     opts = parser.parse_args()
-    malloc = tune_malloc() if opts.tune_malloc else "glibc defaults"
+    malloc = "mallopt as the CLI in every process" if opts.tune_malloc else "glibc defaults"
     transformers.logging.set_verbosity_error()
     if opts.profile:
+        if opts.tune_malloc:
+            tune_malloc()
         for size in opts.sizes:
             profile(opts.profile, size)
         return
-    print(f"machine: {machine_line()}; {torch.get_num_threads()} threads; malloc: {malloc}", flush=True)
+    print(f"machine: {machine_line()}; {torch.get_num_threads()} threads per process; malloc: {malloc}", flush=True)
     results: dict[str, dict[str, list[float]]] = {}
     for size in opts.sizes:
-        init = build(size).state_dict()
-        timed, warm = SIZES[size][5], SIZES[size][6]
-        data = rows(size, BATCH * (timed + warm))
         per = results[size] = {v: [] for v in VARIANTS}
-        for v in VARIANTS:  # untimed: first kernels, imports and allocator growth would bias round 1
-            measure(v, size, init, data)
         valid = attempts = 0
         while valid < opts.rounds and attempts < opts.max_attempts:
             attempts += 1
             order = VARIANTS[attempts % 3:] + VARIANTS[: attempts % 3]
             load = Load()
-            rates = {v: measure(v, size, init, data) for v in order}
+            rates = interleaved_round(size, order, opts.tune_malloc)
             foreign = load.foreign()
             line = ", ".join(f"{v} {rates[v]:.2f}" for v in VARIANTS)
             if foreign > opts.max_foreign:
@@ -225,12 +286,13 @@ def main() -> None:
 
 Steps/s of the same training (Llama-shaped models from config, fp32, batch 8 x 128, fused AdamW,
 linear schedule, clip 1.0) written by hand in PyTorch, with `trainformers.Trainer`, and with
-`transformers.Trainer`, in paired rounds (order rotated, same weights and data, rounds with
-foreign CPU load discarded); median (min–max) over rounds, ratios per round. Sizes: nano (hidden
-64, 2 layers, vocab 256), 1M (hidden 128, 4 layers), 20M (hidden 512, 6 layers, vocab 8192).
-Malloc: {malloc}.
+`transformers.Trainer`. The three run interleaved, one process each, a block of steps at a time
+in rotating order, so they share the machine's moment-to-moment speed (this VM drifts by up to
+25% over seconds); rounds with foreign CPU load are discarded. Median (min–max) over rounds,
+ratios per round. Sizes: nano (hidden 64, 2 layers, vocab 256), 1M (hidden 128, 4 layers),
+20M (hidden 512, 6 layers, vocab 8192). Malloc: {malloc}.
 
-Machine: {machine_line()}, {torch.get_num_threads()} threads. Command: `{command.strip()}`
+Machine: {machine_line()}, {torch.get_num_threads()} threads per process. Command: `{command.strip()}`
 
 {table}
 """)

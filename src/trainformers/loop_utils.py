@@ -226,14 +226,16 @@ def prepare_model(model: nn.Module, args: Any, device: torch.device) -> None:
 
 
 class OptimizerStep:
-    """Clip, step and zero the gradients of one optimizer, past Accelerate's wrappers where they add nothing.
+    """Backward, clip, step and zero the gradients of one optimizer, past Accelerate's wrappers where they add nothing.
 
     Accelerate's `AcceleratedOptimizer.step`/`zero_grad` and `Accelerator.clip_grad_norm_` look up
     optional packages (`find_spec`, two per step), parse version strings and inspect signatures
     on every call: about 1 ms per step on this CPU, 7% of a small model's step
-    (bench/step_overhead.py). Without a gradient scaler (fp16), and outside DeepSpeed, FSDP and
-    XLA, they end in exactly the torch calls made here; in every other setting this defers to
-    Accelerate.
+    (bench/step_overhead.py). `Accelerator.backward` rebuilds the state singletons (reading the
+    environment) and divides the loss by its accumulation count, 1 here (the loop weights
+    micro-batches itself): one more op in the graph, 3% of a nano model's step. Without a
+    gradient scaler (fp16), and outside DeepSpeed, FSDP and XLA, they end in exactly the torch
+    calls made here; in every other setting this defers to Accelerate.
 
     Args:
         accel: The run's `Accelerator`.
@@ -250,6 +252,14 @@ class OptimizerStep:
         inner = getattr(optimizer, "optimizer", None)
         direct = accel.scaler is None and accel.distributed_type in plain and isinstance(inner, torch.optim.Optimizer)
         self.direct: torch.optim.Optimizer | None = inner if direct else None
+        self.direct_backward = direct and accel.gradient_accumulation_steps == 1
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """`loss.backward()`, through Accelerate only where it scales or hands the loss on."""
+        if self.direct_backward:
+            loss.backward()
+        else:
+            self.accel.backward(loss)
 
     def clip(self, max_norm: float) -> torch.Tensor:
         """Clip the gradient norm to `max_norm`; returns the total norm before clipping (a tensor)."""

@@ -119,6 +119,7 @@ class Trainer:
         self.optimizer, self.lr_scheduler = optimizers
         self.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
         self._loss_terms = TermMeans()
+        self._stepper: OptimizerStep | None = None  # the running train()'s backward/clip/step path
         self.state = TrainerState(
             is_local_process_zero=self.is_local_process_zero(), is_world_process_zero=self.is_world_process_zero()
         )
@@ -358,7 +359,8 @@ class Trainer:
         # each rank holds its sum / the global count; DDP averages gradients, so undo the 1/W.
         # Without labels to count (the model's own mean loss) DDP's average is already right.
         scale = self.accelerator.num_processes if self._tokens_across_ranks and num_items_in_batch is not None else 1
-        self.accelerator.backward(loss * scale if scale != 1 else loss)
+        backward = self._stepper.backward if self._stepper is not None else self.accelerator.backward
+        backward(loss * scale if scale != 1 else loss)
         return loss.detach()
 
     @property
@@ -512,8 +514,11 @@ class Trainer:
         grad_norm: torch.Tensor | None = None
         start_step = state.global_step
         skip = state.epoch_step if not args.ignore_data_skip else 0
-        opt_step = OptimizerStep(accel, self.optimizer, model.parameters())
+        opt_step = self._stepper = OptimizerStep(accel, self.optimizer, model.parameters())
         step_scheduler = not is_plateau(self.lr_scheduler)
+        # a window of one micro-batch on one rank: its mean is the window's mean, nothing to count
+        # (tensor ops and a graph node per step, 2% of a nano model's step; bench/step_overhead.py)
+        always_count = self._tokens_across_ranks or self.compute_loss_func is not None
 
         for epoch in range(start_epoch, num_epochs):
             # Accelerate's loader re-applies its own epoch counter to the sampler on every iter();
@@ -532,13 +537,13 @@ class Trainer:
                 window = take(iterator, ga - (state.epoch_step % ga))
                 if not window:
                     break
-                num_items = self._window_items(window)
+                num_items = self._window_items(window) if always_count or len(window) > 1 else None
                 self.control = handler.on_step_begin(args, state, self.control)
                 for i, batch in enumerate(window):
                     last = i == len(window) - 1
                     with accel.no_sync(model) if not last else nullcontext():
                         step_loss = self.training_step(model, batch, num_items)
-                    share = step_loss if num_items is not None else step_loss / len(window)
+                    share = step_loss if num_items is not None or len(window) == 1 else step_loss / len(window)
                     if num_items is None and self._tokens_across_ranks:
                         share = share / accel.num_processes  # rank means: the log sums ranks
                     if args.logging_nan_inf_filter:

@@ -548,7 +548,7 @@ class CycleTrainer:
                     with accel.autocast():
                         loss = self._window_loss(side, model, batch, n_items)
                     # each rank holds its token sum / the global count; DDP averages, so undo the 1/W
-                    accel.backward(loss * world if world > 1 else loss)
+                    side.stepper.backward(loss * world if world > 1 else loss)
                 total += loss.detach()
                 self.state.micro_step += 1
             grad_norm = None
