@@ -35,7 +35,7 @@ table gives, per size, the median (min–max) steps/s over the valid rounds and 
 
 glibc malloc is left as it is (`--tune-malloc` applies the CLI's mallopt in every variant's process).
 
-    .venv/bin/python bench/step_overhead.py                       # about 8 minutes on 2 quiet cores
+    .venv/bin/python bench/step_overhead.py                       # about 9 minutes on 2 quiet cores
     .venv/bin/python bench/step_overhead.py --sizes nano --rounds 3
     .venv/bin/python bench/step_overhead.py --profile ours --sizes nano   # cProfile of our loop, top functions
 """
