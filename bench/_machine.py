@@ -88,6 +88,14 @@ def machine_line() -> str:
     return ", ".join(parts)
 
 
+def command_line(markdown: str | None) -> str:
+    """How this script was run, for its fragment: `python bench/NAME.py ARGS` without `--markdown PATH`."""
+    import sys
+
+    args = [a for a in sys.argv[1:] if a not in (markdown, "--markdown")]
+    return " ".join(["python", f"bench/{os.path.basename(sys.argv[0])}", *args])
+
+
 def write_fragment(path: str | None, text: str) -> None:
     """`--markdown PATH`: the section `make bench` puts into docs/benchmarks.md."""
     if path:

@@ -49,7 +49,6 @@ import dataclasses
 import io
 import os
 import statistics
-import sys
 import tempfile
 import time
 
@@ -57,6 +56,7 @@ import torch
 from _machine import (  # bench/_machine.py
     CLK_TCK,
     Load,
+    command_line,
     machine_line,
     spread,
     tune_malloc,
@@ -209,7 +209,7 @@ def main() -> None:
     if not cpu_has_native_bf16():
         raise SystemExit(NO_CPU_BF16 + "; nothing to compare")
     malloc = "untouched (--no-tune-malloc)" if opts.no_tune_malloc else tune_malloc()
-    command = "python bench/bf16_cpu.py " + " ".join(a for a in sys.argv[1:] if a not in (opts.markdown, "--markdown"))
+    command = command_line(opts.markdown)
 
     print(f"machine: {machine_line()}; {torch.get_num_threads()} torch threads")
     print(f"malloc: {malloc}; load average at start {os.getloadavg()[0]:.2f}")
@@ -305,7 +305,7 @@ processes above {opts.max_foreign} cores discarded. Plain `torch.mm` on this mac
 {fp32_peak:.0f} GFLOP/s, bf16 {bf16_peak:.0f} GFLOP/s (ratio {bf16_peak / fp32_peak:.2f}, the bound on the speed-up){disturbed}.
 {curve_text}
 
-Machine: {machine_line()}, {torch.get_num_threads()} torch threads. Command: `{command.strip()}`
+Machine: {machine_line()}, {torch.get_num_threads()} torch threads. Command: `{command}`
 
 {table}
 """)

@@ -54,7 +54,6 @@ import os
 import platform
 import resource
 import statistics
-import sys
 import tempfile
 import time
 
@@ -64,7 +63,7 @@ import transformers
 from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback, default_data_collator
 
 import trainformers
-from _machine import CLK_TCK, Load, busy_jiffies, machine_line, own_cpu, spread, tune_malloc, write_fragment  # bench/_machine.py
+from _machine import CLK_TCK, Load, busy_jiffies, command_line, machine_line, own_cpu, spread, tune_malloc, write_fragment  # bench/_machine.py
 from trainformers import DecoderLM, DecoderLMConfig, Trainer, TrainingArguments
 from trainformers.flops import model_flops
 from trainformers.models.decoder_lm import from_llama_state_dict
@@ -395,7 +394,7 @@ def main() -> None:
                 rows.append(f"| {m} | {size} | {info[size]['params'] / 1e6:.2f}M | {spread(tok, '{:.0f}')} | {ratio} | "
                             f"{flops / 1e12:.4f} | {spread([t * info[size]['flops_tok'] / (peak * 1e9) for t in tok], '{:.2f}')} | {len(tok)} |")
         table = "\n".join(rows)
-        command = "python bench/decoder_lm.py " + " ".join(a for a in sys.argv[1:] if a != opts.markdown and a != "--markdown")
+        command = command_line(opts.markdown)
         write_fragment(opts.markdown, f"""### DecoderLM against LlamaForCausalLM, and MFU (`bench/decoder_lm.py`)
 
 Training tokens/s of `DecoderLM` and a same-shape `LlamaForCausalLM` (same weights, identical
@@ -403,7 +402,7 @@ logits) under our `Trainer` (fp32, sdpa, fused AdamW, clip 1.0, batch {opts.batc
 in alternating order, rounds with foreign CPU load discarded; median (min–max). MFU: model FLOPs
 (6N + 12·L·H·T per token) over the fp32 matmul peak measured in the same run ({peak:.1f} GFLOP/s).
 
-Machine: {machine_line()}, {threads} threads. Command: `{command.strip()}`
+Machine: {machine_line()}, {threads} threads. Command: `{command}`
 
 {table}
 """)

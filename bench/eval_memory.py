@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from _machine import (  # bench/_machine.py
     Load,
+    command_line,
     machine_line,
     spread,
     vm_mb,
@@ -213,7 +214,7 @@ def main() -> None:
         concat_lines.append(f"| {rows} | {spread([p[0] for p in pairs], '{:.3f}')} | {spread([p[1] for p in pairs], '{:.3f}')} |")
     concat_table = "\n".join(concat_lines)
     print(table, concat_table, sep="\n\n")
-    command = "python bench/eval_memory.py " + " ".join(a for a in sys.argv[1:] if a not in (opts.markdown, "--markdown"))
+    command = command_line(opts.markdown)
     write_fragment(opts.markdown, f"""### Evaluation memory (`bench/eval_memory.py`)
 
 Peak RSS growth and time of `Trainer.evaluate()` on eval sets of N and 4N rows (Llama from config,
@@ -225,7 +226,7 @@ run in a fresh process with the peak reset after a warm-up; median (min–max) o
 is the computed size of what the setting must keep (predictions and labels). The second table
 times the concatenation alone on the same shapes. Malloc in the children: {malloc}.
 
-Machine: {machine_line()}, {torch.get_num_threads()} threads. Command: `{command.strip()}`
+Machine: {machine_line()}, {torch.get_num_threads()} threads. Command: `{command}`
 
 {table}
 

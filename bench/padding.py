@@ -39,7 +39,6 @@ import contextlib
 import io
 import os
 import statistics
-import sys
 import tempfile
 import time
 
@@ -50,7 +49,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, TrainerCallback
 
 import trainformers
-from _machine import CLK_TCK, busy_jiffies, machine_line, own_cpu, spread, write_fragment  # bench/_machine.py
+from _machine import CLK_TCK, busy_jiffies, command_line, machine_line, own_cpu, spread, write_fragment  # bench/_machine.py
 from trainformers import Trainer, TrainingArguments
 from trainformers.config import DataSection
 from trainformers.data import make_collator
@@ -243,7 +242,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(f"\nreal tokens/s, median (min–max) of {n} paired rounds ({opts.steps} timed steps each)\n{table}")
     print(f"total {time.perf_counter() - start:.0f} s after set-up")
-    command = "python bench/padding.py " + " ".join(a for a in sys.argv[1:] if a not in (opts.markdown, "--markdown"))
+    command = command_line(opts.markdown)
     write_fragment(opts.markdown, f"""### Padding, packing and padding-free (`bench/padding.py`)
 
 Real (non-pad) tokens per second of training with our `Trainer` on variable-length documents:
@@ -255,7 +254,7 @@ Median (min–max) over {n} paired round(s) of {opts.steps} timed step(s) after 
 ratio to fixed-512 taken within each round; rounds with foreign CPU load above
 {opts.max_foreign} cores discarded ({discarded} were).
 
-Machine: {machine_line()}, {threads} threads. Command: `{command.strip()}`
+Machine: {machine_line()}, {threads} threads. Command: `{command}`
 
 {table}
 """)

@@ -37,7 +37,13 @@ import time
 from pathlib import Path
 
 import torch
-from _machine import Load, machine_line, spread, write_fragment  # bench/_machine.py
+from _machine import (  # bench/_machine.py
+    Load,
+    command_line,
+    machine_line,
+    spread,
+    write_fragment,
+)
 from datasets import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -161,7 +167,7 @@ def main() -> None:
     lines[0] = lines[0].replace("12,500", f"{steps_per_epoch:,}")
     table = "\n".join(lines)
     print(table + f"\n\nforeign load per round: {spread(loads, '{:.2f}')} cores")
-    command = "python bench/resume_startup.py " + " ".join(a for a in sys.argv[1:] if a not in (opts.markdown, "--markdown"))
+    command = command_line(opts.markdown)
     write_fragment(opts.markdown, f"""### Resume start-up (`bench/resume_startup.py`)
 
 Time from `Trainer.train(resume_from_checkpoint=...)` to the end of the first optimizer step, for
@@ -173,7 +179,7 @@ Accelerate's `skip_first_batches`, which iterates the skipped indices (the code 
 back in). Median (min–max) over {opts.repeats} rounds, order rotated; foreign CPU load per round
 {spread(loads, '{:.2f}')} cores.
 
-Machine: {machine_line()}, {torch.get_num_threads()} threads. Command: `{command.strip()}`
+Machine: {machine_line()}, {torch.get_num_threads()} threads. Command: `{command}`
 
 {table}
 """)

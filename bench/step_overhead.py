@@ -47,7 +47,6 @@ import contextlib
 import io
 import multiprocessing as mp
 import statistics
-import sys
 import tempfile
 import time
 
@@ -56,7 +55,7 @@ import transformers
 from torch.utils.data import DataLoader
 from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback, default_data_collator, get_linear_schedule_with_warmup
 
-from _machine import Load, machine_line, spread, tune_malloc, write_fragment  # bench/_machine.py
+from _machine import Load, command_line, machine_line, spread, tune_malloc, write_fragment  # bench/_machine.py
 import trainformers
 
 # name -> (hidden, layers, heads, SwiGLU, vocab, timed steps, warm-up steps, steps per block)
@@ -281,7 +280,7 @@ def main() -> None:
         )
     table = "\n".join(lines)
     print(table)
-    command = "python bench/step_overhead.py " + " ".join(a for a in sys.argv[1:] if a not in (opts.markdown, "--markdown"))
+    command = command_line(opts.markdown)
     write_fragment(opts.markdown, f"""### Per-step overhead (`bench/step_overhead.py`)
 
 Steps/s of the same training (Llama-shaped models from config, fp32, batch 8 x 128, fused AdamW,
@@ -292,7 +291,7 @@ in rotating order, so they share the machine's moment-to-moment speed (this VM d
 ratios per round. Sizes: nano (hidden 64, 2 layers, vocab 256), 1M (hidden 128, 4 layers),
 20M (hidden 512, 6 layers, vocab 8192). Malloc: {malloc}.
 
-Machine: {machine_line()}, {torch.get_num_threads()} threads per process. Command: `{command.strip()}`
+Machine: {machine_line()}, {torch.get_num_threads()} threads per process. Command: `{command}`
 
 {table}
 """)
