@@ -42,16 +42,77 @@ def test_parity_with_llama_given_the_same_weights():
         torch.testing.assert_close(a[mask.bool()], b[mask.bool()], atol=1e-5, rtol=1e-5)
 
 
-def test_kv_cache_generation_equals_full_recompute():
-    model = tiny()
-    prompt = torch.randint(0, V, (2, 6))
+def greedy_by_hand(model: DecoderLM, ids: torch.Tensor, steps: int) -> torch.Tensor:
+    """Greedy decoding that recomputes the whole sequence every step: no cache, no `generate()`."""
+    for _ in range(steps):
+        next_id = model(ids, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+        ids = torch.cat([ids, next_id], dim=1)
+    return ids
+
+
+@pytest.mark.parametrize("left_pad", [0, 3], ids=["unpadded", "left-padded"])
+def test_kv_cache_generation_equals_full_recompute(left_pad):
+    # untied: a random tied model's greedy choice is mostly its input token, whatever the context
+    model = tiny(tie_word_embeddings=False)
+    prompt = torch.randint(1, V, (2, 6))
+    mask = torch.ones_like(prompt)
+    prompt[1, :left_pad], mask[1, :left_pad] = 0, 0  # row 1 is a shorter prompt, padded on the left
+    lengths: list[int] = []  # tokens each forward embeds: with the cache working, the prompt then 1 per step
+    hook = model.embed_tokens.register_forward_hook(lambda module, args, out: lengths.append(args[0].shape[1]))
     with torch.no_grad():
-        cached = model.generate(prompt, max_new_tokens=12, do_sample=False, use_cache=True, pad_token_id=0)
-        ids = prompt
-        for _ in range(12):  # greedy by hand, the whole sequence every step, no cache
-            next_id = model(ids, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
-            ids = torch.cat([ids, next_id], dim=1)
-    assert torch.equal(cached, ids)
+        cached = model.generate(prompt, attention_mask=mask if left_pad else None, max_new_tokens=12, do_sample=False,
+                                use_cache=True, pad_token_id=0)
+    hook.remove()
+    assert lengths == [6] + [1] * 11
+    with torch.no_grad():
+        for row in range(2):  # each row alone, unpadded: what the padded batch must reproduce
+            alone = greedy_by_hand(model, prompt[row : row + 1, mask[row].bool()], 12)
+            assert torch.equal(cached[row : row + 1, left_pad if row else 0 :], alone)
+
+
+@pytest.mark.parametrize("left_pad", [0, 3], ids=["unpadded", "left-padded"])
+def test_kv_cache_sampling_equals_sampling_without_cache(left_pad):
+    # the same seed draws the same tokens only if the cached logits equal the recomputed ones; a wide
+    # init makes the distribution peaked enough that a wrong context changes the draws
+    model = tiny(tie_word_embeddings=False, initializer_range=0.5)
+    prompt = torch.randint(1, V, (3, 5))
+    mask = torch.ones_like(prompt)
+    prompt[2, :left_pad], mask[2, :left_pad] = 0, 0
+    runs = []
+    for use_cache in (True, False):
+        torch.manual_seed(7)
+        with torch.no_grad():
+            runs.append(model.generate(prompt, attention_mask=mask if left_pad else None, max_new_tokens=10, do_sample=True, top_k=0,
+                                       temperature=1.0, use_cache=use_cache, pad_token_id=0))
+    assert torch.equal(runs[0], runs[1])
+    assert len({tuple(row[5:].tolist()) for row in runs[0]}) > 1  # really sampled: the rows differ
+
+
+def test_forward_returns_the_cache_under_the_installed_name_without_a_deprecation_warning():
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    from trainformers.models.decoder_lm import CACHE_FIELD
+
+    hf_logging.warning_once.cache_clear()  # a warning already given in this process would not repeat
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    root = hf_logging.get_logger("transformers")
+    root.addHandler(handler)
+    try:
+        model = tiny()
+        with torch.no_grad():
+            out = model(torch.randint(0, V, (1, 4)), use_cache=True)
+            cache = out[CACHE_FIELD]
+            assert cache.get_seq_length() == 4
+            step = model(torch.randint(0, V, (1, 1)), use_cache=True, **{CACHE_FIELD: cache})
+            model.generate(torch.randint(1, V, (1, 4)), max_new_tokens=3, do_sample=False, pad_token_id=0)
+    finally:
+        root.removeHandler(handler)
+    assert step[CACHE_FIELD] is cache and cache.get_seq_length() == 5  # the cache passed in was extended
+    assert not [m for m in seen if "deprecated" in m], seen
 
 
 def test_save_and_auto_reload_identical_logits(tmp_path):

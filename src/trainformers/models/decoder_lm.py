@@ -10,6 +10,7 @@ K key/value heads, D head size, E experts.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,11 @@ from trainformers.config import MODEL_PRESETS
 from trainformers.losses import compute_router_auxiliary_loss, lm_loss
 
 PRESETS = MODEL_PRESETS  # name -> (hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads)
+
+# transformers 5.24 renamed the KV cache from `past_key_values` to `cache`, in `generate()`'s model
+# inputs and in the output classes, and warns on the old name. We accept both names as input and
+# return the cache under the name the installed output class declares, so no version warns.
+CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
 
 
 class DecoderLMConfig(PretrainedConfig):
@@ -54,7 +60,7 @@ class DecoderLMConfig(PretrainedConfig):
     """
 
     model_type = "trainformers_decoder"
-    keys_to_ignore_at_inference = ["past_key_values", "loss_terms"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values", "loss_terms"]
 
     def __init__(
         self,
@@ -398,6 +404,7 @@ class DecoderLM(PreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         num_items_in_batch: torch.Tensor | int | None = None,
         logits_to_keep: int = 0,
+        cache: Cache | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """Logits for every position (or the last `logits_to_keep`), and the loss when `labels` is given.
@@ -406,19 +413,22 @@ class DecoderLM(PreTrainedModel, GenerationMixin):
         `num_items_in_batch` the LM loss is summed and divided by it (gradient accumulation).
         Padding-free batches: pass `position_ids` that restart per document and no
         `attention_mask`; attention then stays inside each document (without a cache).
+        The KV cache comes as `cache` (transformers >= 5.24) or `past_key_values` (older).
         """
+        if cache is not None and past_key_values is not None:
+            raise ValueError("DecoderLM.forward: pass the KV cache as `cache` or `past_key_values`, not both")
+        kv = cache if cache is not None else past_key_values
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
         B, T, _ = x.shape
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        if use_cache and past_key_values is None and not self.training:
-            past_key_values = DynamicCache()
-        cache = past_key_values if use_cache or past_key_values is not None else None
-        past = cache.get_seq_length() if cache is not None else 0
+        if use_cache and kv is None and not self.training:
+            kv = DynamicCache()
+        past = kv.get_seq_length() if kv is not None else 0
         given_positions = position_ids is not None
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=x.device).expand(B, T)  # (B, T)
         packed = False
-        if given_positions and cache is None and attention_mask is None:
+        if given_positions and kv is None and attention_mask is None:
             # padding-free batch: positions restart inside a row (one host sync, only on this path)
             packed = bool((position_ids[:, 1:] <= position_ids[:, :-1]).any())
         mask = attention_mask_4d(attention_mask, position_ids, past, T, packed)
@@ -427,9 +437,9 @@ class DecoderLM(PreTrainedModel, GenerationMixin):
         for block in self.layers:
             if self.gradient_checkpointing and self.training:
                 # non-reentrant: the router statistics must keep their gradient through the recompute
-                x, stats = torch.utils.checkpoint.checkpoint(block, x, cos, sin, mask, cache, use_reentrant=False)
+                x, stats = torch.utils.checkpoint.checkpoint(block, x, cos, sin, mask, kv, use_reentrant=False)
             else:
-                x, stats = block(x, cos, sin, mask, cache)
+                x, stats = block(x, cos, sin, mask, kv)
             if stats is not None:
                 router_stats.append(stats)
         x = self.norm(x)
@@ -452,8 +462,8 @@ class DecoderLM(PreTrainedModel, GenerationMixin):
         return DecoderLMOutput(
             loss=loss,
             logits=logits,
-            past_key_values=cache if use_cache else None,
             loss_terms=terms if router_stats else None,
+            **{CACHE_FIELD: kv if use_cache else None},
         )
 
 
