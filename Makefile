@@ -1,16 +1,25 @@
 # The two commands a newcomer needs: `make train` (the embedded default run) and `make test`.
-# Each creates .venv on first use: the CPU build of torch first, then the package with its extras.
+# Each creates .venv on first use: the CPU build of torch first, then the package with its extras,
+# at exactly the versions in constraints.txt (the set the suite last passed with). `make test-latest`
+# runs the suite on the newest releases instead; `make lock` does that and, if it passes, writes them
+# to constraints.txt.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+LATEST := .venv-latest
+LOCK := constraints.txt
+# torch comes from a local CPU wheel on our machines (a bare `torch` would pull a CUDA build of GBs)
+TORCH := torch==2.13.0
+EXTRAS := .[dev,tensorboard]
 
-.PHONY: train test bench venv clean
+.PHONY: train test test-latest lock bench venv clean
 
-$(BIN)/trainformers: pyproject.toml
+$(BIN)/trainformers: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev,tensorboard]"
+	$(BIN)/pip install --quiet -c $(LOCK) pip
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -c $(LOCK) -e "$(EXTRAS)"
+	$(BIN)/pip check
 	touch $(BIN)/trainformers
 
 venv: $(BIN)/trainformers
@@ -21,9 +30,25 @@ train: venv
 test: venv
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
+# Not in CI: a fresh environment with the newest releases the index has, then the whole suite.
+# It prints which packages differ from constraints.txt before testing.
+test-latest:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install --quiet --upgrade pip
+	$(LATEST)/bin/pip install --quiet $(TORCH)
+	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e "$(EXTRAS)"
+	$(LATEST)/bin/pip check
+	$(LATEST)/bin/python tools/lock.py diff $(LOCK) $(LATEST)
+	$(LATEST)/bin/python -m pytest -q -n 2 --dist loadgroup
+
+# Refresh the pinned set: the newest releases, kept only if the whole suite passes with them.
+lock: test-latest
+	$(LATEST)/bin/python tools/lock.py write $(LOCK) $(LATEST)
+
 # the performance suite (bench/run_all.py): ~25 min on an idle machine, writes docs/benchmarks.md; not in CI
 bench: venv
 	$(BIN)/python bench/run_all.py
 
 clean:
-	rm -rf $(VENV) runs out .pytest_cache
+	rm -rf $(VENV) $(LATEST) runs out .pytest_cache

@@ -23,7 +23,8 @@ from ..checkpoint import _quiet_progress
 from ..errors import CheckpointError, ConfigError, did_you_mean
 
 __all__ = [
-    "ADAPTER_CONFIG", "adapter_dir", "apply_peft", "build_peft_config", "merge_and_save", "peft_methods", "use_adapter",
+    "ADAPTER_CONFIG", "adapter_dir", "adapter_methods_problem", "apply_peft", "build_peft_config", "merge_and_save",
+    "peft_methods", "use_adapter",
 ]  # fmt: skip
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -192,6 +193,33 @@ def apply_peft(
     return peft_model
 
 
+def adapter_methods_problem() -> str | None:
+    """Why transformers' own adapter methods can't run with the installed peft, in one line; None if they can.
+
+    transformers checks a minimum peft in `add_adapter`, `load_adapter`, `set_adapter`,
+    `active_adapters` and `from_pretrained` on an adapter directory, and a release can demand a
+    peft newer than any published (transformers 5.24 asks for 0.22 while 0.21.2 is the newest).
+    `apply_peft` and `peft.get_peft_model` don't go through those methods and keep working.
+    """
+    from importlib.metadata import version
+
+    import transformers
+    from packaging.version import Version
+
+    try:
+        from transformers.integrations.peft import MIN_PEFT_VERSION
+    except ImportError:  # transformers without the constant: it checks nothing
+        return None
+    installed = version("peft")
+    if Version(installed) >= Version(MIN_PEFT_VERSION):
+        return None
+    return (
+        f"transformers {transformers.__version__} needs peft >= {MIN_PEFT_VERSION} for model.add_adapter/"
+        f"load_adapter/set_adapter, but peft {installed} is installed; pip install 'peft>={MIN_PEFT_VERSION}', "
+        f"or wrap the model with trainformers.models.apply_peft (or peft.get_peft_model), which works with peft {installed}"
+    )
+
+
 def _adapter_names(model: nn.Module) -> list[str]:
     configs = getattr(model, "peft_config", None)
     return list(configs) if isinstance(configs, Mapping) else []
@@ -220,7 +248,8 @@ def use_adapter(model: nn.Module, name: str) -> Iterator[nn.Module]:
     names = _adapter_names(model)
     if name not in names:
         have = f"it has {', '.join(map(repr, names))}" if names else "it has none (apply_peft or add_adapter first)"
-        raise ConfigError(f"adapter {name!r} not found{did_you_mean(str(name), names)}; {have}")
+        problem = None if names else adapter_methods_problem()
+        raise ConfigError(f"adapter {name!r} not found{did_you_mean(str(name), names)}; {problem or have}")
     previous = _active_adapter(model)
     flags = [(param, param.requires_grad) for param in model.parameters()]
     model.set_adapter(name)
