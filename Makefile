@@ -20,6 +20,7 @@ $(BIN)/trainformers: pyproject.toml $(LOCK)
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -c $(LOCK) -e "$(EXTRAS)"
 	$(BIN)/pip check
+	$(BIN)/python tools/lock.py check $(LOCK) $(VENV)
 	touch $(BIN)/trainformers
 
 venv: $(BIN)/trainformers

@@ -5,6 +5,7 @@ Run by the Makefile with the Python of a fresh environment that holds the newest
 
     python tools/lock.py diff constraints.txt .venv-latest    # what the newest releases change
     python tools/lock.py write constraints.txt .venv-latest   # pin them (after the suite passed)
+    python tools/lock.py check constraints.txt .venv          # every pinned package installed as pinned
 
 Not `pip freeze`: it leaves out pip and setuptools (which tensorboard needs at run time), and it
 writes torch's local label (`2.13.0+cpu`), which no other machine's wheel carries.
@@ -54,6 +55,13 @@ def diff(lock: Path) -> None:
     print("\n".join(changes))
 
 
+def check(lock: Path) -> None:
+    pins, have = read_lock(lock), installed()
+    wrong = [f"{n} {have.get(n, 'missing')} (pinned {v})" for n, v in sorted(pins.items()) if have.get(n) != v]
+    if wrong:
+        sys.exit(f"{sys.prefix} does not match {lock}: {', '.join(wrong)}; rebuild it with make clean venv")
+
+
 def write(lock: Path) -> None:
     python = ".".join(map(str, sys.version_info[:2]))
     lines = [f"{name}=={version}" for name, version in sorted(installed().items())]
@@ -62,8 +70,9 @@ def write(lock: Path) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4 or sys.argv[1] not in ("diff", "write"):
-        sys.exit("usage: python tools/lock.py diff|write constraints.txt VENV (run with VENV's python)")
+    commands = {"diff": diff, "write": write, "check": check}
+    if len(sys.argv) != 4 or sys.argv[1] not in commands:
+        sys.exit("usage: python tools/lock.py diff|write|check constraints.txt VENV (run with VENV's python)")
     if Path(sys.prefix).resolve() != Path(sys.argv[3]).resolve():
         sys.exit(f"tools/lock.py reads the environment it runs in; run it with {sys.argv[3]}/bin/python")
-    (diff if sys.argv[1] == "diff" else write)(Path(sys.argv[2]))
+    commands[sys.argv[1]](Path(sys.argv[2]))
