@@ -14,11 +14,12 @@ EXTRAS := .[dev,tensorboard]
 
 .PHONY: train test test-latest lock bench venv clean
 
+# --no-build-isolation: the package is built by the pinned setuptools, not the newest one
 $(BIN)/trainformers: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -c $(LOCK) pip
+	$(BIN)/pip install --quiet -c $(LOCK) pip setuptools
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -c $(LOCK) -e "$(EXTRAS)"
+	$(BIN)/pip install --quiet --no-build-isolation -c $(LOCK) -e "$(EXTRAS)"
 	$(BIN)/pip check
 	$(BIN)/python tools/lock.py check $(LOCK) $(VENV)
 	touch $(BIN)/trainformers
@@ -38,7 +39,8 @@ test-latest:
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/pip install --quiet --upgrade pip
 	$(LATEST)/bin/pip install --quiet $(TORCH)
-	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e "$(EXTRAS)"
+	echo "$(TORCH)" > $(LATEST)/torch.txt  # everything newest but torch: eager upgrades would fetch a CUDA build
+	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -c $(LATEST)/torch.txt -e "$(EXTRAS)"
 	$(LATEST)/bin/pip check
 	$(LATEST)/bin/python tools/lock.py diff $(LOCK) $(LATEST)
 	$(LATEST)/bin/python -m pytest -q -n 2 --dist loadgroup

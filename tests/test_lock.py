@@ -21,9 +21,10 @@ def _lock_module():
 
 
 def _requirements() -> list[Requirement]:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    project, build = pyproject["project"], pyproject["build-system"]["requires"]
     extras = project["optional-dependencies"]
-    return [Requirement(r) for r in project["dependencies"] + extras["dev"] + extras["tensorboard"]]
+    return [Requirement(r) for r in project["dependencies"] + extras["dev"] + extras["tensorboard"] + build]
 
 
 def test_every_requirement_the_makefile_installs_is_pinned_inside_its_range():
