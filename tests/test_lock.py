@@ -61,3 +61,16 @@ def test_installed_names_are_canonical_and_leave_out_the_project():
     found = _lock_module().installed()
     assert "trainformers" not in found and "torch" in found and "+" not in found["torch"]
     assert all(name == name.lower() and "_" not in name for name in found)
+
+
+def test_floors_pin_every_runtime_dependency_at_its_lower_bound_but_torch(tmp_path):
+    lock = _lock_module()
+    lock.floors(tmp_path / "floors.txt")
+    pins = lock.read_lock(tmp_path / "floors.txt")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = {lock.canonical(Requirement(r).name) for r in project["dependencies"]}
+    assert set(pins) == names - {"torch"}
+    for requirement in map(Requirement, project["dependencies"]):
+        name = lock.canonical(requirement.name)
+        if name != "torch":
+            assert str(requirement.specifier) == f">={pins[name]}", f"{requirement}: give {name} a plain lower bound"

@@ -6,6 +6,7 @@ Run by the Makefile with the Python of a fresh environment that holds the newest
     python tools/lock.py diff constraints.txt .venv-latest    # what the newest releases change
     python tools/lock.py write constraints.txt .venv-latest   # pin them (after the suite passed)
     python tools/lock.py check constraints.txt .venv          # every pinned package installed as pinned
+    python tools/lock.py floors floors.txt .venv-oldest       # pyproject's lower bounds as pins
 
 Not `pip freeze`: it leaves out pip and setuptools (which tensorboard needs at run time), and it
 writes torch's local label (`2.13.0+cpu`), which no other machine's wheel carries.
@@ -62,6 +63,24 @@ def check(lock: Path) -> None:
         sys.exit(f"{sys.prefix} does not match {lock}: {', '.join(wrong)}; rebuild it with make clean venv")
 
 
+def floors(out: Path) -> None:
+    """Pin every runtime dependency of pyproject.toml at its lower bound (torch stays at the Makefile's).
+
+    Each must be a plain `name>=version` (tests/test_lock.py holds that), so no `packaging`, which a
+    fresh environment lacks, is needed to read it.
+    """
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    pins = []
+    for requirement in pyproject["project"]["dependencies"]:
+        name, lower = (part.strip() for part in requirement.split(">=", 1))
+        if canonical(name) != "torch":
+            pins.append(f"{canonical(name)}=={lower}")
+    out.write_text("\n".join(pins) + "\n")
+    print(f"pyproject's floors: {' '.join(pins)}")
+
+
 def write(lock: Path) -> None:
     python = ".".join(map(str, sys.version_info[:2]))
     lines = [f"{name}=={version}" for name, version in sorted(installed().items())]
@@ -70,9 +89,9 @@ def write(lock: Path) -> None:
 
 
 if __name__ == "__main__":
-    commands = {"diff": diff, "write": write, "check": check}
+    commands = {"diff": diff, "write": write, "check": check, "floors": floors}
     if len(sys.argv) != 4 or sys.argv[1] not in commands:
-        sys.exit("usage: python tools/lock.py diff|write|check constraints.txt VENV (run with VENV's python)")
+        sys.exit("usage: python tools/lock.py diff|write|check|floors FILE VENV (run with VENV's python)")
     if Path(sys.prefix).resolve() != Path(sys.argv[3]).resolve():
         sys.exit(f"tools/lock.py reads the environment it runs in; run it with {sys.argv[3]}/bin/python")
     commands[sys.argv[1]](Path(sys.argv[2]))
