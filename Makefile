@@ -13,7 +13,7 @@ LOCK := constraints.txt
 TORCH := torch==2.13.0
 EXTRAS := .[dev,tensorboard]
 
-.PHONY: train test test-latest test-oldest lock bench venv clean
+.PHONY: train test lint format test-latest test-oldest lock bench venv clean
 
 # --no-build-isolation: the package is built by the pinned setuptools, not the newest one
 $(BIN)/trainformers: pyproject.toml $(LOCK)
@@ -32,6 +32,16 @@ train: venv
 
 test: venv
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+
+# ruff (lint + format check) on everything, mypy on the package (allowlist in pyproject.toml); CI runs it
+lint: venv
+	$(BIN)/ruff check src tests tools bench examples
+	$(BIN)/ruff format --check src tests tools bench examples
+	$(BIN)/mypy
+
+format: venv
+	$(BIN)/ruff check --fix src tests tools bench examples
+	$(BIN)/ruff format src tests tools bench examples
 
 # Not in CI: a fresh environment with the newest releases the index has, then the whole suite.
 # It prints which packages differ from constraints.txt before testing.
