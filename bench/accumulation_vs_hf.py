@@ -20,8 +20,13 @@ import trainformers
 def model() -> torch.nn.Module:
     torch.manual_seed(0)
     config = transformers.BertConfig(
-        vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
     return transformers.BertForSequenceClassification(config)
 
@@ -36,9 +41,18 @@ def rows() -> Dataset:
 def step(lib, batch: int, accumulation: int) -> torch.Tensor:
     m = model()
     args = lib.TrainingArguments(
-        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
-        max_steps=1, learning_rate=0.1, optim="sgd", max_grad_norm=0.0, report_to="none", disable_tqdm=True,
-        train_sampling_strategy="sequential", logging_steps=1, save_strategy="no",
+        output_dir=tempfile.mkdtemp(),
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        max_steps=1,
+        learning_rate=0.1,
+        optim="sgd",
+        max_grad_norm=0.0,
+        report_to="none",
+        disable_tqdm=True,
+        train_sampling_strategy="sequential",
+        logging_steps=1,
+        save_strategy="no",
     )
     lib.Trainer(m, args, train_dataset=rows()).train()
     return m.classifier.weight.detach().clone()

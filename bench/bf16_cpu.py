@@ -126,20 +126,30 @@ def args_for(out: str, precision: str, steps: int, batch: int, logging_steps: in
     # decoder_lm.py's arguments; the data keeps its order, so both precisions see the same batches;
     # no report.png per run (seconds each, outside the timed steps but many of them)
     return dataclasses.replace(
-        training_args(out, steps, batch), bf16=precision == "bf16", logging_steps=logging_steps,
-        train_sampling_strategy="sequential", report_at_end=False,
+        training_args(out, steps, batch),
+        bf16=precision == "bf16",
+        logging_steps=logging_steps,
+        train_sampling_strategy="sequential",
+        report_at_end=False,
     )
 
 
-def train(precision: str, init, data, steps: int, batch: int, seq: int, callbacks=(), logging_steps: int = 100_000) -> Trainer:
+def train(
+    precision: str, init, data, steps: int, batch: int, seq: int, callbacks=(), logging_steps: int = 100_000
+) -> Trainer:
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(
-            model=build(seq, init), args=args_for(out, precision, steps, batch, logging_steps), train_dataset=data,
-            data_collator=default_data_collator, callbacks=list(callbacks),
+            model=build(seq, init),
+            args=args_for(out, precision, steps, batch, logging_steps),
+            train_dataset=data,
+            data_collator=default_data_collator,
+            callbacks=list(callbacks),
         )
         with contextlib.redirect_stdout(io.StringIO()):  # the per-step log rows and the end-of-training line
             trainer.train()
-    assert trainer.accelerator.mixed_precision == ("bf16" if precision == "bf16" else "no"), trainer.accelerator.mixed_precision
+    assert trainer.accelerator.mixed_precision == ("bf16" if precision == "bf16" else "no"), (
+        trainer.accelerator.mixed_precision
+    )
     return trainer
 
 
@@ -196,10 +206,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="valid paired rounds (median over them)")
     parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per measurement")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps at the start of each measurement")
+    parser.add_argument(
+        "--warmup", type=int, default=2, help="untimed optimizer steps at the start of each measurement"
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--curve-steps", type=int, default=60, help="optimizer steps of the loss-curve comparison (0: skip)")
+    parser.add_argument(
+        "--curve-steps", type=int, default=60, help="optimizer steps of the loss-curve comparison (0: skip)"
+    )
     parser.add_argument("--max-foreign", type=float, default=0.25, help="discard a round when others used more cores")
     parser.add_argument("--max-attempts", type=int, default=12, help="rounds tried at most")
     parser.add_argument("--no-tune-malloc", action="store_true")
@@ -215,7 +229,9 @@ def main() -> None:
     print(f"malloc: {malloc}; load average at start {os.getloadavg()[0]:.2f}")
     (fp32_peak, f1), (bf16_peak, f2) = matmul_rate(torch.float32), matmul_rate(torch.bfloat16)
     disturbed = " (DISTURBED by foreign load)" if max(f1, f2) > opts.max_foreign else ""
-    print(f"matmul: fp32 {fp32_peak:.0f} GFLOP/s, bf16 {bf16_peak:.0f} GFLOP/s, ratio {bf16_peak / fp32_peak:.2f}{disturbed}")
+    print(
+        f"matmul: fp32 {fp32_peak:.0f} GFLOP/s, bf16 {bf16_peak:.0f} GFLOP/s, ratio {bf16_peak / fp32_peak:.2f}{disturbed}"
+    )
 
     init = initial_state(opts.seq)
     total, n = matmul_params(build(opts.seq, init))
@@ -236,7 +252,9 @@ def main() -> None:
     while len(ratios) < opts.rounds and attempt < opts.max_attempts:
         load = os.getloadavg()[0]
         if load > torch.get_num_threads() + 1.5:
-            print(f"round {attempt + 1}: load average {load:.2f} far above our {torch.get_num_threads()} threads; waiting 20 s")
+            print(
+                f"round {attempt + 1}: load average {load:.2f} far above our {torch.get_num_threads()} threads; waiting 20 s"
+            )
             attempt += 1
             time.sleep(20)
             continue
@@ -292,9 +310,12 @@ def main() -> None:
         f"{curves['fp32'][0]:.3f} → {curves['fp32'][-1]:.3f}, bf16 {curves['bf16'][0]:.3f} → {curves['bf16'][-1]:.3f}; "
         f"|loss_bf16 − loss_fp32| / loss_fp32 at most **{max(dev):.4f}** (step {worst_step}), median "
         f"{statistics.median(dev):.4f}; the tolerance is {TOLERANCE}."
-        if curves else "Loss curve not measured (`--curve-steps 0`)."
+        if curves
+        else "Loss curve not measured (`--curve-steps 0`)."
     )
-    write_fragment(opts.markdown, f"""### bf16 autocast on CPU (`bench/bf16_cpu.py`)
+    write_fragment(
+        opts.markdown,
+        f"""### bf16 autocast on CPU (`bench/bf16_cpu.py`)
 
 Training tokens/s of the 20M `DecoderLM` ({total / 1e6:.2f}M parameters; hidden 512, 6 layers, 8 heads, 4 KV
 heads, vocabulary 8,192) through our `Trainer` with fused AdamW, fp32 against `bf16=True` (CPU autocast:
@@ -308,7 +329,8 @@ processes above {opts.max_foreign} cores discarded. Plain `torch.mm` on this mac
 Machine: {machine_line()}, {torch.get_num_threads()} torch threads. Command: `{command}`
 
 {table}
-""")
+""",
+    )
 
     if opts.profile:
         profile(opts, init, data)

@@ -64,7 +64,9 @@ def mean_std(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a DemoRunConfig field")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a DemoRunConfig field"
+    )
     args = parser.parse_args()
 
     rows: list[dict[str, Any]] = []
@@ -73,8 +75,15 @@ def main() -> None:
         start = time.perf_counter()
         base = run_baseline(cfg)
         demo = run_demo(cfg, echo=None)
-        rows.append({"seed": seed, "base": base["metrics"], "before": demo["before"], "after": demo["after"],
-                     "seconds": {"baseline": base["seconds"], **demo["seconds"]}})
+        rows.append(
+            {
+                "seed": seed,
+                "base": base["metrics"],
+                "before": demo["before"],
+                "after": demo["after"],
+                "seconds": {"baseline": base["seconds"], **demo["seconds"]},
+            }
+        )
         line = ", ".join(
             f"{d}: base {base['metrics'][f'{d}_exact_match']:.3f} / cycle {demo['after'][f'{d}_exact_match']:.3f}"
             for d, _ in COLUMNS
@@ -96,7 +105,9 @@ def main() -> None:
         for d, name in COLUMNS:
             key = f"{d}_{metric}"
             for r in rows:
-                out.append(f"| {r['seed']} | {metric} | {name} | {r['before'][key]:.3f} | {r['base'][key]:.3f} | {r['after'][key]:.3f} |")
+                out.append(
+                    f"| {r['seed']} | {metric} | {name} | {r['before'][key]:.3f} | {r['base'][key]:.3f} | {r['after'][key]:.3f} |"
+                )
             out.append(
                 f"| **mean ± std** | {metric} | {name} | {mean_std([r['before'][key] for r in rows])} | "
                 f"**{mean_std([r['base'][key] for r in rows])}** | **{mean_std([r['after'][key] for r in rows])}** |"
@@ -110,7 +121,9 @@ def main() -> None:
             f"torch threads {torch.get_num_threads()}, {platform.machine()})."
         ),
         "",
-        "Settings: `" + json.dumps({k2: v for k2, v in cfg.to_dict().items() if k2 not in ("seed", "output_dir")}) + "`",
+        "Settings: `"
+        + json.dumps({k2: v for k2, v in cfg.to_dict().items() if k2 not in ("seed", "output_dir")})
+        + "`",
     ]
     print("\n".join(out))
 

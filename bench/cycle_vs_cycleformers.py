@@ -33,7 +33,11 @@ def fmt(values: list[float], digits: int = 2) -> str:
     if not values:
         return "n/a"
     med = statistics.median(values)
-    return f"{med:.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})" if len(values) > 1 else f"{med:.{digits}f}"
+    return (
+        f"{med:.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
+        if len(values) > 1
+        else f"{med:.{digits}f}"
+    )
 
 
 def main() -> None:
@@ -55,11 +59,30 @@ def main() -> None:
         for mode in args.modes:
             for name, cmd in runners.items():
                 out = outdir / f"{mode}_{name.split()[0]}_{name.split()[-1].strip('()')}_{r}.json"
-                res = run([*cmd, "--mode", mode, "--steps", str(args.steps), "--threads", str(args.threads), "--out", str(out)], out)
+                res = run(
+                    [
+                        *cmd,
+                        "--mode",
+                        mode,
+                        "--steps",
+                        str(args.steps),
+                        "--threads",
+                        str(args.threads),
+                        "--out",
+                        str(out),
+                    ],
+                    out,
+                )
                 results.setdefault((mode, name), []).append(res)
-                print(f"# round {r} {mode} {name}: {res.get('steps_per_s', res.get('error'))}", file=sys.stderr, flush=True)
-    print(f"{args.steps} cycle steps, batch 16 per direction, {args.rounds} alternating rounds, medians (min–max); "
-          f"torch threads {args.threads}.\n")
+                print(
+                    f"# round {r} {mode} {name}: {res.get('steps_per_s', res.get('error'))}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    print(
+        f"{args.steps} cycle steps, batch 16 per direction, {args.rounds} alternating rounds, medians (min–max); "
+        f"torch threads {args.threads}.\n"
+    )
     print("| mode | library | cycle steps/s | samples/s | peak RSS MB | loss A first→last | loss B first→last |")
     print("|---|---|---|---|---|---|---|")
     for mode in args.modes:
@@ -68,11 +91,22 @@ def main() -> None:
             if not ok:
                 print(f"| {mode} | {name} | failed: {results[(mode, name)][0]['error'][-120:]!r} | | | | |")
                 continue
-            loss = {s: f"{statistics.median(x[f'first_loss_{s}'] for x in ok):.2f}→{statistics.median(x[f'last_loss_{s}'] for x in ok):.2f}"
-                    if ok[0].get(f"first_loss_{s}") is not None else "n/a" for s in "AB"}
-            print(f"| {mode} | {name} | {fmt([x['steps_per_s'] for x in ok], 3)} | {fmt([x['samples_per_s'] for x in ok], 1)} | "
-                  f"{fmt([x['peak_rss_mb_during_train'] for x in ok], 0)} | {loss['A']} | {loss['B']} |")
-    foreign = [x.get("foreign_cores_during_train") for v in results.values() for x in v if isinstance(x.get("foreign_cores_during_train"), (int, float))]
+            loss = {
+                s: f"{statistics.median(x[f'first_loss_{s}'] for x in ok):.2f}→{statistics.median(x[f'last_loss_{s}'] for x in ok):.2f}"
+                if ok[0].get(f"first_loss_{s}") is not None
+                else "n/a"
+                for s in "AB"
+            }
+            print(
+                f"| {mode} | {name} | {fmt([x['steps_per_s'] for x in ok], 3)} | {fmt([x['samples_per_s'] for x in ok], 1)} | "
+                f"{fmt([x['peak_rss_mb_during_train'] for x in ok], 0)} | {loss['A']} | {loss['B']} |"
+            )
+    foreign = [
+        x.get("foreign_cores_during_train")
+        for v in results.values()
+        for x in v
+        if isinstance(x.get("foreign_cores_during_train"), (int, float))
+    ]
     if foreign:
         print(f"\nOther processes used {max(foreign):.2f} cores at most during any run.")
 

@@ -60,10 +60,20 @@ import time
 import datasets
 import torch
 import transformers
+from _machine import (  # bench/_machine.py
+    CLK_TCK,
+    Load,
+    busy_jiffies,
+    command_line,
+    machine_line,
+    own_cpu,
+    spread,
+    tune_malloc,
+    write_fragment,
+)
 from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback, default_data_collator
 
 import trainformers
-from _machine import CLK_TCK, Load, busy_jiffies, command_line, machine_line, own_cpu, spread, tune_malloc, write_fragment  # bench/_machine.py
 from trainformers import DecoderLM, DecoderLMConfig, Trainer, TrainingArguments
 from trainformers.flops import model_flops
 from trainformers.models.decoder_lm import from_llama_state_dict
@@ -77,14 +87,6 @@ SIZES = {
 
 
 # ---- machine ---------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
 
 
 def cpu_model() -> str:
@@ -121,16 +123,35 @@ def matmul_peak(sizes=(1024, 1536, 2048), reps: int = 7) -> tuple[float, dict[in
 def configs(size: str, seq: int) -> tuple[LlamaConfig, DecoderLMConfig]:
     hidden, layers, heads, kv, vocab, _ = SIZES[size]
     dec = DecoderLMConfig(
-        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        num_key_value_heads=kv, max_position_embeddings=max(256, seq), dropout=0.0, tie_word_embeddings=True,
-        use_cache=False, attn_implementation="sdpa",
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        max_position_embeddings=max(256, seq),
+        dropout=0.0,
+        tie_word_embeddings=True,
+        use_cache=False,
+        attn_implementation="sdpa",
     )
     llama = LlamaConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=dec.intermediate_size, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=max(256, seq),
-        rms_norm_eps=dec.rms_norm_eps, rope_theta=dec.rope_theta, attention_dropout=0.0, attention_bias=False,
-        mlp_bias=False, tie_word_embeddings=True, use_cache=False, attn_implementation="sdpa",
-        initializer_range=dec.initializer_range, dtype=torch.float32,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=dec.intermediate_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        max_position_embeddings=max(256, seq),
+        rms_norm_eps=dec.rms_norm_eps,
+        rope_theta=dec.rope_theta,
+        attention_dropout=0.0,
+        attention_bias=False,
+        mlp_bias=False,
+        tie_word_embeddings=True,
+        use_cache=False,
+        attn_implementation="sdpa",
+        initializer_range=dec.initializer_range,
+        dtype=torch.float32,
     )
     return llama, dec
 
@@ -175,15 +196,28 @@ class StepClock(TrainerCallback):
         self.marks: list[tuple[float, float, int, int]] = []
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.marks.append((time.perf_counter(), own_cpu(), busy_jiffies(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt))
+        self.marks.append(
+            (time.perf_counter(), own_cpu(), busy_jiffies(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+        )
 
 
 def training_args(out: str, steps: int, batch: int) -> TrainingArguments:
     return TrainingArguments(
-        output_dir=out, max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-3,
-        optim="adamw_torch_fused", max_grad_norm=1.0, lr_scheduler_type="linear", weight_decay=0.0,
-        logging_steps=100_000, save_strategy="no", report_to="none", disable_tqdm=True, seed=0,
-        dataloader_pin_memory=False, report_at_end=False,
+        output_dir=out,
+        max_steps=steps,
+        per_device_train_batch_size=batch,
+        learning_rate=1e-3,
+        optim="adamw_torch_fused",
+        max_grad_norm=1.0,
+        lr_scheduler_type="linear",
+        weight_decay=0.0,
+        logging_steps=100_000,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=0,
+        dataloader_pin_memory=False,
+        report_at_end=False,
     )
 
 
@@ -194,7 +228,9 @@ def run_once(name: str, size: str, opts, init: dict[str, torch.Tensor], data_see
     data = random_blocks(opts.batch * (opts.warmup + steps), opts.seq, vocab, data_seed)
     with tempfile.TemporaryDirectory() as out:
         args = training_args(out, opts.warmup + steps, opts.batch)
-        trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=default_data_collator, callbacks=[clock])
+        trainer = Trainer(
+            model=model, args=args, train_dataset=data, data_collator=default_data_collator, callbacks=[clock]
+        )
         with contextlib.redirect_stdout(io.StringIO()):  # the end-of-training metrics line
             trainer.train()
     assert len(clock.marks) == opts.warmup + steps, len(clock.marks)
@@ -220,7 +256,8 @@ def check_parity(size: str, opts, init) -> float:
 
 def profile(size: str, opts, init) -> None:
     """torch.profiler over 3 steps (after 2 warm-up steps) of each model: the top ops by self CPU time."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     vocab = SIZES[size][4]
     for name in MODELS:
@@ -239,8 +276,11 @@ def profile(size: str, opts, init) -> None:
         cb = Prof()
         with tempfile.TemporaryDirectory() as out:
             trainer = Trainer(
-                model=model, args=training_args(out, 5, opts.batch), data_collator=default_data_collator,
-                train_dataset=random_blocks(opts.batch * 5, opts.seq, vocab, 0), callbacks=[cb],
+                model=model,
+                args=training_args(out, 5, opts.batch),
+                data_collator=default_data_collator,
+                train_dataset=random_blocks(opts.batch * 5, opts.seq, vocab, 0),
+                callbacks=[cb],
             )
             with contextlib.redirect_stdout(io.StringIO()):
                 trainer.train()
@@ -252,13 +292,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--rounds", type=int, default=5, help="valid paired rounds per size (median over them)")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default: 40 at 1M, 8 at 20M)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps at the start of each measurement")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="timed steps per measurement (default: 40 at 1M, 8 at 20M)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=2, help="untimed optimizer steps at the start of each measurement"
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--max-foreign", type=float, default=0.25, help="discard a round when others used more cores")
     parser.add_argument("--max-attempts", type=int, default=12, help="rounds tried at most per size")
-    parser.add_argument("--budget-s", type=float, default=420, help="stop starting rounds after this many seconds (once >= 3 are valid)")
+    parser.add_argument(
+        "--budget-s", type=float, default=420, help="stop starting rounds after this many seconds (once >= 3 are valid)"
+    )
     parser.add_argument("--no-tune-malloc", action="store_true")
     parser.add_argument("--profile", action="store_true", help="after the table, profile a few steps of each model")
     parser.add_argument("--markdown", help="write the docs/benchmarks.md fragment here (make bench)")
@@ -272,12 +318,14 @@ def main() -> None:
         f"trainformers {trainformers.__version__}"
     )
     print(f"malloc: {malloc}; load average at start {os.getloadavg()[0]:.2f}")
-    print(f"data: random token blocks, batch {opts.batch} x seq {opts.seq} = {opts.batch * opts.seq} tokens/step, packed, labels = input_ids")
+    print(
+        f"data: random token blocks, batch {opts.batch} x seq {opts.seq} = {opts.batch * opts.seq} tokens/step, packed, labels = input_ids"
+    )
 
     # the peak: measured once, on a quiet machine; when every try at start is disturbed, it is taken
     # again after the next kept round (quiet by then), and the table says which
     peak_note = ""
-    for attempt in range(6):
+    for _attempt in range(6):
         peak, per_size, foreign = matmul_peak()
         if foreign <= opts.max_foreign:
             break
@@ -329,7 +377,9 @@ def main() -> None:
                 break
             load = os.getloadavg()[0]
             if load > threads + 1.5:
-                print(f"{size} round {attempt + 1}: load average {load:.2f} far above our {threads} threads; waiting 20 s")
+                print(
+                    f"{size} round {attempt + 1}: load average {load:.2f} far above our {threads} threads; waiting 20 s"
+                )
                 attempt += 1
                 time.sleep(20)
                 continue
@@ -354,7 +404,11 @@ def main() -> None:
                 if not peak_clean:
                     again = matmul_peak()
                     if again[2] <= opts.max_foreign:
-                        (peak, per_size, foreign), peak_clean, peak_note = again, True, " (measured after a quiet round)"
+                        (peak, per_size, foreign), peak_clean, peak_note = (
+                            again,
+                            True,
+                            " (measured after a quiet round)",
+                        )
                         report_peak()
 
     if not any(ratios.values()):
@@ -385,17 +439,24 @@ def main() -> None:
         if ratios[size]:
             print(f"{size} per-round DecoderLM/Llama ratios: " + ", ".join(f"{r:.3f}" for r in ratios[size]))
     if opts.markdown:
-        rows = ["| model | size | params | tokens/s | DecoderLM / Llama | TFLOP/s | MFU | rounds |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+        rows = [
+            "| model | size | params | tokens/s | DecoderLM / Llama | TFLOP/s | MFU | rounds |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for size in opts.sizes:
             for m in MODELS if ratios[size] else ():
                 tok = [r["tok_s"] for r in results[size][m]]
                 flops = statistics.median(tok) * info[size]["flops_tok"]
                 ratio = spread(ratios[size], "{:.3f}") if m == "DecoderLM" else "1 (ref)"
-                rows.append(f"| {m} | {size} | {info[size]['params'] / 1e6:.2f}M | {spread(tok, '{:.0f}')} | {ratio} | "
-                            f"{flops / 1e12:.4f} | {spread([t * info[size]['flops_tok'] / (peak * 1e9) for t in tok], '{:.2f}')} | {len(tok)} |")
+                rows.append(
+                    f"| {m} | {size} | {info[size]['params'] / 1e6:.2f}M | {spread(tok, '{:.0f}')} | {ratio} | "
+                    f"{flops / 1e12:.4f} | {spread([t * info[size]['flops_tok'] / (peak * 1e9) for t in tok], '{:.2f}')} | {len(tok)} |"
+                )
         table = "\n".join(rows)
         command = command_line(opts.markdown)
-        write_fragment(opts.markdown, f"""### DecoderLM against LlamaForCausalLM, and MFU (`bench/decoder_lm.py`)
+        write_fragment(
+            opts.markdown,
+            f"""### DecoderLM against LlamaForCausalLM, and MFU (`bench/decoder_lm.py`)
 
 Training tokens/s of `DecoderLM` and a same-shape `LlamaForCausalLM` (same weights, identical
 logits) under our `Trainer` (fp32, sdpa, fused AdamW, clip 1.0, batch {opts.batch} x {opts.seq}), paired rounds
@@ -405,7 +466,8 @@ in alternating order, rounds with foreign CPU load discarded; median (min–max)
 Machine: {machine_line()}, {threads} threads. Command: `{command}`
 
 {table}
-""")
+""",
+        )
     print(f"total {time.perf_counter() - start:.0f} s after set-up")
 
     if opts.profile:

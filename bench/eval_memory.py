@@ -84,9 +84,17 @@ def child(setting: str, rows: int, seq: int, vocab: int) -> dict:
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=seq, tie_word_embeddings=True, use_cache=False,
-        attn_implementation="sdpa", pad_token_id=0,
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=seq,
+        tie_word_embeddings=True,
+        use_cache=False,
+        attn_implementation="sdpa",
+        pad_token_id=0,
     )
     model = LlamaForCausalLM(config)
     if setting == "full_fold":
@@ -97,11 +105,18 @@ def child(setting: str, rows: int, seq: int, vocab: int) -> dict:
 
     out = tempfile.mkdtemp(prefix="eval_memory_")  # the JSONL log goes there
     args = trainformers.TrainingArguments(
-        output_dir=out, per_device_eval_batch_size=BATCH, report_to="none", disable_tqdm=True,
-        prediction_loss_only=setting == "loss_only", report_at_end=False,
+        output_dir=out,
+        per_device_eval_batch_size=BATCH,
+        report_to="none",
+        disable_tqdm=True,
+        prediction_loss_only=setting == "loss_only",
+        report_at_end=False,
     )
     trainer = trainformers.Trainer(
-        model, args, data_collator=_pad, compute_metrics=metrics,
+        model,
+        args,
+        data_collator=_pad,
+        compute_metrics=metrics,
         preprocess_logits_for_metrics=(lambda logits, labels: logits.argmax(-1)) if setting == "argmax" else None,
     )
     data = eval_rows(rows, seq, vocab)
@@ -123,8 +138,13 @@ def child(setting: str, rows: int, seq: int, vocab: int) -> dict:
     widest = max(len(r["input_ids"]) for r in data)
     stored = {"loss_only": 0, "argmax": rows * widest * 8 * 2}.get(setting, rows * widest * (vocab * 4 + 8))
     return {
-        "growth_mb": peak - before, "peak_reset": reset, "seconds": seconds, "load": load.foreign(),
-        "stored_mb": stored / 2**20, "positions": positions, "eval_loss": result["eval_loss"],
+        "growth_mb": peak - before,
+        "peak_reset": reset,
+        "seconds": seconds,
+        "load": load.foreign(),
+        "stored_mb": stored / 2**20,
+        "positions": positions,
+        "eval_loss": result["eval_loss"],
     }
 
 
@@ -142,7 +162,7 @@ def concat_times(rows: int, seq: int, vocab: int) -> tuple[float, float]:
     from trainformers.evaluation import concat_outputs
 
     data = eval_rows(rows, seq, vocab)
-    widths = [max(len(r["input_ids"]) for r in data[i:i + BATCH]) for i in range(0, rows, BATCH)]
+    widths = [max(len(r["input_ids"]) for r in data[i : i + BATCH]) for i in range(0, rows, BATCH)]
     g = torch.Generator().manual_seed(0)
     times = []
     for join in (fold, concat_outputs):
@@ -182,14 +202,27 @@ def main() -> None:
     for repeat in range(opts.repeats):
         for setting in opts.settings:
             for rows in sizes:
-                cmd = [sys.executable, __file__, "--child", setting, str(rows), "--seq", str(opts.seq), "--vocab", str(opts.vocab)]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    setting,
+                    str(rows),
+                    "--seq",
+                    str(opts.seq),
+                    "--vocab",
+                    str(opts.vocab),
+                ]
                 done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
                 if done.returncode != 0:
                     sys.exit(f"{setting} {rows}: child failed\n{done.stderr[-3000:]}")
                 r = json.loads(done.stdout.strip().splitlines()[-1])
                 results.setdefault((setting, rows), []).append(r)
-                print(f"  {repeat + 1}/{opts.repeats} {setting:9s} {rows:5d} rows: peak +{r['growth_mb']:.1f} MB, "
-                      f"{r['seconds']:.2f} s, stored {r['stored_mb']:.1f} MB, load {r['load']:.2f}", flush=True)
+                print(
+                    f"  {repeat + 1}/{opts.repeats} {setting:9s} {rows:5d} rows: peak +{r['growth_mb']:.1f} MB, "
+                    f"{r['seconds']:.2f} s, stored {r['stored_mb']:.1f} MB, load {r['load']:.2f}",
+                    flush=True,
+                )
     if not all(r["peak_reset"] for rs in results.values() for r in rs):
         print("note: /proc/self/clear_refs was not writable; growth is measured against the start-up peak")
 
@@ -211,11 +244,15 @@ def main() -> None:
     concat_lines = ["| rows (full logits) | fold of nested_concat, s | one allocation, s |", "|---:|---:|---:|"]
     for rows in sizes:
         pairs = [concat_times(rows, opts.seq, opts.vocab) for _ in range(opts.repeats)]
-        concat_lines.append(f"| {rows} | {spread([p[0] for p in pairs], '{:.3f}')} | {spread([p[1] for p in pairs], '{:.3f}')} |")
+        concat_lines.append(
+            f"| {rows} | {spread([p[0] for p in pairs], '{:.3f}')} | {spread([p[1] for p in pairs], '{:.3f}')} |"
+        )
     concat_table = "\n".join(concat_lines)
     print(table, concat_table, sep="\n\n")
     command = command_line(opts.markdown)
-    write_fragment(opts.markdown, f"""### Evaluation memory (`bench/eval_memory.py`)
+    write_fragment(
+        opts.markdown,
+        f"""### Evaluation memory (`bench/eval_memory.py`)
 
 Peak RSS growth and time of `Trainer.evaluate()` on eval sets of N and 4N rows (Llama from config,
 hidden 64, 2 layers, vocab {opts.vocab}, rows of {opts.seq // 2}–{opts.seq} tokens, eval batch {BATCH}), each
@@ -231,7 +268,8 @@ Machine: {machine_line()}, {torch.get_num_threads()} threads. Command: `{command
 {table}
 
 {concat_table}
-""")
+""",
+    )
 
 
 if __name__ == "__main__":

@@ -45,11 +45,19 @@ import time
 import datasets
 import numpy as np
 import torch
+from _machine import (  # bench/_machine.py
+    CLK_TCK,
+    busy_jiffies,
+    command_line,
+    machine_line,
+    own_cpu,
+    spread,
+    write_fragment,
+)
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, TrainerCallback
 
 import trainformers
-from _machine import CLK_TCK, busy_jiffies, command_line, machine_line, own_cpu, spread, write_fragment  # bench/_machine.py
 from trainformers import Trainer, TrainingArguments
 from trainformers.config import DataSection
 from trainformers.data import make_collator
@@ -114,15 +122,19 @@ class Meter(TrainerCallback):
         self.marks.append((time.perf_counter(), self.tokens, self.fed, own_cpu(), busy_jiffies()))
 
 
-
-
-
-
 def make_model() -> LlamaForCausalLM:
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=4, max_position_embeddings=MAX_LEN, pad_token_id=PAD, eos_token_id=EOS, bos_token_id=EOS,
+        vocab_size=VOCAB,
+        hidden_size=256,
+        intermediate_size=704,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=MAX_LEN,
+        pad_token_id=PAD,
+        eos_token_id=EOS,
+        bos_token_id=EOS,
         use_cache=False,  # PaddingFreeCollator: a cache would switch per-document masking off
         attn_implementation="sdpa",
     )
@@ -147,9 +159,18 @@ def run_once(
         collator, _ = make_collator(DataSection(max_length=MAX_LEN, padding_free=True), tokenizer)
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
-            output_dir=out, max_steps=1 + steps, per_device_train_batch_size=batch[method], learning_rate=1e-3,
-            logging_steps=1000, save_strategy="no", report_to="none", disable_tqdm=True, seed=0, data_seed=data_seed,
-            dataloader_pin_memory=False, train_sampling_strategy=strategy,
+            output_dir=out,
+            max_steps=1 + steps,
+            per_device_train_batch_size=batch[method],
+            learning_rate=1e-3,
+            logging_steps=1000,
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            seed=0,
+            data_seed=data_seed,
+            dataloader_pin_memory=False,
+            train_sampling_strategy=strategy,
         )
         trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[meter])
         with contextlib.redirect_stdout(io.StringIO()):  # the end-of-training metrics line
@@ -158,8 +179,11 @@ def run_once(
     wall = t1 - t0
     foreign = max((b1 - b0) / CLK_TCK - (c1 - c0), 0.0) / wall
     return {
-        "tok_s": (n1 - n0) / wall, "foreign": foreign, "tokens_per_step": (n1 - n0) / steps,
-        "s_per_step": wall / steps, "real_share": (n1 - n0) / (f1 - f0),
+        "tok_s": (n1 - n0) / wall,
+        "foreign": foreign,
+        "tokens_per_step": (n1 - n0) / steps,
+        "s_per_step": wall / steps,
+        "real_share": (n1 - n0) / (f1 - f0),
     }
 
 
@@ -206,7 +230,7 @@ def main() -> None:
             attempt += 1
             time.sleep(20)
             continue
-        order = METHODS[attempt % len(METHODS):] + METHODS[: attempt % len(METHODS)]
+        order = METHODS[attempt % len(METHODS) :] + METHODS[: attempt % len(METHODS)]
         attempt += 1
         # Paired: in a round every method starts from the same weights and data seed; rounds
         # differ in data seed, so the medians cover several batch compositions.
@@ -243,7 +267,9 @@ def main() -> None:
     print(f"\nreal tokens/s, median (min–max) of {n} paired rounds ({opts.steps} timed steps each)\n{table}")
     print(f"total {time.perf_counter() - start:.0f} s after set-up")
     command = command_line(opts.markdown)
-    write_fragment(opts.markdown, f"""### Padding, packing and padding-free (`bench/padding.py`)
+    write_fragment(
+        opts.markdown,
+        f"""### Padding, packing and padding-free (`bench/padding.py`)
 
 Real (non-pad) tokens per second of training with our `Trainer` on variable-length documents:
 {corpus}, through `tokenize_for_pretraining`.
@@ -257,7 +283,8 @@ ratio to fixed-512 taken within each round; rounds with foreign CPU load above
 Machine: {machine_line()}, {threads} threads. Command: `{command}`
 
 {table}
-""")
+""",
+    )
 
 
 if __name__ == "__main__":

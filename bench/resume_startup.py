@@ -57,8 +57,15 @@ BATCH, SEQ, VOCAB = 8, 16, 64
 def tiny_llama() -> LlamaForCausalLM:
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=SEQ, pad_token_id=0, use_cache=False,
+        vocab_size=VOCAB,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=SEQ,
+        pad_token_id=0,
+        use_cache=False,
     )
     return LlamaForCausalLM(config)
 
@@ -85,9 +92,19 @@ class FirstStep(TrainerCallback):
 
 def args(out: Path, max_steps: int, save: bool) -> trainformers.TrainingArguments:
     return trainformers.TrainingArguments(
-        output_dir=str(out), per_device_train_batch_size=BATCH, max_steps=max_steps, learning_rate=1e-3,
-        save_strategy="steps" if save else "no", save_steps=1, logging_steps=100_000, report_to="none",
-        disable_tqdm=True, report_at_end=False, seed=0, optim="adamw_torch", dataloader_pin_memory=False,
+        output_dir=str(out),
+        per_device_train_batch_size=BATCH,
+        max_steps=max_steps,
+        learning_rate=1e-3,
+        save_strategy="steps" if save else "no",
+        save_steps=1,
+        logging_steps=100_000,
+        report_to="none",
+        disable_tqdm=True,
+        report_at_end=False,
+        seed=0,
+        optim="adamw_torch",
+        dataloader_pin_memory=False,
     )
 
 
@@ -111,8 +128,11 @@ def make_checkpoints(root: Path, data: Dataset, positions: list[int], steps_per_
 def measure(variant: str, data: Dataset, checkpoint: Path | None, out: Path, steps_per_epoch: int) -> float:
     clock = FirstStep()
     trainer = trainformers.Trainer(
-        tiny_llama(), args(checkpoint.parent if checkpoint else out, steps_per_epoch, save=False),
-        data_collator=collate, train_dataset=data, callbacks=[clock],
+        tiny_llama(),
+        args(checkpoint.parent if checkpoint else out, steps_per_epoch, save=False),
+        data_collator=collate,
+        train_dataset=data,
+        callbacks=[clock],
     )
     original = trainformers.trainer.skip_first_batches
     if variant == "walk":
@@ -150,13 +170,18 @@ def main() -> None:
         measure("fresh", data, None, root / "warm-up", steps_per_epoch)  # imports, first-call costs
         for repeat in range(opts.repeats):
             load = Load()
-            order = cases[repeat % len(cases):] + cases[: repeat % len(cases)]
+            order = cases[repeat % len(cases) :] + cases[: repeat % len(cases)]
             for variant, k in order:
                 out = root / f"fresh_{repeat}"
                 times[(variant, k)].append(measure(variant, data, checkpoints.get(k), out, steps_per_epoch))
             loads.append(load.foreign())
-            print(f"  round {repeat + 1}: " + ", ".join(f"{v}@{k} {times[(v, k)][-1] * 1e3:.0f} ms" for v, k in cases)
-                  + f"; load {loads[-1]:.2f}", file=sys.stderr, flush=True)
+            print(
+                f"  round {repeat + 1}: "
+                + ", ".join(f"{v}@{k} {times[(v, k)][-1] * 1e3:.0f} ms" for v, k in cases)
+                + f"; load {loads[-1]:.2f}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     lines = ["| start | position (step of 12,500) | jump (now), ms | walk (before), ms |", "|---|---:|---:|---:|"]
     lines.append(f"| fresh, no checkpoint | 0 | {spread([t * 1e3 for t in times[('fresh', None)]], '{:.0f}')} | |")
@@ -168,7 +193,9 @@ def main() -> None:
     table = "\n".join(lines)
     print(table + f"\n\nforeign load per round: {spread(loads, '{:.2f}')} cores")
     command = command_line(opts.markdown)
-    write_fragment(opts.markdown, f"""### Resume start-up (`bench/resume_startup.py`)
+    write_fragment(
+        opts.markdown,
+        f"""### Resume start-up (`bench/resume_startup.py`)
 
 Time from `Trainer.train(resume_from_checkpoint=...)` to the end of the first optimizer step, for
 checkpoints at several positions of one epoch ({opts.rows:,} rows of {SEQ} tokens, batch {BATCH}: {steps_per_epoch:,}
@@ -177,12 +204,13 @@ checkpoints are one real saved step with the position counters of trainer_state.
 all read the same files. "jump" is trainformers now (the sampler starts at the position); "walk" is
 Accelerate's `skip_first_batches`, which iterates the skipped indices (the code before, patched
 back in). Median (min–max) over {opts.repeats} rounds, order rotated; foreign CPU load per round
-{spread(loads, '{:.2f}')} cores.
+{spread(loads, "{:.2f}")} cores.
 
 Machine: {machine_line()}, {torch.get_num_threads()} threads. Command: `{command}`
 
 {table}
-""")
+""",
+    )
 
 
 if __name__ == "__main__":

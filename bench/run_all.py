@@ -74,9 +74,13 @@ def render(text: str, fragments: dict[str, str], header: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", nargs="+", choices=list(SUITE), help="run these scripts only (others keep their fragments)")
+    parser.add_argument(
+        "--only", nargs="+", choices=list(SUITE), help="run these scripts only (others keep their fragments)"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny settings; docs/benchmarks.md is not written")
-    parser.add_argument("--max-load", type=float, default=0.5, help="wait for the load average to fall below this before each script")
+    parser.add_argument(
+        "--max-load", type=float, default=0.5, help="wait for the load average to fall below this before each script"
+    )
     opts = parser.parse_args()
     names = opts.only or list(SUITE)
     fragments = fragments_in(DOC.read_text()) if DOC.exists() else {}

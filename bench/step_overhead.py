@@ -52,10 +52,16 @@ import time
 
 import torch
 import transformers
-from torch.utils.data import DataLoader
-from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback, default_data_collator, get_linear_schedule_with_warmup
-
 from _machine import Load, command_line, machine_line, spread, tune_malloc, write_fragment  # bench/_machine.py
+from torch.utils.data import DataLoader
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    TrainerCallback,
+    default_data_collator,
+    get_linear_schedule_with_warmup,
+)
+
 import trainformers
 
 # name -> (hidden, layers, heads, SwiGLU, vocab, timed steps, warm-up steps, steps per block)
@@ -71,9 +77,17 @@ BATCH, SEQ, LR = 8, 128, 1e-3
 def build(size: str) -> LlamaForCausalLM:
     hidden, layers, heads, inter, vocab = SIZES[size][:5]
     config = LlamaConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=SEQ,
-        tie_word_embeddings=True, use_cache=False, attn_implementation="sdpa", dtype=torch.float32,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=SEQ,
+        tie_word_embeddings=True,
+        use_cache=False,
+        attn_implementation="sdpa",
+        dtype=torch.float32,
     )
     torch.manual_seed(0)  # the same initial weights in every process
     return LlamaForCausalLM(config)
@@ -121,8 +135,13 @@ class GateCallback(TrainerCallback):
 
 
 def run_hand(model: torch.nn.Module, data: list, steps: int, gate: Gate) -> None:
-    loader = DataLoader(data, batch_size=BATCH, shuffle=True, collate_fn=default_data_collator,
-                        generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        data,
+        batch_size=BATCH,
+        shuffle=True,
+        collate_fn=default_data_collator,
+        generator=torch.Generator().manual_seed(0),
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0, fused=True)
     scheduler = get_linear_schedule_with_warmup(optimizer, 0, steps)
     model.train()
@@ -141,9 +160,19 @@ def run_hand(model: torch.nn.Module, data: list, steps: int, gate: Gate) -> None
 
 def trainer_args(cls, out: str, steps: int):
     return cls(
-        output_dir=out, max_steps=steps, per_device_train_batch_size=BATCH, learning_rate=LR,
-        optim="adamw_torch_fused", max_grad_norm=1.0, lr_scheduler_type="linear", weight_decay=0.0,
-        logging_steps=50, save_strategy="no", report_to="none", seed=0, dataloader_pin_memory=False,
+        output_dir=out,
+        max_steps=steps,
+        per_device_train_batch_size=BATCH,
+        learning_rate=LR,
+        optim="adamw_torch_fused",
+        max_grad_norm=1.0,
+        lr_scheduler_type="linear",
+        weight_decay=0.0,
+        logging_steps=50,
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+        dataloader_pin_memory=False,
     )
 
 
@@ -156,8 +185,13 @@ def run_trainer(variant: str, model: torch.nn.Module, data: list, steps: int, ga
         args = trainer_args(args_cls, out, steps)
         if variant == "ours":
             args.report_at_end = False
-        trainer = trainer_cls(model=model, args=args, train_dataset=data, data_collator=default_data_collator,
-                              callbacks=[GateCallback(gate)])
+        trainer = trainer_cls(
+            model=model,
+            args=args,
+            train_dataset=data,
+            data_collator=default_data_collator,
+            callbacks=[GateCallback(gate)],
+        )
         trainer.train()
 
 
@@ -222,7 +256,7 @@ def profile(variant: str, size: str) -> None:
     prof.enable()
     times = run_variant(variant, size, Gate())
     prof.disable()
-    print(f"{variant} {size}: {1 / statistics.median(times[SIZES[size][6]:]):.1f} steps/s under cProfile")
+    print(f"{variant} {size}: {1 / statistics.median(times[SIZES[size][6] :]):.1f} steps/s under cProfile")
     pstats.Stats(prof).sort_stats("tottime").print_stats(35)
 
 
@@ -251,19 +285,25 @@ def main() -> None:
         valid = attempts = 0
         while valid < opts.rounds and attempts < opts.max_attempts:
             attempts += 1
-            order = VARIANTS[attempts % 3:] + VARIANTS[: attempts % 3]
+            order = VARIANTS[attempts % 3 :] + VARIANTS[: attempts % 3]
             load = Load()
             rates = interleaved_round(size, order, opts.tune_malloc)
             foreign = load.foreign()
             line = ", ".join(f"{v} {rates[v]:.2f}" for v in VARIANTS)
             if foreign > opts.max_foreign:
-                print(f"  {size} round {attempts}: {line} steps/s; foreign load {foreign:.2f} cores: discarded", flush=True)
+                print(
+                    f"  {size} round {attempts}: {line} steps/s; foreign load {foreign:.2f} cores: discarded",
+                    flush=True,
+                )
                 continue
             valid += 1
             for v in VARIANTS:
                 per[v].append(rates[v])
-            print(f"  {size} round {attempts}: {line} steps/s; ours/hand {rates['ours'] / rates['hand']:.3f}, "
-                  f"hf/hand {rates['hf'] / rates['hand']:.3f}; foreign {foreign:.2f}", flush=True)
+            print(
+                f"  {size} round {attempts}: {line} steps/s; ours/hand {rates['ours'] / rates['hand']:.3f}, "
+                f"hf/hand {rates['hf'] / rates['hand']:.3f}; foreign {foreign:.2f}",
+                flush=True,
+            )
 
     lines = [
         "| size | hand-written loop, steps/s | trainformers, steps/s | ours / hand | HF Trainer, steps/s | HF / hand | rounds |",
@@ -281,7 +321,9 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     command = command_line(opts.markdown)
-    write_fragment(opts.markdown, f"""### Per-step overhead (`bench/step_overhead.py`)
+    write_fragment(
+        opts.markdown,
+        f"""### Per-step overhead (`bench/step_overhead.py`)
 
 Steps/s of the same training (Llama-shaped models from config, fp32, batch 8 x 128, fused AdamW,
 linear schedule, clip 1.0) written by hand in PyTorch, with `trainformers.Trainer`, and with
@@ -294,7 +336,8 @@ ratios per round. Sizes: nano (hidden 64, 2 layers, vocab 256), 1M (hidden 128, 
 Machine: {machine_line()}, {torch.get_num_threads()} threads per process. Command: `{command}`
 
 {table}
-""")
+""",
+    )
 
 
 if __name__ == "__main__":

@@ -108,10 +108,30 @@ def accelerate_launch(script, *args, processes: int = 2) -> None:
     On a machine without GPUs, --multi_gpu is accelerate's torchrun launcher; each process then
     finds no CUDA and joins a gloo group on the CPU (plain --cpu would need mpirun).
     """
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(Path(__file__).parents[1] / "src"),
+    }
     mode = "--multi_gpu" if processes > 1 else "--cpu"
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", mode, "--num_processes", str(processes),
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
-    done = subprocess.run([*launcher, str(script), *map(str, args)], check=False, capture_output=True, text=True,
-                          timeout=300, env=env)
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        mode,
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "0",
+    ]
+    done = subprocess.run(
+        [*launcher, str(script), *map(str, args)], check=False, capture_output=True, text=True, timeout=300, env=env
+    )
     assert done.returncode == 0, done.stderr[-4000:]

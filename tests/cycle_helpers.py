@@ -30,9 +30,16 @@ def tiny_causal(seed: int = 0, tok=None):
     torch.manual_seed(seed)
     return LlamaForCausalLM(
         LlamaConfig(
-            vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=128, bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
         )
     )
 
@@ -44,17 +51,36 @@ def tiny_t5(seed: int = 0, tok=None):
     torch.manual_seed(seed)
     return T5ForConditionalGeneration(
         T5Config(
-            vocab_size=len(tok), d_model=32, d_ff=64, num_layers=2, num_heads=4, d_kv=8, dropout_rate=0.0,
-            decoder_start_token_id=tok.pad_token_id, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+            vocab_size=len(tok),
+            d_model=32,
+            d_ff=64,
+            num_layers=2,
+            num_heads=4,
+            d_kv=8,
+            dropout_rate=0.0,
+            decoder_start_token_id=tok.pad_token_id,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
         )
     )
 
 
 def cycle_args(tmp_path, **overrides) -> CycleTrainingArguments:
     defaults = dict(
-        output_dir=str(tmp_path / "run"), per_device_train_batch_size=4, per_device_eval_batch_size=8,
-        learning_rate=3e-3, max_steps=4, logging_steps=1, save_strategy="no", report_to="none",
-        disable_tqdm=True, report_at_end=False, seed=0, optim="adamw_torch", max_new_tokens_A=8, max_new_tokens_B=8,
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=8,
+        learning_rate=3e-3,
+        max_steps=4,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        report_at_end=False,
+        seed=0,
+        optim="adamw_torch",
+        max_new_tokens_A=8,
+        max_new_tokens_B=8,
     )
     defaults.update(overrides)
     return CycleTrainingArguments(**defaults)

@@ -43,8 +43,16 @@ def markov_rows(n: int = 64, length: int = 16, seed: int = 0) -> Dataset:
 
 def tiny_decoder(seed: int = 0) -> DecoderLM:
     torch.manual_seed(seed)
-    return DecoderLM(DecoderLMConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                     num_key_value_heads=2, max_position_embeddings=64))
+    return DecoderLM(
+        DecoderLMConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+        )
+    )
 
 
 def _trainer(tmp_path, model, **overrides) -> Trainer:

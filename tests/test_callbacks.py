@@ -24,9 +24,21 @@ from trainformers.errors import ConfigError
 from trainformers.state import ExportableState, TrainerControl, TrainerState
 
 EVENTS = [
-    "on_init_end", "on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end",
-    "on_step_begin", "on_pre_optimizer_step", "on_optimizer_step", "on_substep_end",
-    "on_step_end", "on_evaluate", "on_predict", "on_save", "on_log", "on_prediction_step",
+    "on_init_end",
+    "on_train_begin",
+    "on_train_end",
+    "on_epoch_begin",
+    "on_epoch_end",
+    "on_step_begin",
+    "on_pre_optimizer_step",
+    "on_optimizer_step",
+    "on_substep_end",
+    "on_step_end",
+    "on_evaluate",
+    "on_predict",
+    "on_save",
+    "on_log",
+    "on_prediction_step",
     "on_push_begin",
 ]
 
@@ -34,10 +46,21 @@ EVENTS = [
 def make_args(**overrides):
     """The TrainingArguments attributes the callbacks read, with HF defaults."""
     args = dict(
-        output_dir="out", logging_strategy="steps", logging_steps=500, logging_first_step=False,
-        eval_strategy="no", eval_steps=None, eval_delay=0, save_strategy="steps", save_steps=500,
-        metric_for_best_model=None, greater_is_better=None, load_best_model_at_end=False,
-        disable_tqdm=False, max_steps=-1, num_train_epochs=3,
+        output_dir="out",
+        logging_strategy="steps",
+        logging_steps=500,
+        logging_first_step=False,
+        eval_strategy="no",
+        eval_steps=None,
+        eval_delay=0,
+        save_strategy="steps",
+        save_steps=500,
+        metric_for_best_model=None,
+        greater_is_better=None,
+        load_best_model_at_end=False,
+        disable_tqdm=False,
+        max_steps=-1,
+        num_train_epochs=3,
     )
     args.update(overrides)
     return SimpleNamespace(**args)
@@ -52,13 +75,16 @@ class Recorder(TrainerCallback):
 
     def __getattribute__(self, attr):
         if attr in EVENTS:
+
             def record(args, state, control, **kwargs):
                 self.calls.append((self.name, attr, kwargs))
+
             return record
         return super().__getattribute__(attr)
 
 
 # --- dispatch -------------------------------------------------------------------------------
+
 
 def test_every_hf_event_exists_with_hf_signature():
     hf = pytest.importorskip("transformers.trainer_callback")
@@ -82,9 +108,12 @@ def test_events_reach_a_class_and_an_instance_in_order_with_kwargs():
     handler.on_evaluate(args, state, control, metrics={"eval_loss": 2.0})
 
     assert [(n, e) for n, e, _ in instance.calls] == [
-        ("class", "on_train_begin"), ("instance", "on_train_begin"),
-        ("class", "on_log"), ("instance", "on_log"),
-        ("class", "on_evaluate"), ("instance", "on_evaluate"),
+        ("class", "on_train_begin"),
+        ("instance", "on_train_begin"),
+        ("class", "on_log"),
+        ("instance", "on_log"),
+        ("class", "on_evaluate"),
+        ("instance", "on_evaluate"),
     ]
     kwargs = instance.calls[0][2]
     assert kwargs["model"] == "MODEL" and kwargs["optimizer"] == "OPT" and kwargs["lr_scheduler"] == "SCHED"
@@ -184,12 +213,13 @@ def test_no_default_flow_callback_warns(caplog):
 
 # --- DefaultFlowCallback --------------------------------------------------------------------
 
-def run_steps(args, max_steps, logging_steps=500, eval_steps=500, save_steps=500, epochs=None,
-              flow=DefaultFlowCallback):
+
+def run_steps(
+    args, max_steps, logging_steps=500, eval_steps=500, save_steps=500, epochs=None, flow=DefaultFlowCallback
+):
     """Drive step events (and epoch ends every `epochs` steps); return {flag: [steps set]}."""
     handler = CallbackHandler([flow], None, None, None, None)
-    state = TrainerState(max_steps=max_steps, logging_steps=logging_steps, eval_steps=eval_steps,
-                         save_steps=save_steps)
+    state = TrainerState(max_steps=max_steps, logging_steps=logging_steps, eval_steps=eval_steps, save_steps=save_steps)
     control = handler.on_train_begin(args, state, TrainerControl())
     seen = {"log": [], "evaluate": [], "save": [], "stop": [], "epoch_end": []}
     for step in range(1, max_steps + 1):
@@ -259,12 +289,15 @@ def test_flow_zero_interval_never_fires():
     assert seen["log"] == [] and seen["save"] == [4] and seen["evaluate"] == [4]
 
 
-@pytest.mark.parametrize("overrides, epochs", [
-    ({"logging_first_step": True, "eval_strategy": "steps", "save_strategy": "steps"}, None),
-    ({"eval_strategy": "steps", "eval_delay": 9, "save_strategy": "best"}, 6),
-    ({"logging_strategy": "epoch", "eval_strategy": "epoch", "save_strategy": "epoch", "eval_delay": 2}, 5),
-    ({"logging_strategy": "no", "eval_strategy": "no", "save_strategy": "no"}, 4),
-])
+@pytest.mark.parametrize(
+    "overrides, epochs",
+    [
+        ({"logging_first_step": True, "eval_strategy": "steps", "save_strategy": "steps"}, None),
+        ({"eval_strategy": "steps", "eval_delay": 9, "save_strategy": "best"}, 6),
+        ({"logging_strategy": "epoch", "eval_strategy": "epoch", "save_strategy": "epoch", "eval_delay": 2}, 5),
+        ({"logging_strategy": "no", "eval_strategy": "no", "save_strategy": "no"}, 4),
+    ],
+)
 def test_flow_matches_the_installed_transformers(overrides, epochs, caplog):
     hf = pytest.importorskip("transformers.trainer_callback")
     args = make_args(**overrides)
@@ -274,8 +307,9 @@ def test_flow_matches_the_installed_transformers(overrides, epochs, caplog):
 
 def test_hf_early_stopping_runs_in_our_handler_like_ours(caplog):
     hf = pytest.importorskip("transformers.trainer_callback")
-    args = make_args(eval_strategy="steps", metric_for_best_model="accuracy",
-                     greater_is_better=True, load_best_model_at_end=True)
+    args = make_args(
+        eval_strategy="steps", metric_for_best_model="accuracy", greater_is_better=True, load_best_model_at_end=True
+    )
     values = [0.5, 0.6, 0.6, 0.55, 0.7, 0.7, 0.6, 0.65]
     ours = evaluate_sequence(EarlyStoppingCallback(2, 0.01), args, values)
     theirs = evaluate_sequence(hf.EarlyStoppingCallback(2, 0.01), args, values)
@@ -283,6 +317,7 @@ def test_hf_early_stopping_runs_in_our_handler_like_ours(caplog):
 
 
 # --- JsonlLoggerCallback ------------------------------------------------------------------
+
 
 def read_jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
@@ -327,6 +362,7 @@ def test_jsonl_fresh_run_leaves_file_alone(tmp_path):
 
 # --- EarlyStoppingCallback ----------------------------------------------------------------
 
+
 def evaluate_sequence(cb, args, values):
     """Feed evaluations like the trainer does; return the 1-based evaluation that stopped training."""
     handler = CallbackHandler([DefaultFlowCallback, cb], None, None, None, None)
@@ -345,8 +381,12 @@ def evaluate_sequence(cb, args, values):
 
 @pytest.mark.parametrize("greater_is_better, sign", [(True, 1.0), (False, -1.0)])
 def test_early_stopping_after_exactly_patience_bad_evaluations(greater_is_better, sign):
-    args = make_args(eval_strategy="steps", metric_for_best_model="accuracy",
-                     greater_is_better=greater_is_better, load_best_model_at_end=True)
+    args = make_args(
+        eval_strategy="steps",
+        metric_for_best_model="accuracy",
+        greater_is_better=greater_is_better,
+        load_best_model_at_end=True,
+    )
     values = [sign * v for v in [0.5, 0.6, 0.6, 0.55, 0.7, 0.7, 0.6, 0.65]]
     #                           new  new  =1   =2   new  =1   =2   =3  -> stops at 8 with patience 3
     assert evaluate_sequence(EarlyStoppingCallback(3), args, values) == 8
@@ -356,8 +396,12 @@ def test_early_stopping_after_exactly_patience_bad_evaluations(greater_is_better
 
 @pytest.mark.parametrize("greater_is_better, sign", [(True, 1.0), (False, -1.0)])
 def test_early_stopping_threshold(greater_is_better, sign):
-    args = make_args(eval_strategy="epoch", metric_for_best_model="eval_accuracy",
-                     greater_is_better=greater_is_better, load_best_model_at_end=True)
+    args = make_args(
+        eval_strategy="epoch",
+        metric_for_best_model="eval_accuracy",
+        greater_is_better=greater_is_better,
+        load_best_model_at_end=True,
+    )
     small_gains = [sign * v for v in [0.5, 0.505, 0.51, 0.515]]  # each +0.005 over the best
     assert evaluate_sequence(EarlyStoppingCallback(2, 0.01), args, small_gains) == 3
     assert evaluate_sequence(EarlyStoppingCallback(2, 0.001), args, small_gains) is None
@@ -390,10 +434,13 @@ def test_stateful_callbacks_keep_every_instance_of_a_class():
         TrainerState(stateful_callbacks=[PrinterCallback()])
 
 
-@pytest.mark.parametrize("overrides, field", [
-    ({"metric_for_best_model": None, "eval_strategy": "steps"}, "metric_for_best_model"),
-    ({"metric_for_best_model": "loss", "eval_strategy": "no"}, "eval_strategy"),
-])
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"metric_for_best_model": None, "eval_strategy": "steps"}, "metric_for_best_model"),
+        ({"metric_for_best_model": "loss", "eval_strategy": "no"}, "eval_strategy"),
+    ],
+)
 def test_early_stopping_misconfiguration_names_the_field(overrides, field):
     with pytest.raises(ConfigError, match=field) as info:
         EarlyStoppingCallback().on_train_begin(make_args(**overrides), TrainerState(), TrainerControl())
@@ -426,12 +473,25 @@ def test_early_stopping_missing_metric_warns_once_and_disables(caplog):
 
 # --- TrainerState / TrainerControl --------------------------------------------------------
 
+
 def test_trainer_state_json_round_trip_with_our_fields(tmp_path):
     state = TrainerState(
-        epoch=1.25, global_step=40, max_steps=100, logging_steps=5, eval_steps=10, save_steps=20,
-        num_input_tokens_seen=12345, total_flos=1.5e12, best_metric=0.25, best_global_step=30,
-        best_model_checkpoint="out/checkpoint-30", log_history=[{"loss": 0.1 + 0.2, "step": 5}],
-        micro_step=160, epoch_step=12, pending_loss=0.1 + 0.7, pending_loss_steps=3,
+        epoch=1.25,
+        global_step=40,
+        max_steps=100,
+        logging_steps=5,
+        eval_steps=10,
+        save_steps=20,
+        num_input_tokens_seen=12345,
+        total_flos=1.5e12,
+        best_metric=0.25,
+        best_global_step=30,
+        best_model_checkpoint="out/checkpoint-30",
+        log_history=[{"loss": 0.1 + 0.2, "step": 5}],
+        micro_step=160,
+        epoch_step=12,
+        pending_loss=0.1 + 0.7,
+        pending_loss_steps=3,
         trial_params={"lr": 0.001},
     )
     path = tmp_path / "trainer_state.json"
@@ -472,6 +532,7 @@ def test_trainer_control_resets_and_exports():
 
 
 # --- ProgressCallback / PrinterCallback / TrackerCallback ---------------------------------
+
 
 def drive_a_short_run(cb, args, state):
     handler = CallbackHandler([DefaultFlowCallback, cb], None, None, None, None)

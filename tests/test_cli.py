@@ -18,17 +18,40 @@ from trainformers.cli import main
 
 # the embedded default run, shrunk so the test takes seconds (same code path, smaller numbers)
 SMALL = [
-    "--model.hidden_size", "32", "--model.num_layers", "1", "--model.num_heads", "2", "--model.num_kv_heads", "1",
-    "--model.vocab_size", "300", "--data.num_samples", "30", "--data.max_length", "32",
-    "--training.logging_steps", "2", "--training.eval_steps", "4", "--training.save_steps", "4",
-    "--model.sample_max_new_tokens", "5",
+    "--model.hidden_size",
+    "32",
+    "--model.num_layers",
+    "1",
+    "--model.num_heads",
+    "2",
+    "--model.num_kv_heads",
+    "1",
+    "--model.vocab_size",
+    "300",
+    "--data.num_samples",
+    "30",
+    "--data.max_length",
+    "32",
+    "--training.logging_steps",
+    "2",
+    "--training.eval_steps",
+    "4",
+    "--training.save_steps",
+    "4",
+    "--model.sample_max_new_tokens",
+    "5",
 ]
 
 
 def cli(*argv: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "trainformers.cli", *argv], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+        [sys.executable, "-m", "trainformers.cli", *argv],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
     )
 
 
@@ -42,8 +65,16 @@ def test_default_run_writes_what_it_promises(tmp_path):
     done = cli("train", *SMALL, "--training.max_steps", "8", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "runs" / "default"
-    for name in ("config.yaml", "log.jsonl", "report.png", "final/model.safetensors", "final/config.json",
-                 "final/tokenizer.json", "tokenizer/tokenizer.json", "checkpoint-8/trainer_state.json"):
+    for name in (
+        "config.yaml",
+        "log.jsonl",
+        "report.png",
+        "final/model.safetensors",
+        "final/config.json",
+        "final/tokenizer.json",
+        "tokenizer/tokenizer.json",
+        "checkpoint-8/trainer_state.json",
+    ):
         assert (run / name).is_file(), name
     assert (run / "runs").is_dir()  # TensorBoard events (the dev install has tensorboard)
     assert json.loads((run / "final" / "config.json").read_text())["model_type"] == "trainformers_decoder"
@@ -66,15 +97,29 @@ def test_default_run_writes_what_it_promises(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
-    args = [*SMALL, "--model.hidden_size", "64", "--training.max_steps", "100", "--training.save_steps", "5",
-            "--training.eval_strategy", "no", "--model.sample_prompt", "''"]
+    args = [
+        *SMALL,
+        "--model.hidden_size",
+        "64",
+        "--training.max_steps",
+        "100",
+        "--training.save_steps",
+        "5",
+        "--training.eval_strategy",
+        "no",
+        "--model.sample_prompt",
+        "''",
+    ]
     full = cli("train", *args, "--training.output_dir", "full", cwd=tmp_path)
     assert full.returncode == 0, full.stderr[-3000:]
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "trainformers.cli", "train", *args, "--training.output_dir", "killed"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
     )
     killed = tmp_path / "killed"
     deadline = time.time() + 240
@@ -86,10 +131,15 @@ def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
     proc.wait()
     assert not (killed / "final").exists()
 
-    resumed = cli("train", *args, "--training.output_dir", "killed", "--training.resume_from_checkpoint", "true", cwd=tmp_path)
+    resumed = cli(
+        "train", *args, "--training.output_dir", "killed", "--training.resume_from_checkpoint", "true", cwd=tmp_path
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert log_losses(killed) == log_losses(tmp_path / "full")
-    a, b = load_file(tmp_path / "full" / "final" / "model.safetensors"), load_file(killed / "final" / "model.safetensors")
+    a, b = (
+        load_file(tmp_path / "full" / "final" / "model.safetensors"),
+        load_file(killed / "final" / "model.safetensors"),
+    )
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
@@ -107,7 +157,10 @@ def run_main(capsys, *argv):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--training.lerning_rate", "1"], "unknown key 'training.lerning_rate' in the command line (did you mean 'training.learning_rate'?)"),
+        (
+            ["--training.lerning_rate", "1"],
+            "unknown key 'training.lerning_rate' in the command line (did you mean 'training.learning_rate'?)",
+        ),
         (["--trainig.seed", "1"], "did you mean 'training'"),
         (["--training.learning_rate", "fast"], "learning_rate must be a number, got 'fast'"),
         (["--training.fp16", "--training.bf16"], "Can't set both fp16 and bf16"),
@@ -116,7 +169,10 @@ def run_main(capsys, *argv):
         (["--training.optim", "adamw_8bit"], "adamw_8bit"),
         (["--data.source", "missing.jsonl"], "data.source 'missing.jsonl' not found"),
         (["--training.resume_from_checkpoint", "nowhere/checkpoint-3"], "does not exist"),
-        (["--model.hidden_size", "30", "--model.num_heads", "4"], "model.hidden_size=30 must be divisible by model.num_heads=4"),
+        (
+            ["--model.hidden_size", "30", "--model.num_heads", "4"],
+            "model.hidden_size=30 must be divisible by model.num_heads=4",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, argv, message):
@@ -135,8 +191,18 @@ def test_missing_config_file(tmp_path, capsys, monkeypatch):
 
 def test_existing_run_is_refused_and_untouched(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    base = ["train", *SMALL, "--training.max_steps", "4", "--training.output_dir", "run",
-            "--training.overwrite_output_dir", "false", "--model.sample_prompt", "''"]
+    base = [
+        "train",
+        *SMALL,
+        "--training.max_steps",
+        "4",
+        "--training.output_dir",
+        "run",
+        "--training.overwrite_output_dir",
+        "false",
+        "--model.sample_prompt",
+        "''",
+    ]
     assert main(base) == 0
     capsys.readouterr()
     run = tmp_path / "run"
@@ -166,12 +232,31 @@ def test_instruction_example_fine_tunes_the_default_model(tmp_path):
     root = Path(__file__).resolve().parents[1]
     base = cli("train", *SMALL, "--training.max_steps", "4", "--model.sample_prompt", "''", cwd=tmp_path)
     assert base.returncode == 0, base.stderr[-3000:]
-    done = cli("train", str(root / "examples" / "instruct_default.yaml"),
-               "--data.source", str(root / "examples" / "data" / "python_help.jsonl"),
-               "--data.num_samples", "60", "--data.max_length", "128", "--training.max_steps", "4",
-               "--training.eval_strategy", "steps", "--training.eval_steps", "2", "--training.save_strategy", "steps",
-               "--training.save_steps", "2", "--training.logging_steps", "1", "--model.sample_max_new_tokens", "5",
-               cwd=tmp_path)
+    done = cli(
+        "train",
+        str(root / "examples" / "instruct_default.yaml"),
+        "--data.source",
+        str(root / "examples" / "data" / "python_help.jsonl"),
+        "--data.num_samples",
+        "60",
+        "--data.max_length",
+        "128",
+        "--training.max_steps",
+        "4",
+        "--training.eval_strategy",
+        "steps",
+        "--training.eval_steps",
+        "2",
+        "--training.save_strategy",
+        "steps",
+        "--training.save_steps",
+        "2",
+        "--training.logging_steps",
+        "1",
+        "--model.sample_max_new_tokens",
+        "5",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "runs" / "instruct"
     assert (run / "final" / "model.safetensors").is_file()
@@ -193,7 +278,21 @@ def test_run_trains_its_tokenizer_where_model_tokenizer_points(tmp_path, capsys,
 
 def test_lr_find_command_suggests_and_leaves_a_run_alone(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["train", *SMALL, "--training.max_steps", "2", "--training.output_dir", "run", "--model.sample_prompt", "''"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *SMALL,
+                "--training.max_steps",
+                "2",
+                "--training.output_dir",
+                "run",
+                "--model.sample_prompt",
+                "''",
+            ]
+        )
+        == 0
+    )
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if "tokenizer" not in p.parts}
     capsys.readouterr()
     assert main(["lr-find", *SMALL, "--training.output_dir", "run"]) == 0
@@ -205,8 +304,20 @@ def test_lr_find_command_suggests_and_leaves_a_run_alone(tmp_path, capsys, monke
 
 def test_learning_rate_auto_trains_with_the_suggestion(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code = main(["train", *SMALL, "--training.max_steps", "2", "--training.learning_rate", "auto",
-                 "--training.output_dir", "auto", "--model.sample_prompt", "''"])
+    code = main(
+        [
+            "train",
+            *SMALL,
+            "--training.max_steps",
+            "2",
+            "--training.learning_rate",
+            "auto",
+            "--training.output_dir",
+            "auto",
+            "--model.sample_prompt",
+            "''",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "learning_rate: auto ->" in out and (tmp_path / "auto" / "lr_find.png").is_file()
     saved = json.loads((tmp_path / "auto" / "final" / "training_args.json").read_text())
@@ -235,7 +346,12 @@ def test_overwrite_with_bad_data_destroys_nothing(tmp_path, capsys, monkeypatch)
 
 def test_report_command(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["train", *SMALL, "--training.max_steps", "4", "--training.output_dir", "r", "--model.sample_prompt", "''"]) == 0
+    assert (
+        main(
+            ["train", *SMALL, "--training.max_steps", "4", "--training.output_dir", "r", "--model.sample_prompt", "''"]
+        )
+        == 0
+    )
     (tmp_path / "r" / "report.png").unlink()
     capsys.readouterr()
     assert main(["report", "r"]) == 0
@@ -254,10 +370,22 @@ def test_cycle_command_runs_a_run_file_and_rejects_bad_input(tmp_path, capsys):
     config = {
         "model_A": {"preset": "nano", "vocab_size": 300, "max_position_embeddings": 64},
         "model_B": {"preset": "nano", "vocab_size": 300, "max_position_embeddings": 64, "num_layers": 1},
-        "data": {"task": "demo", "options": {"n_paired_train": 16, "n_unpaired_A": 64, "n_unpaired_B": 64, "n_eval": 8}},
-        "training": {"output_dir": str(tmp_path / "run"), "max_steps": 4, "warmup_paired_steps": 2,
-                     "per_device_train_batch_size": 4, "logging_steps": 2, "metrics": ["exact_match"],
-                     "max_new_tokens_A": 6, "max_new_tokens_B": 6, "report_to": [], "disable_tqdm": True},
+        "data": {
+            "task": "demo",
+            "options": {"n_paired_train": 16, "n_unpaired_A": 64, "n_unpaired_B": 64, "n_eval": 8},
+        },
+        "training": {
+            "output_dir": str(tmp_path / "run"),
+            "max_steps": 4,
+            "warmup_paired_steps": 2,
+            "per_device_train_batch_size": 4,
+            "logging_steps": 2,
+            "metrics": ["exact_match"],
+            "max_new_tokens_A": 6,
+            "max_new_tokens_B": 6,
+            "report_to": [],
+            "disable_tqdm": True,
+        },
     }
     path = tmp_path / "cycle.yaml"
     path.write_text(yaml.safe_dump(config))

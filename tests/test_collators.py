@@ -442,7 +442,7 @@ def test_bin_packed_batch_equals_documents_run_alone(llama):
             for r in range(batch["input_ids"].shape[0]):
                 row = batch["input_ids"][r].tolist()
                 for start in range(len(row) - len(doc) + 1):
-                    if row[start:start + len(doc)] == doc and batch["position_ids"][r, start] == 0:
-                        torch.testing.assert_close(logits[r, start:start + len(doc)], alone, atol=1e-5, rtol=1e-5)
+                    if row[start : start + len(doc)] == doc and batch["position_ids"][r, start] == 0:
+                        torch.testing.assert_close(logits[r, start : start + len(doc)], alone, atol=1e-5, rtol=1e-5)
                         found = True
             assert found

@@ -68,7 +68,15 @@ def test_core_defaults_equal_installed_transformers(name):
 def test_fields_are_transformers_fields_except_documented_extras():
     ours = {f.name for f in dataclasses.fields(TrainingArguments)} - ALIASES
     # Spellings transformers 5 dropped but users still write; kept as real fields.
-    assert ours - HF_FIELDS.keys() == {"logging_dir", "overwrite_output_dir", "group_by_length", "param_groups", "loraplus_lr_ratio", "report_at_end", "peak_tflops"}
+    assert ours - HF_FIELDS.keys() == {
+        "logging_dir",
+        "overwrite_output_dir",
+        "group_by_length",
+        "param_groups",
+        "loraplus_lr_ratio",
+        "report_at_end",
+        "peak_tflops",
+    }
 
 
 def test_every_scheduler_of_installed_transformers_is_accepted():
@@ -144,9 +152,7 @@ def test_warmup_steps_and_warmup_ratio_contradict():
 def test_unknown_keyword_is_a_config_error_with_suggestion():
     with pytest.raises(ConfigError) as info:
         TrainingArguments(lerning_rate=1e-3)
-    assert str(info.value) == (
-        "TrainingArguments got an unknown field 'lerning_rate' (did you mean 'learning_rate'?)"
-    )
+    assert str(info.value) == ("TrainingArguments got an unknown field 'lerning_rate' (did you mean 'learning_rate'?)")
 
 
 @pytest.mark.parametrize("name", ["use_liger_kernel", "neftune_noise_alpha"])

@@ -71,9 +71,7 @@ def test_demo_sizes_disjoint_and_unpaired():
     assert (len(demo.paired_train), len(demo.unpaired_A), len(demo.unpaired_B), len(demo.paired_eval)) == (
         64, 2000, 2000, 200,
     )  # fmt: skip
-    assert demo.unpaired_A.column_names == [
-        "text"
-    ] and demo.paired_eval.column_names == ["text_A", "text_B"]
+    assert demo.unpaired_A.column_names == ["text"] and demo.paired_eval.column_names == ["text_A", "text_B"]
     a, b, ev, pt = _nums(demo)
     assert None not in a and len(a) == 2000 and len(b) == 2000  # all valid and distinct
     assert not (a & b)  # A and B come from different numbers: nothing to line up
@@ -115,18 +113,14 @@ def test_demo_deterministic_and_configurable():
 def test_demo_config_errors():
     with pytest.raises(ConfigError, match="max_number=99 gives 100"):
         DemoConfig(max_number=99)
-    with pytest.raises(
-        ConfigError, match=r"unknown field 'n_evl'.*did you mean 'n_eval'"
-    ):
+    with pytest.raises(ConfigError, match=r"unknown field 'n_evl'.*did you mean 'n_eval'"):
         DemoConfig.from_dict({"n_evl": 3})
     with pytest.raises(ConfigError, match="n_eval=-1"):
         DemoConfig(n_eval=-1)
 
 
 def test_exact_match():
-    assert exact_match(
-        [" Forty  Two", "7", "x"], ["forty two", "7 ", "y"]
-    ) == pytest.approx(2 / 3)
+    assert exact_match([" Forty  Two", "7", "x"], ["forty two", "7 ", "y"]) == pytest.approx(2 / 3)
     assert exact_match([], []) == 0.0
     with pytest.raises(DataError, match="2 predictions but 1 references"):
         exact_match(["a", "b"], ["a"])
@@ -147,9 +141,7 @@ def _idx(texts):
 
 
 def test_translation_columns_split_is_disjoint_and_unpaired():
-    task = TranslationTask(
-        TranslationConfig(lang_A="en", lang_B="de", eval_size=8, seed=0)
-    )
+    task = TranslationTask(TranslationConfig(lang_A="en", lang_B="de", eval_size=8, seed=0))
     out = task.build(Dataset.from_dict(_parallel()))
     ev = _idx(out.paired_eval["text_A"])
     a, b = _idx(out.unpaired_A["text"]), _idx(out.unpaired_B["text"])
@@ -158,9 +150,7 @@ def test_translation_columns_split_is_disjoint_and_unpaired():
     assert not (ev & (a | b))
     assert all(t.startswith("english") for t in out.unpaired_A["text"])
     assert all(t.startswith("deutsch") for t in out.unpaired_B["text"])
-    assert all(
-        r["text_A"].split()[-1] == r["text_B"].split()[-1] for r in out.paired_eval
-    )
+    assert all(r["text_A"].split()[-1] == r["text_B"].split()[-1] for r in out.paired_eval)
     assert out.paired_train is None
 
 
@@ -193,12 +183,8 @@ def test_translation_options():
         "s_A",
         "s_B",
     ]
-    assert (
-        len(out.paired_train) == 6 and len(out.unpaired_A) == len(out.unpaired_B) == 30
-    )
-    assert _idx(out.unpaired_A["s"]) == _idx(
-        out.unpaired_B["s"]
-    )  # disjoint=False: both sides see all
+    assert len(out.paired_train) == 6 and len(out.unpaired_A) == len(out.unpaired_B) == 30
+    assert _idx(out.unpaired_A["s"]) == _idx(out.unpaired_B["s"])  # disjoint=False: both sides see all
     assert not (_idx(out.paired_train["s_A"]) & _idx(out.unpaired_A["s"]))
     # a DatasetDict's validation split is the paired eval set; its sentences are kept out of training
     dd = DatasetDict(
@@ -209,9 +195,7 @@ def test_translation_options():
     )
     out = TranslationTask({"lang_A": "en", "lang_B": "de"}).build(dd)
     assert out.paired_eval["text_A"] == ["english 0", "english 1", "english 2"]
-    assert not (
-        {0, 1, 2} & (_idx(out.unpaired_A["text"]) | _idx(out.unpaired_B["text"]))
-    )
+    assert not ({0, 1, 2} & (_idx(out.unpaired_A["text"]) | _idx(out.unpaired_B["text"])))
     # rows with an empty side are skipped
     out = TranslationTask({"lang_A": "en", "lang_B": "de", "eval_size": 1}).build(
         {
@@ -219,43 +203,25 @@ def test_translation_options():
             "de": ["x 1", "y 2", None] + [f"g {i}" for i in range(4, 20)],
         }
     )
-    seen = (
-        _idx(out.paired_eval["text_A"])
-        | _idx(out.unpaired_A["text"])
-        | _idx(out.unpaired_B["text"])
-    )
+    seen = _idx(out.paired_eval["text_A"]) | _idx(out.unpaired_A["text"]) | _idx(out.unpaired_B["text"])
     assert seen == {1} | set(range(4, 20))
 
 
 def test_translation_errors():
-    with pytest.raises(
-        DataError, match=r"lang_B='fr': no such column.*columns present: \['en', 'de'\]"
-    ):
+    with pytest.raises(DataError, match=r"lang_B='fr': no such column.*columns present: \['en', 'de'\]"):
         TranslationTask({"lang_A": "en", "lang_B": "fr"}).build(_parallel())
-    with pytest.raises(
-        DataError, match=r"lang_B='fr': no such key.*keys present: \['de', 'en'\]"
-    ):
-        TranslationTask({"lang_A": "en", "lang_B": "fr"}).build(
-            {"translation": [{"en": "a", "de": "b"}]}
-        )
+    with pytest.raises(DataError, match=r"lang_B='fr': no such key.*keys present: \['de', 'en'\]"):
+        TranslationTask({"lang_A": "en", "lang_B": "fr"}).build({"translation": [{"en": "a", "de": "b"}]})
     with pytest.raises(ConfigError, match="lang_A=None is required"):
         TranslationConfig(lang_B="de")
-    with pytest.raises(
-        ConfigError, match="unknown field 'lang_a'.*did you mean 'lang_A'"
-    ):
+    with pytest.raises(ConfigError, match="unknown field 'lang_a'.*did you mean 'lang_A'"):
         TranslationConfig.from_dict({"lang_a": "en", "lang_B": "de"})
     with pytest.raises(ConfigError, match="eval_size=1.5"):
         TranslationConfig(lang_A="en", lang_B="de", eval_size=1.5)
     with pytest.raises(DataError, match="eval_size=40 takes 40 of the 40"):
-        TranslationTask({"lang_A": "en", "lang_B": "de", "eval_size": 40}).build(
-            _parallel()
-        )
-    with pytest.raises(
-        DataError, match="split dict has no 'train' split; splits present: \\['test'\\]"
-    ):
-        TranslationTask({"lang_A": "en", "lang_B": "de"}).build(
-            DatasetDict({"test": Dataset.from_dict(_parallel())})
-        )
+        TranslationTask({"lang_A": "en", "lang_B": "de", "eval_size": 40}).build(_parallel())
+    with pytest.raises(DataError, match="split dict has no 'train' split; splits present: \\['test'\\]"):
+        TranslationTask({"lang_A": "en", "lang_B": "de"}).build(DatasetDict({"test": Dataset.from_dict(_parallel())}))
 
 
 # ----------------------------------------------------------------------------- NER
@@ -274,16 +240,10 @@ def test_ner_pair_exact():
         "In Paris , John Smith sang",
         "Paris | LOC ; John Smith | PER",
     )
-    assert (
-        task.to_pair(TOKENS, TAGS)[1]
-        == "John Smith | PER ; Paris | LOC ; New York | LOC"
-    )
+    assert task.to_pair(TOKENS, TAGS)[1] == "John Smith | PER ; Paris | LOC ; New York | LOC"
     assert task.to_pair(["it", "rained"], ["O", "O"]) == ("it rained", "none")
     # adjacent B- starts a new entity; a stray I- of another type starts one too
-    assert (
-        task.to_pair(["A", "B", "C"], ["B-PER", "B-PER", "I-LOC"])[1]
-        == "A | PER ; B | PER ; C | LOC"
-    )
+    assert task.to_pair(["A", "B", "C"], ["B-PER", "B-PER", "I-LOC"])[1] == "A | PER ; B | PER ; C | LOC"
 
 
 def test_parse_entities_round_trip_and_f1():
@@ -296,10 +256,7 @@ def test_parse_entities_round_trip_and_f1():
     assert parse_entities("none") == [] and parse_entities("") == []
     assert parse_entities("garbage ; Paris | LOC ; | PER") == [("Paris", "LOC")]
     task = NERTask()
-    assert (
-        task.to_pair(TOKENS, TAGS)[1]
-        == "John Smith | PER ; Paris | LOC ; New York | LOC"
-    )
+    assert task.to_pair(TOKENS, TAGS)[1] == "John Smith | PER ; Paris | LOC ; New York | LOC"
     assert task.parse(task.to_pair(TOKENS, TAGS)[1]) == [
         ("John Smith", "PER"),
         ("Paris", "LOC"),
@@ -312,9 +269,7 @@ def test_parse_entities_round_trip_and_f1():
     assert entity_f1(["none", "none"], ["none", "none"]) == 1.0
     assert entity_f1(["none"], ["Paris | LOC"]) == 0.0
     # P = 1/1, R = 1/3 -> F1 = 0.5
-    assert entity_f1(
-        ["Paris | LOC"], ["Paris | LOC ; Paris | LOC ; Rome | LOC"]
-    ) == pytest.approx(0.5)
+    assert entity_f1(["Paris | LOC"], ["Paris | LOC ; Paris | LOC ; Rome | LOC"]) == pytest.approx(0.5)
     with pytest.raises(DataError, match="1 predictions but 2 references"):
         entity_f1(["x"], ["x", "y"])
 
@@ -329,9 +284,7 @@ def _ner_rows(n=30):
 
 def test_ner_build_with_int_tags():
     rows = _ner_rows()
-    feats = Features(
-        {"tokens": List(Value("string")), "ner_tags": List(ClassLabel(names=NAMES))}
-    )
+    feats = Features({"tokens": List(Value("string")), "ner_tags": List(ClassLabel(names=NAMES))})
     out_cl = NERTask({"eval_size": 5, "seed": 1}).build(
         Dataset.from_dict(rows, features=feats)
     )  # names from ClassLabel
@@ -346,11 +299,7 @@ def test_ner_build_with_int_tags():
         assert r["text_B"] == (f"Person{i} | PER ; Paris | LOC" if i % 3 else "none")
     # coin flip: a sentence on side A means its entity string is not on side B (checkable via the index)
     a_idx = {int(t.split()[-1]) for t in out.unpaired_A["text"]}
-    b_idx = {
-        int(t.split()[0][len("Person") :])
-        for t in out.unpaired_B["text"]
-        if t != "none"
-    }
+    b_idx = {int(t.split()[0][len("Person") :]) for t in out.unpaired_B["text"] if t != "none"}
     assert not (a_idx & b_idx)
 
 
@@ -360,15 +309,11 @@ def test_ner_errors():
         match=r"tags_column='ner_tags': no such column; columns present: \['tokens', 'tags'\]",
     ):
         NERTask().build({"tokens": [["a"]], "tags": [["O"]]})
-    with pytest.raises(
-        DataError, match="integer tag 0 but no label names; set label_names"
-    ):
+    with pytest.raises(DataError, match="integer tag 0 but no label names; set label_names"):
         NERTask().build(_ner_rows())
     with pytest.raises(DataError, match="tag 'X-PER' is not BIO"):
         NERTask().to_pair(["a"], ["X-PER"])
     with pytest.raises(DataError, match="2 tokens but 1 tags"):
         NERTask().to_pair(["a", "b"], ["O"])
-    with pytest.raises(
-        ConfigError, match="unknown field 'tag_column'.*did you mean 'tags_column'"
-    ):
+    with pytest.raises(ConfigError, match="unknown field 'tag_column'.*did you mean 'tags_column'"):
         NERConfig.from_dict({"tag_column": "x"})

@@ -70,7 +70,9 @@ def test_different_tokenizers_each_model_gets_its_own_vocabulary(tmp_path):
     d = demo()
     tok_b = train_tokenizer(list(d.unpaired_A["text"]) + list(d.unpaired_B["text"]), 290)
     models = {"A": tiny_causal(0), "B": tiny_t5(1, tok=tok_b)}
-    trainer = CycleTrainer(cycle_args(tmp_path, max_steps=2), models=models, tokenizers={"A": tokenizer(), "B": tok_b}, **_data())
+    trainer = CycleTrainer(
+        cycle_args(tmp_path, max_steps=2), models=models, tokenizers={"A": tokenizer(), "B": tok_b}, **_data()
+    )
     assert not trainer.uses_fast_path("A") and not trainer.uses_fast_path("B")
     targets = list(d.unpaired_A["text"][:4])  # model B's targets are domain-A texts
     sources = trainer._generate(trainer.sides["A"], list(d.unpaired_B["text"][:4]))
@@ -85,20 +87,37 @@ def test_different_tokenizers_each_model_gets_its_own_vocabulary(tmp_path):
 
 def test_fast_path_batch_equals_text_path_on_real_generations(tmp_path):
     tok = tokenizer()
-    args = cycle_args(tmp_path, do_sample_B=True, temperature_B=0.7, prompt_template_A="B: {text} =", sep_seq=" ",
-                      warmup_paired_steps=30, max_steps=30, learning_rate=1e-2)
-    trainer = CycleTrainer(args, models={"A": tiny_causal(0), "B": tiny_causal(1)}, tokenizers=tok,
-                           paired_dataset=demo().paired_train, **_data())
+    args = cycle_args(
+        tmp_path,
+        do_sample_B=True,
+        temperature_B=0.7,
+        prompt_template_A="B: {text} =",
+        sep_seq=" ",
+        warmup_paired_steps=30,
+        max_steps=30,
+        learning_rate=1e-2,
+    )
+    trainer = CycleTrainer(
+        args,
+        models={"A": tiny_causal(0), "B": tiny_causal(1)},
+        tokenizers=tok,
+        paired_dataset=demo().paired_train,
+        **_data(),
+    )
     trainer.train()  # supervised steps only: model B learns to write number words
     assert trainer.uses_fast_path("A")
     targets = list(demo().unpaired_B["text"][:16])
     torch.manual_seed(3)
     ids = trainer._generate(trainer.sides["B"], targets)
     # the paths agree whenever re-encoding the decoded text gives the same ids (module docs)
-    canonical = [i for i, row in enumerate(ids) if row and tok(tok.decode(row), add_special_tokens=False)["input_ids"] == row]
+    canonical = [
+        i for i, row in enumerate(ids) if row and tok(tok.decode(row), add_special_tokens=False)["input_ids"] == row
+    ]
     assert len(canonical) >= 4
     fast = trainer.build_batch("A", [ids[i] for i in canonical], [targets[i] for i in canonical])
-    text = trainer.sides["A"].builder.from_texts([tok.decode(ids[i]) for i in canonical], [targets[i] for i in canonical])
+    text = trainer.sides["A"].builder.from_texts(
+        [tok.decode(ids[i]) for i in canonical], [targets[i] for i in canonical]
+    )
     assert fast.keys() == text.keys()
     for key in fast:
         assert torch.equal(fast[key], text[key]), key
@@ -112,7 +131,9 @@ def test_macct_trains_only_the_adapters_and_starts_at_the_base_model(tmp_path):
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
         base_logits = base(ids).logits
-    trainer = CycleTrainer(cycle_args(tmp_path, max_steps=3), models=base, tokenizers=tokenizer(), peft_configs=LORA, **_data())
+    trainer = CycleTrainer(
+        cycle_args(tmp_path, max_steps=3), models=base, tokenizers=tokenizer(), peft_configs=LORA, **_data()
+    )
     assert trainer.macct and isinstance(trainer.models["A"], PeftModel) and trainer.models["A"] is trainer.models["B"]
     peft_model = trainer.models["A"]
     for adapter in "AB":
@@ -122,7 +143,11 @@ def test_macct_trains_only_the_adapters_and_starts_at_the_base_model(tmp_path):
     lora_before = {k: v.clone() for k, v in peft_model.state_dict().items() if "lora_" in k}
     trainer.train()
     after = peft_model.state_dict()
-    base_after = {k.replace("base_model.model.", "", 1).replace(".base_layer", ""): v for k, v in after.items() if "lora_" not in k}
+    base_after = {
+        k.replace("base_model.model.", "", 1).replace(".base_layer", ""): v
+        for k, v in after.items()
+        if "lora_" not in k
+    }
     for name, value in before.items():
         assert torch.equal(value, base_after[name]), name  # frozen base: bit-identical
     changed = {k for k, v in lora_before.items() if not torch.equal(v, after[k])}
@@ -135,7 +160,9 @@ def test_macct_trains_only_the_adapters_and_starts_at_the_base_model(tmp_path):
 
 
 def test_macct_restores_the_active_adapter_when_a_step_raises(tmp_path, monkeypatch):
-    trainer = CycleTrainer(cycle_args(tmp_path), models=tiny_causal(0), tokenizers=tokenizer(), peft_configs=LORA, **_data())
+    trainer = CycleTrainer(
+        cycle_args(tmp_path), models=tiny_causal(0), tokenizers=tokenizer(), peft_configs=LORA, **_data()
+    )
     model = trainer.models["A"]
     model.set_adapter("B")
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -176,13 +203,24 @@ class StopAt(TrainerCallback):
 def test_resume_equals_uninterrupted(tmp_path, macct):
     def run(out, stop=None, resume=None):
         args = cycle_args(
-            tmp_path, output_dir=str(tmp_path / out), max_steps=6, save_strategy="steps", save_steps=3,
-            do_sample_A=True, do_sample_B=True, temperature_A=1.3, logging_steps=2,
+            tmp_path,
+            output_dir=str(tmp_path / out),
+            max_steps=6,
+            save_strategy="steps",
+            save_steps=3,
+            do_sample_A=True,
+            do_sample_B=True,
+            temperature_A=1.3,
+            logging_steps=2,
         )
         models = tiny_causal(0) if macct else {"A": tiny_causal(0), "B": tiny_t5(1)}
         trainer = CycleTrainer(
-            args, models=models, tokenizers=tokenizer(), peft_configs=LORA if macct else None,
-            callbacks=[StopAt(stop)] if stop else None, **_data(),
+            args,
+            models=models,
+            tokenizers=tokenizer(),
+            peft_configs=LORA if macct else None,
+            callbacks=[StopAt(stop)] if stop else None,
+            **_data(),
         )
         trainer.train(resume_from_checkpoint=resume)
         return trainer
@@ -198,14 +236,28 @@ def test_resume_equals_uninterrupted(tmp_path, macct):
         for name in a:
             assert torch.equal(a[name], b[name]), (side, name)
     checkpoint = tmp_path / "cut" / "checkpoint-3"
-    assert {p.name for p in checkpoint.iterdir()} >= {"A", "B", "optimizer_A.pt", "optimizer_B.pt", "scheduler_A.pt",
-                                                      "cycle_state.json", "trainer_state.json", "rng_state_0.pth"}
+    assert {p.name for p in checkpoint.iterdir()} >= {
+        "A",
+        "B",
+        "optimizer_A.pt",
+        "optimizer_B.pt",
+        "scheduler_A.pt",
+        "cycle_state.json",
+        "trainer_state.json",
+        "rng_state_0.pth",
+    }
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     def run(batch, accum, out):
-        args = cycle_args(tmp_path, output_dir=str(tmp_path / out), per_device_train_batch_size=batch,
-                          gradient_accumulation_steps=accum, max_steps=3, learning_rate=1e-2)
+        args = cycle_args(
+            tmp_path,
+            output_dir=str(tmp_path / out),
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=accum,
+            max_steps=3,
+            learning_rate=1e-2,
+        )
         models = {"A": tiny_causal(0), "B": tiny_t5(1)}
         trainer = DeterministicCycleTrainer(args, models=models, tokenizers=tokenizer(), **_data())
         trainer.train()
@@ -223,8 +275,12 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
 def test_only_direction_a_trains_model_a(tmp_path):
     models = {"A": tiny_causal(0), "B": tiny_causal(1)}
     before = {s: _weights(m) for s, m in models.items()}
-    trainer = CycleTrainer(cycle_args(tmp_path, cycle_directions="A", max_steps=2), models=models, tokenizers=tokenizer(),
-                           train_dataset_B=demo().unpaired_B)  # model A needs only real B texts
+    trainer = CycleTrainer(
+        cycle_args(tmp_path, cycle_directions="A", max_steps=2),
+        models=models,
+        tokenizers=tokenizer(),
+        train_dataset_B=demo().unpaired_B,
+    )  # model A needs only real B texts
     trainer.train()
     assert _changed(before["A"], models["A"]) and not _changed(before["B"], models["B"])
     assert _losses(trainer, "loss_A") and not _losses(trainer, "loss_B")
@@ -233,8 +289,13 @@ def test_only_direction_a_trains_model_a(tmp_path):
 def test_paired_warmup_and_mixing(tmp_path):
     d = demo()
     args = cycle_args(tmp_path, max_steps=6, logging_steps=2, warmup_paired_steps=2, paired_mix_every=2)
-    trainer = CycleTrainer(args, models={"A": tiny_causal(0), "B": tiny_causal(1)}, tokenizers=tokenizer(),
-                           paired_dataset=d.paired_train, **_data())
+    trainer = CycleTrainer(
+        args,
+        models={"A": tiny_causal(0), "B": tiny_causal(1)},
+        tokenizers=tokenizer(),
+        paired_dataset=d.paired_train,
+        **_data(),
+    )
     assert [trainer._step_kind(s) for s in range(6)] == ["paired", "paired", "cycle", "paired", "cycle", "paired"]
     trainer.train()
     rows = [r for r in trainer.state.log_history if "loss_A" in r]
@@ -246,7 +307,10 @@ def test_text_metrics_hand_checked():
     preds, refs = ["three hundred", "forty two", "7"], ["three  Hundred", "forty one", "7"]
     m = text_metrics(["exact_match", "bleu", "chrf"], preds, refs)
     assert m["exact_match"] == pytest.approx(2 / 3)
-    assert text_metrics(["bleu", "chrf"], ["a b c d e"], ["a b c d e"]) == {"bleu": pytest.approx(100), "chrf": pytest.approx(100)}
+    assert text_metrics(["bleu", "chrf"], ["a b c d e"], ["a b c d e"]) == {
+        "bleu": pytest.approx(100),
+        "chrf": pytest.approx(100),
+    }
     assert text_metrics(["chrf"], ["xyz"], ["abc"])["chrf"] == 0
     with pytest.raises(DataError, match="2 predictions but 1"):
         text_metrics(["exact_match"], ["a", "b"], ["a"])
@@ -267,8 +331,15 @@ def test_evaluate_reconstruction_loss_is_the_token_mean_and_metrics_per_directio
 
     eval_a = Dataset.from_dict({"text": list(d.paired_eval["text_A"])})
     args = cycle_args(tmp_path, per_device_eval_batch_size=3, metrics=["exact_match", "chrf"])
-    trainer = Oracle(args, models={"A": tiny_causal(0), "B": tiny_t5(1)}, tokenizers=tokenizer(), eval_dataset_A=eval_a,
-                     paired_eval_dataset=d.paired_eval, compute_metrics=compute_metrics, **_data())
+    trainer = Oracle(
+        args,
+        models={"A": tiny_causal(0), "B": tiny_t5(1)},
+        tokenizers=tokenizer(),
+        eval_dataset_A=eval_a,
+        paired_eval_dataset=d.paired_eval,
+        compute_metrics=compute_metrics,
+        **_data(),
+    )
     metrics = trainer.evaluate()
     assert metrics["eval_A_to_B_exact_match"] == 1.0 and metrics["eval_B_to_A_exact_match"] == 0.0
     assert metrics["eval_A_to_B_chrf"] == pytest.approx(100)
@@ -281,7 +352,9 @@ def test_evaluate_reconstruction_loss_is_the_token_mean_and_metrics_per_directio
     model_b = trainer.models["B"].eval()
     with torch.no_grad():
         inputs = {k: v for k, v in batch.items() if k != "labels"}
-        logits = model_b(**inputs, decoder_input_ids=trainer._decoder_inputs(trainer.sides["B"], batch["labels"])).logits
+        logits = model_b(
+            **inputs, decoder_input_ids=trainer._decoder_inputs(trainer.sides["B"], batch["labels"])
+        ).logits
     expected = lm_loss(logits, batch["labels"], shift=False)
     assert metrics["eval_reconstruction_loss_A"] == pytest.approx(float(expected), rel=1e-5)
     assert metrics["eval_loss"] == metrics["eval_reconstruction_loss_A"]
@@ -300,15 +373,20 @@ def test_save_model_writes_a_and_b_loadable_with_plain_transformers(tmp_path):
     assert AutoTokenizer.from_pretrained(tmp_path / "final" / "B").eos_token_id == tokenizer().eos_token_id
     with torch.no_grad():
         torch.testing.assert_close(loaded_a.eval()(ids).logits, models["A"].eval()(ids).logits, rtol=0, atol=0)
-        torch.testing.assert_close(loaded_b.eval()(ids, decoder_input_ids=ids).logits,
-                                   models["B"].eval()(ids, decoder_input_ids=ids).logits, rtol=0, atol=0)
+        torch.testing.assert_close(
+            loaded_b.eval()(ids, decoder_input_ids=ids).logits,
+            models["B"].eval()(ids, decoder_input_ids=ids).logits,
+            rtol=0,
+            atol=0,
+        )
 
 
 def test_macct_save_model_writes_two_peft_adapters(tmp_path):
     from peft import PeftModel
 
-    trainer = CycleTrainer(cycle_args(tmp_path, max_steps=2), models=tiny_causal(0), tokenizers=tokenizer(),
-                           peft_configs=LORA, **_data())
+    trainer = CycleTrainer(
+        cycle_args(tmp_path, max_steps=2), models=tiny_causal(0), tokenizers=tokenizer(), peft_configs=LORA, **_data()
+    )
     trainer.train()
     trainer.save_model(str(tmp_path / "final"))
     ids = torch.tensor([[5, 6, 7, 8]])
@@ -355,7 +433,12 @@ def test_constructor_errors_are_clear(tmp_path):
     with pytest.raises(ConfigError, match="use_macct=True needs ONE base model"):
         CycleTrainer(cycle_args(tmp_path, use_macct=True), models=pair, tokenizers=tok, **_data())
     with pytest.raises(ConfigError, match=r"adapters are \['default'\], not 'A' and 'B'"):
-        CycleTrainer(cycle_args(tmp_path, use_macct=True), models=apply_peft(tiny_causal(0), LORA, echo=None), tokenizers=tok, **_data())
+        CycleTrainer(
+            cycle_args(tmp_path, use_macct=True),
+            models=apply_peft(tiny_causal(0), LORA, echo=None),
+            tokenizers=tok,
+            **_data(),
+        )
     with pytest.raises(ConfigError, match="use_macct=True needs peft_configs"):
         CycleTrainer(cycle_args(tmp_path, use_macct=True), models=tiny_causal(0), tokenizers=tok, **_data())
     with pytest.raises(ConfigError, match="same object"):
@@ -367,8 +450,13 @@ def test_constructor_errors_are_clear(tmp_path):
     with pytest.raises(ConfigError, match="needs models="):
         CycleTrainer(args, tokenizers=tok, **_data())
     with pytest.raises(DataError, match="train_dataset_A has no column 'text'"):
-        CycleTrainer(args, models=pair, tokenizers=tok, train_dataset_A=Dataset.from_dict({"sentence": ["a"]}),
-                     train_dataset_B=d.unpaired_B)
+        CycleTrainer(
+            args,
+            models=pair,
+            tokenizers=tok,
+            train_dataset_A=Dataset.from_dict({"sentence": ["a"]}),
+            train_dataset_B=d.unpaired_B,
+        )
     with pytest.raises(ConfigError, match="warmup_paired_steps=2 .* need paired_dataset"):
         CycleTrainer(cycle_args(tmp_path, warmup_paired_steps=2), models=pair, tokenizers=tok, **_data())
     with pytest.raises(ConfigError, match="need paired references"):
@@ -415,7 +503,9 @@ def test_inputs_from_a_path_pretokenized_rows_a_collator_and_a_custom_builder(tm
     model_dir = tmp_path / "saved"
     tiny_causal(0).save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
-    ids_a = Dataset.from_dict({"input_ids": [tok(t, add_special_tokens=False)["input_ids"] for t in d.unpaired_A["text"]]})
+    ids_a = Dataset.from_dict(
+        {"input_ids": [tok(t, add_special_tokens=False)["input_ids"] for t in d.unpaired_A["text"]]}
+    )
     calls = []
 
     def builder(synthetic, targets, tokenizer_, direction, args):
@@ -424,9 +514,12 @@ def test_inputs_from_a_path_pretokenized_rows_a_collator_and_a_custom_builder(tm
         return {**enc, "labels": enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)}
 
     trainer = CycleTrainer(
-        cycle_args(tmp_path, max_steps=2, gradient_checkpointing=True), models=str(model_dir),
-        train_dataset_A=ids_a, train_dataset_B=list(d.unpaired_B["text"]),
-        data_collator_B=lambda rows: [r["text"].strip() for r in rows], prepare_cycle_inputs=builder,
+        cycle_args(tmp_path, max_steps=2, gradient_checkpointing=True),
+        models=str(model_dir),
+        train_dataset_A=ids_a,
+        train_dataset_B=list(d.unpaired_B["text"]),
+        data_collator_B=lambda rows: [r["text"].strip() for r in rows],
+        prepare_cycle_inputs=builder,
     )
     assert trainer._texts("A", _rows(ids_a, 2)) == list(d.unpaired_A["text"][:2])  # input_ids decoded
     assert not trainer.uses_fast_path("A")  # a custom builder replaces both built-in paths
@@ -439,8 +532,13 @@ def _rows(dataset, n):
 
 
 def test_macct_with_gradient_checkpointing_trains_the_adapters(tmp_path):
-    trainer = CycleTrainer(cycle_args(tmp_path, max_steps=2, gradient_checkpointing=True), models=tiny_causal(0),
-                           tokenizers=tokenizer(), peft_configs={**LORA, "use_dora": True}, **_data())
+    trainer = CycleTrainer(
+        cycle_args(tmp_path, max_steps=2, gradient_checkpointing=True),
+        models=tiny_causal(0),
+        tokenizers=tokenizer(),
+        peft_configs={**LORA, "use_dora": True},
+        **_data(),
+    )
     model = trainer.models["A"]
     before = {k: v.clone() for k, v in model.state_dict().items() if "lora_" in k}
     trainer.train()
@@ -481,9 +579,19 @@ def _decoder_lm(seed=0):
 
     torch.manual_seed(seed)
     tok = tokenizer()
-    return DecoderLM(DecoderLMConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                     num_key_value_heads=2, intermediate_size=64, bos_token_id=tok.bos_token_id,
-                                     eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    return DecoderLM(
+        DecoderLMConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+    )
 
 
 @pytest.mark.parametrize("make", [tiny_causal, tiny_t5, _decoder_lm], ids=["llama", "t5", "decoder_lm"])
@@ -491,8 +599,9 @@ def test_cycle_loss_equals_the_models_own_loss(tmp_path, make):
     # a regression test: DecoderLM (registered with the Auto classes at runtime) once trained on
     # unshifted labels, learning to copy its input: the loss fell, every output was garbage
     model = make(0)
-    trainer = DeterministicCycleTrainer(cycle_args(tmp_path), models={"A": model, "B": tiny_causal(1)},
-                                        tokenizers=tokenizer(), **_data())
+    trainer = DeterministicCycleTrainer(
+        cycle_args(tmp_path), models={"A": model, "B": tiny_causal(1)}, tokenizers=tokenizer(), **_data()
+    )
     targets = list(demo().unpaired_B["text"][:4])
     batch = trainer.build_batch("A", trainer._generate(trainer.sides["B"], targets), targets)
     side = trainer.sides["A"]
@@ -505,8 +614,12 @@ def test_cycle_loss_equals_the_models_own_loss(tmp_path, make):
 
 
 def test_cycle_run_writes_its_report_and_model_card(tmp_path):
-    trainer = CycleTrainer(cycle_args(tmp_path, max_steps=2, report_at_end=True), models={"A": tiny_causal(0), "B": tiny_t5(1)},
-                           tokenizers=tokenizer(), **_data())
+    trainer = CycleTrainer(
+        cycle_args(tmp_path, max_steps=2, report_at_end=True),
+        models={"A": tiny_causal(0), "B": tiny_t5(1)},
+        tokenizers=tokenizer(),
+        **_data(),
+    )
     trainer.train()
     run = tmp_path / "run"
     assert (run / "report.png").is_file() and "loss_A" in (run / "report.md").read_text()

@@ -150,9 +150,7 @@ def test_load_texts_hub_name_goes_to_load_dataset(monkeypatch):
         return datasets.Dataset.from_dict({"text": ["hub doc", "another"]})
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    assert load_texts("owner/corpus", subset="en", split="validation", num_samples=1) == [
-        "hub doc"
-    ]
+    assert load_texts("owner/corpus", subset="en", split="validation", num_samples=1) == ["hub doc"]
     assert calls == [("owner/corpus", "en", {"split": "validation", "revision": None, "streaming": False})]
 
 

@@ -48,7 +48,9 @@ def test_create_dataloader_packs_pretraining_blocks(tok, corpus_jsonl):
 
 
 def test_create_dataloader_dynamic_padding(tok, corpus_jsonl):
-    loader = create_dataloader(str(corpus_jsonl), tokenizer=tok, batch_size=3, max_length=40, shuffle=False, packing=False)
+    loader = create_dataloader(
+        str(corpus_jsonl), tokenizer=tok, batch_size=3, max_length=40, shuffle=False, packing=False
+    )
     batch = next(iter(loader))
     width = batch["input_ids"].shape[1]
     assert width % 8 == 0 and width <= 40
@@ -57,7 +59,9 @@ def test_create_dataloader_dynamic_padding(tok, corpus_jsonl):
 
 
 def test_create_dataloader_padding_free_restarts_positions(tok, corpus_jsonl):
-    loader = create_dataloader(str(corpus_jsonl), tokenizer=tok, batch_size=6, max_length=50, shuffle=False, padding_free=True)
+    loader = create_dataloader(
+        str(corpus_jsonl), tokenizer=tok, batch_size=6, max_length=50, shuffle=False, padding_free=True
+    )
     batch = next(iter(loader))
     assert "attention_mask" not in batch and batch["input_ids"].shape[1] <= 50  # bin-packed rows of <= max_length
     starts = batch["position_ids"] == 0
@@ -70,8 +74,10 @@ def test_create_dataloader_padding_free_restarts_positions(tok, corpus_jsonl):
 def test_shipped_instruction_set_has_assistant_labels_everywhere(tok):
     rows = [json.loads(line) for line in SHIPPED.read_text().splitlines()]
     assert 200 <= len(rows) <= 500 and all("messages" in r for r in rows)
-    data = prepare_data(DataSection(source=str(SHIPPED), training_mode="instruction", max_length=512,
-                                    validation_split_percentage=10), tok)
+    data = prepare_data(
+        DataSection(source=str(SHIPPED), training_mode="instruction", max_length=512, validation_split_percentage=10),
+        tok,
+    )
     train_stats = data.stats[0]
     assert train_stats.no_assistant == 0 and train_stats.all_masked == 0 and train_stats.skipped_empty == 0
     assert data.padding_free and isinstance(data.collator, PaddingFreeCollator)
@@ -81,12 +87,26 @@ def test_shipped_instruction_set_has_assistant_labels_everywhere(tok):
 
 @pytest.mark.parametrize("packing", [True, False])
 def test_instruction_training_through_the_trainer(tmp_path, tok, packing):
-    data = prepare_data(DataSection(source=str(SHIPPED), training_mode="instruction_finetuning", max_length=128,
-                                    packing=packing, num_samples=40, validation_split_percentage=10), tok)
+    data = prepare_data(
+        DataSection(
+            source=str(SHIPPED),
+            training_mode="instruction_finetuning",
+            max_length=128,
+            packing=packing,
+            num_samples=40,
+            validation_split_percentage=10,
+        ),
+        tok,
+    )
     assert isinstance(data.collator, PaddingFreeCollator if packing else CausalLMCollator)
     model = tiny_llama(vocab=len(tok))
-    t = Trainer(model, make_args(tmp_path, max_steps=3), data_collator=data.collator,
-                train_dataset=data.train, eval_dataset=data.eval)
+    t = Trainer(
+        model,
+        make_args(tmp_path, max_steps=3),
+        data_collator=data.collator,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+    )
     assert t.model.config.use_cache is False  # padding-free masking needs it off (collators module)
     out = t.train()
     assert out.training_loss == out.training_loss
@@ -112,12 +132,20 @@ def test_streaming_source_trains_with_max_steps(tmp_path, tok, corpus_jsonl):
 
     data = prepare_data(DataSection(source=str(corpus_jsonl), streaming=True, num_eval_samples=3, max_length=32), tok)
     assert isinstance(data.train, IterableDataset) and data.eval is not None
-    t = Trainer(tiny_llama(vocab=len(tok)), make_args(tmp_path, max_steps=2), data_collator=data.collator,
-                train_dataset=data.train)
+    t = Trainer(
+        tiny_llama(vocab=len(tok)),
+        make_args(tmp_path, max_steps=2),
+        data_collator=data.collator,
+        train_dataset=data.train,
+    )
     assert t.train().global_step == 2
     with pytest.raises(ConfigError, match="max_steps"):
-        Trainer(tiny_llama(vocab=len(tok)), make_args(tmp_path / "b", max_steps=-1, num_train_epochs=1),
-                data_collator=data.collator, train_dataset=data.train).train()
+        Trainer(
+            tiny_llama(vocab=len(tok)),
+            make_args(tmp_path / "b", max_steps=-1, num_train_epochs=1),
+            data_collator=data.collator,
+            train_dataset=data.train,
+        ).train()
 
 
 def test_streaming_resume_equals_uninterrupted(tmp_path, tok, corpus_jsonl):
@@ -128,10 +156,16 @@ def test_streaming_resume_equals_uninterrupted(tmp_path, tok, corpus_jsonl):
     from trainformers import checkpoint as ckpt
 
     def run(out, callbacks=None, resume=None):
-        data = prepare_data(DataSection(source=str(corpus_jsonl), streaming=True, num_eval_samples=2, max_length=32), tok)
-        t = Trainer(tiny_llama(vocab=len(tok)), make_args(out, max_steps=8, save_strategy="steps", save_steps=3,
-                                                          per_device_train_batch_size=2),
-                    data_collator=data.collator, train_dataset=data.train, callbacks=callbacks)
+        data = prepare_data(
+            DataSection(source=str(corpus_jsonl), streaming=True, num_eval_samples=2, max_length=32), tok
+        )
+        t = Trainer(
+            tiny_llama(vocab=len(tok)),
+            make_args(out, max_steps=8, save_strategy="steps", save_steps=3, per_device_train_batch_size=2),
+            data_collator=data.collator,
+            train_dataset=data.train,
+            callbacks=callbacks,
+        )
         t.train(resume_from_checkpoint=resume)
         return t
 

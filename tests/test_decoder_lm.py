@@ -17,20 +17,46 @@ V = 64
 
 def tiny(seed=0, **overrides) -> DecoderLM:
     torch.manual_seed(seed)
-    config = DecoderLMConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                             num_key_value_heads=2, max_position_embeddings=128, **overrides)
+    config = DecoderLMConfig(
+        vocab_size=V,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        **overrides,
+    )
     return DecoderLM(config).eval()
 
 
 def test_parity_with_llama_given_the_same_weights():
     torch.manual_seed(0)
-    llama = LlamaForCausalLM(LlamaConfig(
-        vocab_size=V, hidden_size=32, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-6, rope_theta=10000.0,
-        tie_word_embeddings=False, attention_dropout=0.0,
-    )).eval()
-    ours = DecoderLM(DecoderLMConfig(vocab_size=V, hidden_size=32, intermediate_size=96, num_hidden_layers=2,
-                                     num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)).eval()
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=V,
+            hidden_size=32,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            rms_norm_eps=1e-6,
+            rope_theta=10000.0,
+            tie_word_embeddings=False,
+            attention_dropout=0.0,
+        )
+    ).eval()
+    ours = DecoderLM(
+        DecoderLMConfig(
+            vocab_size=V,
+            hidden_size=32,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=False,
+        )
+    ).eval()
     missing, unexpected = ours.load_state_dict(from_llama_state_dict(llama.state_dict()), strict=False)
     assert not unexpected and all("rotary" in k for k in missing)
     ids = torch.randint(0, V, (2, 17))
@@ -60,8 +86,14 @@ def test_kv_cache_generation_equals_full_recompute(left_pad):
     lengths: list[int] = []  # tokens each forward embeds: with the cache working, the prompt then 1 per step
     hook = model.embed_tokens.register_forward_hook(lambda module, args, out: lengths.append(args[0].shape[1]))
     with torch.no_grad():
-        cached = model.generate(prompt, attention_mask=mask if left_pad else None, max_new_tokens=12, do_sample=False,
-                                use_cache=True, pad_token_id=0)
+        cached = model.generate(
+            prompt,
+            attention_mask=mask if left_pad else None,
+            max_new_tokens=12,
+            do_sample=False,
+            use_cache=True,
+            pad_token_id=0,
+        )
     hook.remove()
     assert lengths == [6] + [1] * 11
     with torch.no_grad():
@@ -82,8 +114,18 @@ def test_kv_cache_sampling_equals_sampling_without_cache(left_pad):
     for use_cache in (True, False):
         torch.manual_seed(7)
         with torch.no_grad():
-            runs.append(model.generate(prompt, attention_mask=mask if left_pad else None, max_new_tokens=10, do_sample=True, top_k=0,
-                                       temperature=1.0, use_cache=use_cache, pad_token_id=0))
+            runs.append(
+                model.generate(
+                    prompt,
+                    attention_mask=mask if left_pad else None,
+                    max_new_tokens=10,
+                    do_sample=True,
+                    top_k=0,
+                    temperature=1.0,
+                    use_cache=use_cache,
+                    pad_token_id=0,
+                )
+            )
     assert torch.equal(runs[0], runs[1])
     assert len({tuple(row[5:].tolist()) for row in runs[0]}) > 1  # really sampled: the rows differ
 
@@ -169,8 +211,10 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 def test_router_losses_equal_hand_computed_values():
     # 2 experts; fractions 3/4, 1/4; mean probabilities 0.6, 0.4; z = 2.0
-    stats = [RouterStats(torch.tensor([0.75, 0.25]), torch.tensor([0.6, 0.4]), torch.tensor(2.0)),
-             {"fraction": torch.tensor([0.5, 0.5]), "probability": torch.tensor([0.5, 0.5]), "z": torch.tensor(1.0)}]
+    stats = [
+        RouterStats(torch.tensor([0.75, 0.25]), torch.tensor([0.6, 0.4]), torch.tensor(2.0)),
+        {"fraction": torch.tensor([0.5, 0.5]), "probability": torch.tensor([0.5, 0.5]), "z": torch.tensor(1.0)},
+    ]
     total, terms = compute_router_auxiliary_loss(stats, load_balance_coef=0.1, auxiliary_coef=1.0, z_loss_coef=0.01)
     lb = (2 * (0.75 * 0.6 + 0.25 * 0.4) + 2 * (0.5 * 0.5 + 0.5 * 0.5)) / 2  # C * sum f_i P_i, mean over layers
     aux = ((0.25**2 + 0.25**2) + 0.0) / 2
@@ -207,8 +251,9 @@ def test_moe_forward_reports_terms_and_adds_them_to_the_loss():
 def _expert_usage(load_balance_coef: float) -> float:
     """Busiest expert's share (mean of the last 10 steps) after a toy run from an uneven router."""
     torch.manual_seed(0)
-    model = tiny(num_experts=4, num_experts_per_tok=1, load_balance_coef=load_balance_coef, z_loss_coef=0.0,
-                 moe_layers=[1]).train()
+    model = tiny(
+        num_experts=4, num_experts_per_tok=1, load_balance_coef=load_balance_coef, z_loss_coef=0.0, moe_layers=[1]
+    ).train()
     with torch.no_grad():
         router = model.layers[1].mlp.router.weight
         router.normal_(0, 0.3)
@@ -255,8 +300,9 @@ def test_trainer_logs_each_router_term(tmp_path):
     from trainformers import Trainer
 
     model = tiny(num_experts=4, num_experts_per_tok=2).train()
-    t = Trainer(model, make_args(tmp_path, max_steps=2, logging_steps=1), data_collator=PadCollator(),
-                train_dataset=lm_rows())
+    t = Trainer(
+        model, make_args(tmp_path, max_steps=2, logging_steps=1), data_collator=PadCollator(), train_dataset=lm_rows()
+    )
     t.train()
     rows = [r for r in t.state.log_history if "loss" in r]
     assert len(rows) == 2

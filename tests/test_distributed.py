@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import accelerate_launch
+from safetensors.torch import load_file
 
 SCRIPT = Path(__file__).parent / "ddp_train.py"
 

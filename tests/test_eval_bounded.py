@@ -85,8 +85,12 @@ def test_eval_accumulation_steps_gives_the_same_arrays_and_bounds_the_device(tmp
     plain, plain_extra = _predict(tmp_path / "a", data)
     accumulated, acc_extra = _predict(tmp_path / "b", data, eval_accumulation_steps=2)
     assert spy["max_on_device"] == 1  # the second batch on the device sends both to the CPU
-    pairs = [(plain.predictions, accumulated.predictions), (plain.label_ids, accumulated.label_ids),
-             (plain_extra["inputs"], acc_extra["inputs"]), (plain_extra["losses"], acc_extra["losses"])]
+    pairs = [
+        (plain.predictions, accumulated.predictions),
+        (plain.label_ids, accumulated.label_ids),
+        (plain_extra["inputs"], acc_extra["inputs"]),
+        (plain_extra["losses"], acc_extra["losses"]),
+    ]
     for a, b in pairs:
         assert isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape
         assert np.array_equal(a, b)

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from conftest import make_args, tiny_llama
 from datasets import Dataset
 
-from conftest import make_args, tiny_llama
 from trainformers import Trainer, TrainingArguments
 from trainformers import flops as F
 from trainformers.errors import ConfigError
@@ -32,8 +32,16 @@ def test_model_flops_is_6n_plus_attention_without_the_input_embedding():
 def test_tied_embeddings_count_once_as_the_head():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, tie_word_embeddings=True))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            tie_word_embeddings=True,
+        )
+    )
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
     assert F.model_flops(model).matmul_params == _params(model)
 
@@ -109,9 +117,15 @@ def test_matmul_measurement_is_a_positive_rate():
 
 @pytest.mark.parametrize(
     "name,dtype,peak",
-    [("NVIDIA H100 80GB HBM3", torch.bfloat16, 989.0), ("NVIDIA H100 PCIe", torch.bfloat16, 756.0),
-     ("NVIDIA A100-SXM4-80GB", torch.bfloat16, 312.0), ("NVIDIA A10G", torch.float16, 70.0),
-     ("NVIDIA L4", torch.bfloat16, 121.0), ("NVIDIA L40S", torch.bfloat16, 362.0), ("Some New GPU", torch.bfloat16, None)],
+    [
+        ("NVIDIA H100 80GB HBM3", torch.bfloat16, 989.0),
+        ("NVIDIA H100 PCIe", torch.bfloat16, 756.0),
+        ("NVIDIA A100-SXM4-80GB", torch.bfloat16, 312.0),
+        ("NVIDIA A10G", torch.float16, 70.0),
+        ("NVIDIA L4", torch.bfloat16, 121.0),
+        ("NVIDIA L40S", torch.bfloat16, 362.0),
+        ("Some New GPU", torch.bfloat16, None),
+    ],
 )
 def test_datasheet_peaks_match_the_right_gpu(name, dtype, peak):
     assert F.datasheet_peak(name, dtype) == peak

@@ -37,9 +37,15 @@ def saved(tmp_path_factory):
 def greedy_reference(model, tokenizer, text: str, n: int, stop: list[int], **encode) -> str:
     ids = tokenizer(text, return_tensors="pt", **encode)["input_ids"]
     with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
-                             eos_token_id=stop, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=n,
+            do_sample=False,
+            eos_token_id=stop,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 
 def test_greedy_streams_exactly_what_generate_returns(saved, capsys):
@@ -59,8 +65,26 @@ def test_sampling_is_seeded(saved, capsys):
     out, _, _ = saved
     runs = []
     for seed in (1, 1, 2):
-        assert main(["generate", str(out), PROMPT, "--seed", str(seed), "--max-new-tokens", "30",
-                     "--top-k", "50", "--top-p", "0.95", "--temperature", "1.5"]) == 0
+        assert (
+            main(
+                [
+                    "generate",
+                    str(out),
+                    PROMPT,
+                    "--seed",
+                    str(seed),
+                    "--max-new-tokens",
+                    "30",
+                    "--top-k",
+                    "50",
+                    "--top-p",
+                    "0.95",
+                    "--temperature",
+                    "1.5",
+                ]
+            )
+            == 0
+        )
         runs.append(capsys.readouterr().out)
     assert runs[0] == runs[1] != runs[2]
     assert all(r.startswith(PROMPT) for r in runs)

@@ -45,7 +45,14 @@ class FakeHub:
         return SimpleNamespace(repo_id=f"me/{repo_id}")  # the Hub answers with the namespaced id
 
     def upload_folder(
-        self, *, repo_id, folder_path, path_in_repo=None, commit_message=None, token=None, revision=None,
+        self,
+        *,
+        repo_id,
+        folder_path,
+        path_in_repo=None,
+        commit_message=None,
+        token=None,
+        revision=None,
         ignore_patterns=None,
     ):
         root = Path(folder_path)
@@ -56,11 +63,17 @@ class FakeHub:
         time.sleep(self.sleep)
         if self.fail:
             raise RuntimeError(f"401 Unauthorized (token {token})")
-        self.uploads.append({
-            "repo_id": repo_id, "path_in_repo": path_in_repo, "commit_message": commit_message, "token": token,
-            "revision": revision, "ignore_patterns": ignore_patterns,
-            "files": set(filter_repo_objects(listed, ignore_patterns=ignore_patterns)),
-        })
+        self.uploads.append(
+            {
+                "repo_id": repo_id,
+                "path_in_repo": path_in_repo,
+                "commit_message": commit_message,
+                "token": token,
+                "revision": revision,
+                "ignore_patterns": ignore_patterns,
+                "files": set(filter_repo_objects(listed, ignore_patterns=ignore_patterns)),
+            }
+        )
         return SimpleNamespace(commit_message=commit_message)
 
     def at(self, path_in_repo):
@@ -111,7 +124,8 @@ def test_every_save_pushes_model_files_at_each_checkpoint(tmp_path, fake):
     trainer = make_trainer(tmp_path, hub_strategy="every_save")
     trainer.train()
     assert [u["commit_message"] for u in fake.uploads] == [
-        "Training in progress, step 2", "Training in progress, step 4"
+        "Training in progress, step 2",
+        "Training in progress, step 4",
     ]
     for upload in fake.uploads:
         assert upload["path_in_repo"] is None
@@ -132,7 +146,8 @@ def test_checkpoint_also_pushes_last_checkpoint_to_resume_from(tmp_path, fake):
     assert_repo_created_once(fake)
     last = fake.at("last-checkpoint")
     assert [u["commit_message"] for u in last] == [
-        "Training in progress, step 2, checkpoint", "Training in progress, step 4, checkpoint"
+        "Training in progress, step 2, checkpoint",
+        "Training in progress, step 4, checkpoint",
     ]
     assert all(TRAINING_STATE | {"model.safetensors", "rng_state_0.pth"} <= u["files"] for u in last)
     root = fake.at(None)

@@ -26,7 +26,10 @@ def front_matter(text: str) -> tuple[dict, str]:
 def trained(tmp_path_factory):
     args = make_args(tmp_path_factory.mktemp("card"), eval_strategy="steps", eval_steps=3, warmup_steps=2)
     trainer = Trainer(
-        model=tiny_llama(), args=args, data_collator=PadCollator(), train_dataset=lm_rows(16),
+        model=tiny_llama(),
+        args=args,
+        data_collator=PadCollator(),
+        train_dataset=lm_rows(16),
         eval_dataset=lm_rows(4, seed=1),
     )
     trainer.train()
@@ -123,7 +126,9 @@ def test_card_lists_peft_settings(tmp_path):
 
 def test_only_the_main_process_writes(tmp_path):
     trainer = SimpleNamespace(
-        args=make_args(tmp_path), state=SimpleNamespace(log_history=[]), model=tiny_llama(),
+        args=make_args(tmp_path),
+        state=SimpleNamespace(log_history=[]),
+        model=tiny_llama(),
         is_world_process_zero=lambda: False,
     )
     assert not create_model_card(trainer).exists()

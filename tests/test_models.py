@@ -110,7 +110,12 @@ def qa_rows(n: int = 8, seed: int = 0, length: int = 10) -> Dataset:
         start = _randint(g, 1, length - 4)
         end = start + _randint(g, 0, 3)
         rows.append(
-            {"input_ids": _ids(g, length), "attention_mask": [1] * length, "start_positions": start, "end_positions": end}
+            {
+                "input_ids": _ids(g, length),
+                "attention_mask": [1] * length,
+                "start_positions": start,
+                "end_positions": end,
+            }
         )
     return Dataset.from_list(rows)
 
@@ -378,8 +383,12 @@ def test_accumulation_8x1_equals_2x4(tmp_path, cls_name, rows):
     runs = []
     for name, bs, ga in (("a", 8, 1), ("b", 2, 4)):
         t = train(
-            tmp_path / name, _bert(cls_name, num_labels=NUM_LABELS), data,
-            per_device_train_batch_size=bs, gradient_accumulation_steps=ga, learning_rate=1e-2,
+            tmp_path / name,
+            _bert(cls_name, num_labels=NUM_LABELS),
+            data,
+            per_device_train_batch_size=bs,
+            gradient_accumulation_steps=ga,
+            learning_rate=1e-2,
         )
         runs.append(t)
     la, lb = logged_losses(runs[0]), logged_losses(runs[1])
@@ -434,7 +443,12 @@ def test_label_smoothing_first_loss_matches_hand_computation(tmp_path):
     data = lm_rows(8)
     reference = _confident_llama()  # the initial weights of the trained model
     t = train(
-        tmp_path, _confident_llama(), data, collator=PadCollator(), label_smoothing_factor=0.1, max_steps=1,
+        tmp_path,
+        _confident_llama(),
+        data,
+        collator=PadCollator(),
+        label_smoothing_factor=0.1,
+        max_steps=1,
         train_sampling_strategy="sequential",
     )
     batch = PadCollator()([data[i] for i in range(8)])
@@ -461,7 +475,11 @@ def _checkpointing(model) -> bool:
 def test_gradient_checkpointing_changes_nothing(tmp_path):
     plain = train(tmp_path / "plain", tiny_llama(), lm_rows(), collator=PadCollator(), per_device_train_batch_size=4)
     ckpt = train(
-        tmp_path / "ckpt", tiny_llama(), lm_rows(), collator=PadCollator(), per_device_train_batch_size=4,
+        tmp_path / "ckpt",
+        tiny_llama(),
+        lm_rows(),
+        collator=PadCollator(),
+        per_device_train_batch_size=4,
         gradient_checkpointing=True,
     )
     assert _checkpointing(ckpt.model) and not _checkpointing(plain.model)
@@ -524,7 +542,12 @@ def test_auto_find_batch_size_shrinks_until_it_fits(tmp_path, monkeypatch):
 
     monkeypatch.setattr(model, "forward", forward)
     t = train(
-        tmp_path, model, lm_rows(16), collator=PadCollator(), per_device_train_batch_size=8, max_steps=2,
+        tmp_path,
+        model,
+        lm_rows(16),
+        collator=PadCollator(),
+        per_device_train_batch_size=8,
+        max_steps=2,
         auto_find_batch_size=True,
     )
     assert t.args.per_device_train_batch_size == 2
@@ -558,13 +581,21 @@ def test_every_scheduler_type_trains(tmp_path, name):
     model = tiny_llama()
     before = trainable(model)
     overrides = dict(
-        lr_scheduler_type=name, lr_scheduler_kwargs=SCHEDULER_KWARGS.get(name, {}), warmup_steps=1, max_steps=3,
+        lr_scheduler_type=name,
+        lr_scheduler_kwargs=SCHEDULER_KWARGS.get(name, {}),
+        warmup_steps=1,
+        max_steps=3,
         per_device_train_batch_size=4,
     )
     if name in METRIC_DRIVEN:
         overrides.update(eval_strategy="steps", eval_steps=1, metric_for_best_model="loss")
-    t = Trainer(model, make_args(tmp_path, **overrides), data_collator=PadCollator(), train_dataset=lm_rows(16),
-                eval_dataset=lm_rows(4, seed=9) if name in METRIC_DRIVEN else None)
+    t = Trainer(
+        model,
+        make_args(tmp_path, **overrides),
+        data_collator=PadCollator(),
+        train_dataset=lm_rows(16),
+        eval_dataset=lm_rows(4, seed=9) if name in METRIC_DRIVEN else None,
+    )
     t.train()
     assert_trained(t, before, steps=3)
     lrs = [row["learning_rate"] for row in t.state.log_history if "learning_rate" in row]
@@ -579,8 +610,9 @@ def test_every_scheduler_type_trains(tmp_path, name):
 
 @pytest.mark.parametrize("name", ["cosine_with_min_lr", "warmup_stable_decay"])
 def test_scheduler_missing_kwargs_is_a_config_error(tmp_path, name):
-    t = Trainer(tiny_llama(), make_args(tmp_path, lr_scheduler_type=name), data_collator=PadCollator(),
-                train_dataset=lm_rows(8))
+    t = Trainer(
+        tiny_llama(), make_args(tmp_path, lr_scheduler_type=name), data_collator=PadCollator(), train_dataset=lm_rows(8)
+    )
     with pytest.raises(ConfigError, match=f"'{name}'.*lr_scheduler_kwargs") as err:
         t.train()
     assert "\n" not in str(err.value)
@@ -591,8 +623,14 @@ def test_scheduler_missing_kwargs_is_a_config_error(tmp_path, name):
 
 @pytest.mark.parametrize(
     "optim,cls_name",
-    [("adamw_torch", "AdamW"), ("adamw_torch_fused", "AdamW"), ("sgd", "SGD"), ("adafactor", "Adafactor"),
-     ("adagrad", "Adagrad"), ("rmsprop", "RMSprop")],
+    [
+        ("adamw_torch", "AdamW"),
+        ("adamw_torch_fused", "AdamW"),
+        ("sgd", "SGD"),
+        ("adafactor", "Adafactor"),
+        ("adagrad", "Adagrad"),
+        ("rmsprop", "RMSprop"),
+    ],
 )
 def test_optimizer_trains(tmp_path, optim, cls_name):
     model = tiny_llama()
@@ -608,14 +646,16 @@ def test_optimizer_trains(tmp_path, optim, cls_name):
 
 
 def test_optim_args_reach_the_optimizer(tmp_path):
-    t = train(tmp_path, tiny_llama(), lm_rows(8), collator=PadCollator(), optim="sgd", optim_args="momentum=0.9",
-              max_steps=2)
+    t = train(
+        tmp_path, tiny_llama(), lm_rows(8), collator=PadCollator(), optim="sgd", optim_args="momentum=0.9", max_steps=2
+    )
     assert all(g["momentum"] == 0.9 for g in t.optimizer.param_groups)
 
 
 def test_8bit_optimizer_on_cpu_is_a_one_line_config_error(tmp_path):
-    t = Trainer(tiny_llama(), make_args(tmp_path, optim="adamw_8bit"), data_collator=PadCollator(),
-                train_dataset=lm_rows(8))
+    t = Trainer(
+        tiny_llama(), make_args(tmp_path, optim="adamw_8bit"), data_collator=PadCollator(), train_dataset=lm_rows(8)
+    )
     with pytest.raises(ConfigError, match="adamw_8bit") as err:
         t.train()
     assert "\n" not in str(err.value)
@@ -627,8 +667,13 @@ def test_8bit_optimizer_on_cpu_is_a_one_line_config_error(tmp_path):
 def test_optimizer_cls_and_kwargs_is_used(tmp_path):
     model = tiny_llama()
     before = trainable(model)
-    t = Trainer(model, make_args(tmp_path, max_steps=2, lr_scheduler_type="constant"), data_collator=PadCollator(),
-                train_dataset=lm_rows(8), optimizer_cls_and_kwargs=(torch.optim.SGD, {"lr": 0.1}))
+    t = Trainer(
+        model,
+        make_args(tmp_path, max_steps=2, lr_scheduler_type="constant"),
+        data_collator=PadCollator(),
+        train_dataset=lm_rows(8),
+        optimizer_cls_and_kwargs=(torch.optim.SGD, {"lr": 0.1}),
+    )
     t.train()
     inner = getattr(t.optimizer, "optimizer", t.optimizer)
     assert type(inner) is torch.optim.SGD
@@ -642,8 +687,13 @@ def test_optimizers_tuple_is_used_as_given(tmp_path):
     before = trainable(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (step + 1))
-    t = Trainer(model, make_args(tmp_path, max_steps=3), data_collator=PadCollator(), train_dataset=lm_rows(8),
-                optimizers=(opt, sched))
+    t = Trainer(
+        model,
+        make_args(tmp_path, max_steps=3),
+        data_collator=PadCollator(),
+        train_dataset=lm_rows(8),
+        optimizers=(opt, sched),
+    )
     t.train()
     assert getattr(t.optimizer, "optimizer", t.optimizer) is opt
     assert getattr(t.lr_scheduler, "scheduler", t.lr_scheduler) is sched

@@ -115,7 +115,10 @@ def test_each_parameter_gets_its_first_matching_pattern_settings(tmp_path):
     assert got["model.norm.weight"] == (1e-4, 0.0, r"pattern:norm (no_decay)")
     assert got["lm_head.weight"] == (1e-4, 0.01, "decay")  # unmatched: the defaults
     assert [g["name"] for g in opt.param_groups] == [
-        "decay", r"pattern:layers\.0\.self_attn (decay)", "pattern:self_attn (decay)", "pattern:norm (no_decay)"
+        "decay",
+        r"pattern:layers\.0\.self_attn (decay)",
+        "pattern:self_attn (decay)",
+        "pattern:norm (no_decay)",
     ]
     assert all(g["fused"] for g in opt.param_groups)
 
@@ -168,7 +171,9 @@ def test_the_callers_optimizer_lr_is_the_base_lr(tmp_path):
     args = make_args(tmp_path, learning_rate=1e-4, param_groups=[{"pattern": "q_proj", "lr": 1e-3}])
     opt = create_optimizer(model, args, CPU, (torch.optim.SGD, {"lr": 0.1}))
     assert {g["name"]: g["lr"] for g in opt.param_groups} == {
-        "decay": 0.1, "no_decay": 0.1, "pattern:q_proj (decay)": 1e-3
+        "decay": 0.1,
+        "no_decay": 0.1,
+        "pattern:q_proj (decay)": 1e-3,
     }
 
 
@@ -224,7 +229,9 @@ def test_loraplus_multiplies_a_pattern_lr(tmp_path):
     got = settings(opt.param_groups, model)
     assert {n: (lr, wd) for n, (lr, wd, _) in got.items()} == expected(model, rules, 1e-5, 0.01, ratio=8)
     assert {g["name"]: g["lr"] for g in opt.param_groups} == {
-        "no_decay": 1e-5, "pattern:lora_ (decay)": 2e-4, "pattern:lora_ (lora_B loraplus)": pytest.approx(16e-4)
+        "no_decay": 1e-5,
+        "pattern:lora_ (decay)": 2e-4,
+        "pattern:lora_ (lora_B loraplus)": pytest.approx(16e-4),
     }
 
 
@@ -238,18 +245,31 @@ def test_loraplus_without_lora_b_matrices_is_a_config_error():
 
 def test_each_group_reaches_its_own_lr_after_linear_warmup(tmp_path):
     rules = [{"pattern": "lora_", "lr": 2e-4}]
-    args = make_args(tmp_path, learning_rate=1e-5, param_groups=rules, loraplus_lr_ratio=4, warmup_steps=3,
-                     lr_scheduler_type="linear", optim="adamw_torch_fused")
+    args = make_args(
+        tmp_path,
+        learning_rate=1e-5,
+        param_groups=rules,
+        loraplus_lr_ratio=4,
+        warmup_steps=3,
+        lr_scheduler_type="linear",
+        optim="adamw_torch_fused",
+    )
     model = lora(tiny_llama(), modules_to_save=["lm_head"])
     opt = create_optimizer(model, args, CPU)
     peak = {g["name"]: g["lr"] for g in opt.param_groups}
-    assert peak == {"decay": 1e-5, "pattern:lora_ (decay)": 2e-4, "pattern:lora_ (lora_B loraplus)": pytest.approx(8e-4)}
+    assert peak == {
+        "decay": 1e-5,
+        "pattern:lora_ (decay)": 2e-4,
+        "pattern:lora_ (lora_B loraplus)": pytest.approx(8e-4),
+    }
     sched = create_scheduler(opt, args, num_training_steps=10)
     assert all(g["lr"] == 0.0 for g in opt.param_groups)
     for step in range(1, 4):
         opt.step()
         sched.step()
-        assert {g["name"]: g["lr"] for g in opt.param_groups} == pytest.approx({k: v * step / 3 for k, v in peak.items()})
+        assert {g["name"]: g["lr"] for g in opt.param_groups} == pytest.approx(
+            {k: v * step / 3 for k, v in peak.items()}
+        )
     assert {g["name"]: g["lr"] for g in opt.param_groups} == pytest.approx(peak)  # the end of warmup: the peaks
     assert describe_param_groups(opt.param_groups, model).count("0.0008") == 1  # the table shows peaks
 
@@ -258,8 +278,14 @@ def test_fused_adamw_applies_each_group_lr(tmp_path):
     # AdamW's first step moves every weight by lr * g / (|g| + eps) ~ lr (no decay here): one lr per group
     rules = [{"pattern": "q_proj", "lr": 1e-2}, {"pattern": "mlp", "lr": 1e-4}]
     model = tiny_llama()
-    args = make_args(tmp_path, learning_rate=1e-3, weight_decay=0.0, param_groups=rules, optim="adamw_torch_fused",
-                     adam_epsilon=1e-12)
+    args = make_args(
+        tmp_path,
+        learning_rate=1e-3,
+        weight_decay=0.0,
+        param_groups=rules,
+        optim="adamw_torch_fused",
+        adam_epsilon=1e-12,
+    )
     opt = create_optimizer(model, args, CPU)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     ids = torch.randint(3, 64, (2, 8), generator=torch.Generator().manual_seed(0))
@@ -305,14 +331,24 @@ def test_describe_works_on_groups_without_our_keys():
 def test_trainer_builds_and_trains_with_the_configured_groups(tmp_path, capsys):
     model = lora(tiny_llama())
     rules = [{"pattern": r"layers\.1\.", "lr": 5e-3}]
-    args = make_args(tmp_path, learning_rate=1e-2, weight_decay=0.1, param_groups=rules, loraplus_lr_ratio=2,
-                     max_steps=2, optim="adamw_torch_fused")
+    args = make_args(
+        tmp_path,
+        learning_rate=1e-2,
+        weight_decay=0.1,
+        param_groups=rules,
+        loraplus_lr_ratio=2,
+        max_steps=2,
+        optim="adamw_torch_fused",
+    )
     trainer = Trainer(model, args, data_collator=PadCollator(), train_dataset=lm_rows(8))
     opt = trainer.create_optimizer()
     got = settings(opt.param_groups, model)
     assert {n: (lr, wd) for n, (lr, wd, _) in got.items()} == expected(model, rules, 1e-2, 0.1, ratio=2)
     assert [g["name"] for g in opt.param_groups] == [
-        "decay", "lora_B (loraplus)", r"pattern:layers\.1\. (decay)", r"pattern:layers\.1\. (lora_B loraplus)"
+        "decay",
+        "lora_B (loraplus)",
+        r"pattern:layers\.1\. (decay)",
+        r"pattern:layers\.1\. (lora_B loraplus)",
     ]
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainer.optimizer = None  # train() builds it and prints the table
@@ -320,7 +356,9 @@ def test_trainer_builds_and_trains_with_the_configured_groups(tmp_path, capsys):
     assert r"pattern:layers\.1\. (lora_B loraplus)" in capsys.readouterr().out
     inner = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
     assert {g["name"]: g["initial_lr"] for g in inner.param_groups} == {
-        "decay": 1e-2, "lora_B (loraplus)": 2e-2, r"pattern:layers\.1\. (decay)": 5e-3,
+        "decay": 1e-2,
+        "lora_B (loraplus)": 2e-2,
+        r"pattern:layers\.1\. (decay)": 5e-3,
         r"pattern:layers\.1\. (lora_B loraplus)": 1e-2,
     }
     for name, p in model.named_parameters():

@@ -10,9 +10,9 @@ import shutil
 
 import pytest
 import torch
+import transformers
 from conftest import PadCollator, lm_rows, make_args, tiny_llama, weights
 from peft import LoraConfig, PeftModel, get_peft_model
-import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trainformers import CheckpointError, ConfigError, Trainer
@@ -29,7 +29,6 @@ from trainformers.models.peft import (
 QV = ["q_proj", "v_proj"]
 # peft 0.21 reads transformers' deprecated alias whenever it wraps a model (apply_peft silences it too)
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
-
 
 
 def add_adapter(model, config, name: str) -> None:
@@ -98,7 +97,13 @@ VARIANTS = {
     "pissa": {"r": 4, "target_modules": QV, "init_lora_weights": "pissa"},
     "pissa_niter": {"r": 4, "target_modules": QV, "init_lora_weights": "pissa_niter_4"},
     "olora": {"r": 4, "target_modules": QV, "init_lora_weights": "olora"},
-    "gaussian": {"r": 4, "target_modules": QV, "init_lora_weights": "gaussian", "lora_dropout": 0.1, "bias": "lora_only"},
+    "gaussian": {
+        "r": 4,
+        "target_modules": QV,
+        "init_lora_weights": "gaussian",
+        "lora_dropout": 0.1,
+        "bias": "lora_only",
+    },
     "all_linear": {"r": 4, "target_modules": "all-linear"},
     "regex": {"r": 4, "target_modules": r".*\.(q|v)_proj"},
     "layers": {"r": 4, "target_modules": QV, "layers_to_transform": [1], "layers_pattern": "layers"},
@@ -150,17 +155,23 @@ def lora_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("lora")
     tokenizer = train_tokenizer(default_corpus()[:20], vocab_size=300)
     tiny_llama(vocab=len(tokenizer)).save_pretrained(root / "base")
-    model = apply_peft(AutoModelForCausalLM.from_pretrained(root / "base"), {"r": 4, "target_modules": "all-linear"}, echo=None)
+    model = apply_peft(
+        AutoModelForCausalLM.from_pretrained(root / "base"), {"r": 4, "target_modules": "all-linear"}, echo=None
+    )
     args = make_args(root, max_steps=6, save_strategy="steps", save_steps=3)
     rows = lm_rows(vocab=len(tokenizer))
-    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=PadCollator(), processing_class=tokenizer)
+    trainer = Trainer(
+        model=model, args=args, train_dataset=rows, data_collator=PadCollator(), processing_class=tokenizer
+    )
     trainer.train()
     trainer.save_model(str(root / "run" / "final"))
     return root, model, len(tokenizer)
 
 
 def fresh_lora(root):
-    return apply_peft(AutoModelForCausalLM.from_pretrained(root / "base"), {"r": 4, "target_modules": "all-linear"}, echo=None)
+    return apply_peft(
+        AutoModelForCausalLM.from_pretrained(root / "base"), {"r": 4, "target_modules": "all-linear"}, echo=None
+    )
 
 
 def test_checkpoints_hold_only_the_adapter_and_reload_with_plain_peft(lora_run):
@@ -200,7 +211,9 @@ def test_merged_export_equals_adapter_inference(lora_run, tmp_path, capsys):
 
     assert main(["export", str(root / "run"), "--merge", "--out", str(tmp_path / "cli")]) == 0
     assert "merged model" in capsys.readouterr().out
-    torch.testing.assert_close(logits(AutoModelForCausalLM.from_pretrained(tmp_path / "cli"), ids), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        logits(AutoModelForCausalLM.from_pretrained(tmp_path / "cli"), ids), expected, atol=1e-5, rtol=0
+    )
 
 
 def test_export_without_merge_copies_model_files_not_training_state(lora_run, tmp_path):
@@ -215,7 +228,11 @@ def test_export_of_a_full_model_copies_it(tmp_path):
     tiny_llama().save_pretrained(tmp_path / "run" / "final")
     (tmp_path / "run" / "final" / "training_args.json").write_text("{}")
     assert main(["export", str(tmp_path / "run" / "final")]) == 0  # default --out: RUN_DIR/export
-    assert {p.name for p in (tmp_path / "run" / "export").iterdir()} == {"config.json", "generation_config.json", "model.safetensors"}
+    assert {p.name for p in (tmp_path / "run" / "export").iterdir()} == {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+    }
 
 
 def test_export_errors_are_one_line(lora_run, tmp_path, capsys):
@@ -255,7 +272,9 @@ def test_gradient_checkpointing_still_trains_the_adapters(tmp_path):
     """transformers #26221: reentrant checkpointing + frozen embeddings -> no gradient reaches the adapters."""
     model = apply_peft(tiny_llama(), {"r": 4, "target_modules": QV}, echo=None)
     before = params(model)
-    train(model, tmp_path, max_steps=3, gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": True})
+    train(
+        model, tmp_path, max_steps=3, gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": True}
+    )
     assert_only_trainable_changed(model, before)
 
 
@@ -271,7 +290,10 @@ def test_apply_peft_enables_input_grads_under_checkpointing():
     plain = get_peft_model(checkpointed(), LoraConfig(r=4, target_modules=QV, task_type="CAUSAL_LM"))
     plain.base_model.model.disable_input_require_grads()
     plain.train()
-    with pytest.raises(RuntimeError, match="does not require grad"), pytest.warns(UserWarning, match="None of the inputs"):
+    with (
+        pytest.raises(RuntimeError, match="does not require grad"),
+        pytest.warns(UserWarning, match="None of the inputs"),
+    ):
         plain(input_ids=ids, labels=ids).loss.backward()  # the trap itself
     model = apply_peft(checkpointed(), {"r": 4, "target_modules": QV}, echo=None)
     model.train()
@@ -334,15 +356,23 @@ def test_build_peft_config_passes_fields_through():
     assert (config.r, config.lora_alpha, config.use_dora, config.task_type) == (8, 16, True, "CAUSAL_LM")
     assert build_peft_config(config) is config
     assert type(build_peft_config({"method": "IA3"})).__name__ == "IA3Config"
-    assert {"lora", "ia3", "lokr", "loha", "boft", "vera", "adalora", "prefix_tuning", "prompt_tuning"} <= set(peft_methods())
+    assert {"lora", "ia3", "lokr", "loha", "boft", "vera", "adalora", "prefix_tuning", "prompt_tuning"} <= set(
+        peft_methods()
+    )
 
 
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"r": 8, "lora_alph": 16}, r"unknown key 'peft.lora_alph' for peft.method lora \(did you mean 'peft.lora_alpha'\?\)"),
+        (
+            {"r": 8, "lora_alph": 16},
+            r"unknown key 'peft.lora_alph' for peft.method lora \(did you mean 'peft.lora_alpha'\?\)",
+        ),
         ({"method": "ia3", "r": 8}, r"unknown key 'peft.r' for peft.method ia3"),
-        ({"method": "lorra"}, r"peft.method='lorra' is not a PEFT method \(did you mean 'lora'\?\); choose one of: .*ia3"),
+        (
+            {"method": "lorra"},
+            r"peft.method='lorra' is not a PEFT method \(did you mean 'lora'\?\); choose one of: .*ia3",
+        ),
         ({"peft_type": "LORA"}, r"peft.peft_type is set by peft; choose the method with peft.method"),
         ({"layers_pattern": "layers"}, r"peft \(lora\): When `layers_pattern` is specified"),
         ({"loftq_config": {"bits": 4}}, r"peft.loftq_config: "),

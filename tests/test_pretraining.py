@@ -131,8 +131,11 @@ def test_packed_rows_collate_with_padding_that_never_trains(tokenizer, corpus):
     assert count_label_items(batch, shift=True) == (block - 1) + (n - 1)
     model = tiny_llama(vocab=len(tokenizer))
     with torch.no_grad():
-        padded = lm_loss(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
-                         batch["labels"], shift=True)
+        padded = lm_loss(
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+            batch["labels"],
+            shift=True,
+        )
         sums = [
             lm_loss(model(input_ids=ids).logits, ids, shift=True, num_items_in_batch=1)
             for ids in (torch.tensor([full["input_ids"]]), torch.tensor([short["input_ids"]]))
@@ -153,8 +156,9 @@ def test_padding_free_batches_keep_every_token(tokenizer, corpus):
     documents = [encode(tokenizer, text) + [tokenizer.eos_token_id] for text in corpus]
     segments = []
     for batch in DataLoader(rows, batch_size=8, collate_fn=collator):
-        for ids, positions, labels in zip(batch["input_ids"].tolist(), batch["position_ids"].tolist(),
-                                          batch["labels"].tolist()):
+        for ids, positions, labels in zip(
+            batch["input_ids"].tolist(), batch["position_ids"].tolist(), batch["labels"].tolist()
+        ):
             starts = [i for i, p in enumerate(positions) if p == 0] + [len(ids)]
             for begin, end in itertools.pairwise(starts):
                 if set(ids[begin:end]) == {tokenizer.pad_token_id}:  # the pad run evening out a row
@@ -288,7 +292,9 @@ def test_in_memory_data_is_not_cached(tokenizer, corpus, monkeypatch):
 
 def test_map_functions_hash_stably(tokenizer):
     # datasets falls back to a random hash (no caching at all) when a function can't be hashed.
-    make = lambda tok: pretraining._Tokenize(tok, ["text"], tok.eos_token_id, None)
+    def make(tok):
+        return pretraining._Tokenize(tok, ["text"], tok.eos_token_id, None)
+
     before = Hasher.hash(make(tokenizer))
     tokenizer(["x" * 50], truncation=True, max_length=4)
     assert Hasher.hash(make(tokenizer)) == before

@@ -62,8 +62,12 @@ def test_quantization_without_a_gpu_is_one_line_before_loading(flag, monkeypatch
 def test_quantization_without_bitsandbytes_says_so(monkeypatch, no_loading):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     real = importlib.util.find_spec
-    monkeypatch.setattr(loading.importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
-    with pytest.raises(ConfigError, match=r"model.load_in_4bit needs bitsandbytes and a CUDA GPU \(bitsandbytes is not installed\)"):
+    monkeypatch.setattr(
+        loading.importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a)
+    )
+    with pytest.raises(
+        ConfigError, match=r"model.load_in_4bit needs bitsandbytes and a CUDA GPU \(bitsandbytes is not installed\)"
+    ):
         load_pretrained("any/model", load_in_4bit=True)
     # a ready-made config passed the transformers way is checked the same way
     with pytest.raises(ConfigError, match="model.load_in_8bit needs bitsandbytes"):
@@ -72,9 +76,9 @@ def test_quantization_without_bitsandbytes_says_so(monkeypatch, no_loading):
 
 def test_load_pretrained_loads_decoder_lm_and_llama_with_dtype(tmp_path):
     torch.manual_seed(0)
-    DecoderLM(DecoderLMConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2)).save_pretrained(
-        tmp_path / "decoder"
-    )
+    DecoderLM(
+        DecoderLMConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
+    ).save_pretrained(tmp_path / "decoder")
     tiny_llama().save_pretrained(tmp_path / "llama")
     assert isinstance(load_pretrained(str(tmp_path / "decoder")), DecoderLM)
     model = load_pretrained(str(tmp_path / "llama"), dtype="bfloat16")

@@ -138,7 +138,10 @@ def real_run(tmp_path_factory):
         tmp_path_factory.mktemp("real"), eval_strategy="steps", eval_steps=3, include_num_input_tokens_seen=True
     )
     trainer = Trainer(
-        model=tiny_llama(), args=args, data_collator=PadCollator(), train_dataset=lm_rows(16),
+        model=tiny_llama(),
+        args=args,
+        data_collator=PadCollator(),
+        train_dataset=lm_rows(16),
         eval_dataset=lm_rows(4, seed=1),
     )
     trainer.train()
@@ -170,7 +173,8 @@ def test_config_diff_reads_the_saved_run_config(tmp_path):
 
     write_log(tmp_path)
     RunConfig(
-        model=ModelSection(preset="nano"), data=DataSection(max_length=64),
+        model=ModelSection(preset="nano"),
+        data=DataSection(max_length=64),
         training=TrainingArguments(output_dir=str(tmp_path), learning_rate=3e-3),
     ).save(tmp_path / "config.yaml")
     source, changes = config_diff(tmp_path, training_args=TrainingArguments(learning_rate=1.0))

@@ -81,8 +81,14 @@ class Collate(PadCollator):
         return super().__call__(features)
 
 
-ARGS = {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2, "max_steps": 10,
-        "save_strategy": "steps", "save_steps": 3, "logging_steps": 5}
+ARGS = {
+    "per_device_train_batch_size": 2,
+    "gradient_accumulation_steps": 2,
+    "max_steps": 10,
+    "save_strategy": "steps",
+    "save_steps": 3,
+    "logging_steps": 5,
+}
 
 
 def _run(out, resume=None):
@@ -107,10 +113,10 @@ def test_resume_fetches_and_collates_only_the_batches_it_trains_on(tmp_path, mon
     checkpoint = Path(tmp_path / "full" / "run" / f"checkpoint-{step}")
     rows, batches = _run(tmp_path / "full", resume=str(checkpoint))
     done = step * ARGS["gradient_accumulation_steps"]  # micro-batches before the checkpoint
-    assert batches == full_batches[done:done + len(batches)]  # the uninterrupted run's, from there on
+    assert batches == full_batches[done : done + len(batches)]  # the uninterrupted run's, from there on
     assert len(batches) >= (ARGS["max_steps"] - step) * ARGS["gradient_accumulation_steps"]
     start = done * ARGS["per_device_train_batch_size"]
-    assert rows == full_rows[start:start + len(rows)]  # no row before the position is read
+    assert rows == full_rows[start : start + len(rows)]  # no row before the position is read
     assert len(rows) == sum(len(b) for b in batches)  # every row read is collated
     assert len(pulled) == len(rows)  # and the sampler produced no index it did not hand out
 

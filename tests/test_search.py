@@ -23,8 +23,14 @@ class Seen(TrainerCallback):
         self.runs: list[dict] = []
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.runs.append({"trial": state.trial_name, "search": state.is_hyper_param_search,
-                          "lr": args.learning_rate, "output_dir": args.output_dir})
+        self.runs.append(
+            {
+                "trial": state.trial_name,
+                "search": state.is_hyper_param_search,
+                "lr": args.learning_rate,
+                "output_dir": args.output_dir,
+            }
+        )
 
 
 def _search_trainer(tmp_path, inits=None, callbacks=None, **overrides):
@@ -34,8 +40,14 @@ def _search_trainer(tmp_path, inits=None, callbacks=None, **overrides):
         return tiny_llama()
 
     args = make_args(tmp_path, **{"max_steps": 6, "eval_strategy": "steps", "eval_steps": 2, **overrides})
-    return Trainer(model_init=model_init, args=args, data_collator=PadCollator(), train_dataset=lm_rows(32),
-                   eval_dataset=lm_rows(8, seed=1), callbacks=callbacks)
+    return Trainer(
+        model_init=model_init,
+        args=args,
+        data_collator=PadCollator(),
+        train_dataset=lm_rows(32),
+        eval_dataset=lm_rows(8, seed=1),
+        callbacks=callbacks,
+    )
 
 
 def _lr_space(trial):
@@ -88,8 +100,13 @@ def test_an_interrupted_search_reruns_only_its_unfinished_trials(tmp_path):
 
     def trainer():
         args = make_args(tmp_path, max_steps=2, eval_strategy="steps", eval_steps=2)
-        return Trainer(model_init=model_init, args=args, data_collator=PadCollator(), train_dataset=lm_rows(8),
-                       eval_dataset=lm_rows(4, seed=1))
+        return Trainer(
+            model_init=model_init,
+            args=args,
+            data_collator=PadCollator(),
+            train_dataset=lm_rows(8),
+            eval_dataset=lm_rows(4, seed=1),
+        )
 
     resumed = False
     with pytest.raises(KeyboardInterrupt):
@@ -120,7 +137,9 @@ def test_pruning_stops_a_diverging_trial_early(tmp_path):
 def test_multi_objective_returns_the_pareto_front(tmp_path):
     trainer = _search_trainer(tmp_path, max_steps=2)
     runs = trainer.hyperparameter_search(
-        hp_space=_lr_space, n_trials=2, direction=["minimize", "minimize"],
+        hp_space=_lr_space,
+        n_trials=2,
+        direction=["minimize", "minimize"],
         compute_objective=lambda m: (m["eval_loss"], m["eval_runtime"]),
     )
     assert isinstance(runs, list) and runs and all(len(r.objective) == 2 for r in runs)
@@ -136,8 +155,10 @@ def test_default_space_is_sampled_and_documented():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"hp_space": lambda t: {"learning_rat": t.suggest_float("learning_rat", 1e-4, 1e-2)}},
-         "'learning_rat' is not a TrainingArguments field (did you mean 'learning_rate'?)"),
+        (
+            {"hp_space": lambda t: {"learning_rat": t.suggest_float("learning_rat", 1e-4, 1e-2)}},
+            "'learning_rat' is not a TrainingArguments field (did you mean 'learning_rate'?)",
+        ),
         ({"hp_space": lambda t: {"output_dir": "elsewhere"}}, "trials write to <output_dir>/trial-N"),
         ({"backend": "ray"}, "backend='ray' is not supported; use backend='optuna'"),
         ({"direction": "minimise"}, "direction='minimise' must be 'minimize' or 'maximize'"),
@@ -155,9 +176,16 @@ def test_bad_search_arguments_fail_before_any_file_is_written(tmp_path, kwargs, 
 
 
 def test_search_needs_model_init(tmp_path):
-    trainer = Trainer(tiny_llama(), make_args(tmp_path), data_collator=PadCollator(), train_dataset=lm_rows(8),
-                      eval_dataset=lm_rows(4))
-    with pytest.raises(ConfigError, match=r"needs a model_init: pass Trainer\(model_init=...\) so each trial gets a new model"):
+    trainer = Trainer(
+        tiny_llama(),
+        make_args(tmp_path),
+        data_collator=PadCollator(),
+        train_dataset=lm_rows(8),
+        eval_dataset=lm_rows(4),
+    )
+    with pytest.raises(
+        ConfigError, match=r"needs a model_init: pass Trainer\(model_init=...\) so each trial gets a new model"
+    ):
         trainer.hyperparameter_search(n_trials=1)
 
 
@@ -169,12 +197,14 @@ def test_search_without_optuna_names_the_extra(tmp_path, monkeypatch):
 
 
 def test_run_file_space_parses_and_suggests():
-    hp_space = search_space_from_config({
-        "learning_rate": {"type": "loguniform", "low": 1e-5, "high": 1e-3},
-        "weight_decay": {"type": "uniform", "low": 0.0, "high": 0.2, "step": 0.05},
-        "num_train_epochs": {"type": "int", "low": 1, "high": 4},
-        "lr_scheduler_type": {"type": "categorical", "choices": ["linear", "cosine"]},
-    })
+    hp_space = search_space_from_config(
+        {
+            "learning_rate": {"type": "loguniform", "low": 1e-5, "high": 1e-3},
+            "weight_decay": {"type": "uniform", "low": 0.0, "high": 0.2, "step": 0.05},
+            "num_train_epochs": {"type": "int", "low": 1, "high": 4},
+            "lr_scheduler_type": {"type": "categorical", "choices": ["linear", "cosine"]},
+        }
+    )
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     values = hp_space(study.ask())
     assert list(values) == ["learning_rate", "weight_decay", "num_train_epochs", "lr_scheduler_type"]
@@ -185,8 +215,10 @@ def test_run_file_space_parses_and_suggests():
 @pytest.mark.parametrize(
     "section, message",
     [
-        ({"learnig_rate": {"type": "loguniform", "low": 1e-5, "high": 1e-3}},
-         "search.learnig_rate is not a TrainingArguments field (did you mean 'learning_rate'?)"),
+        (
+            {"learnig_rate": {"type": "loguniform", "low": 1e-5, "high": 1e-3}},
+            "search.learnig_rate is not a TrainingArguments field (did you mean 'learning_rate'?)",
+        ),
         ({"learning_rate": 3e-4}, "search.learning_rate=0.0003 must be a mapping with a type"),
         ({"learning_rate": {"type": "logunifrom", "low": 1e-5, "high": 1e-3}}, "(did you mean 'loguniform'?)"),
         ({"learning_rate": {"type": "loguniform", "low": 1e-5}}, "search.learning_rate (type loguniform) needs 'high'"),
@@ -205,8 +237,18 @@ def test_run_file_space_rejects_bad_specs(section, message):
 
 # the example run file, shrunk so the test takes seconds (same code path, smaller numbers)
 SMALL = [
-    "--model.vocab_size", "300", "--data.num_samples", "30", "--data.max_length", "32",
-    "--training.max_steps", "4", "--training.eval_steps", "2", "--training.logging_steps", "2",
+    "--model.vocab_size",
+    "300",
+    "--data.num_samples",
+    "30",
+    "--data.max_length",
+    "32",
+    "--training.max_steps",
+    "4",
+    "--training.eval_steps",
+    "2",
+    "--training.logging_steps",
+    "2",
 ]
 
 

@@ -89,7 +89,12 @@ def test_several_files_glob_and_streaming(tmp_path):
     stream = load_source(str(tmp_path / "part-*.jsonl"), streaming=True)
     assert isinstance(stream, datasets.IterableDataset)
     assert [row["id"] for row in stream] == everything
-    assert [row["id"] for row in load_source(str(tmp_path / "part-*.jsonl"), streaming=True, num_samples=4)] == [0, 1, 2, 3]
+    assert [row["id"] for row in load_source(str(tmp_path / "part-*.jsonl"), streaming=True, num_samples=4)] == [
+        0,
+        1,
+        2,
+        3,
+    ]
 
 
 def test_txt_files_are_paragraph_documents(tmp_path):
@@ -180,10 +185,16 @@ def test_hub_names_go_to_load_dataset(monkeypatch):
         return datasets.Dataset.from_dict({"text": ["hub doc", "another"]})
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    assert load_source("owner/corpus", subset="en", split="validation", revision="v1", num_samples=1)["text"] == ["hub doc"]
+    assert load_source("owner/corpus", subset="en", split="validation", revision="v1", num_samples=1)["text"] == [
+        "hub doc"
+    ]
     assert calls[-1] == ("owner/corpus", "en", {"split": "validation", "revision": "v1", "streaming": False})
     load_source("json", data_files={"train": "a.jsonl"})  # a packaged builder with data_files
-    assert calls[-1] == ("json", None, {"split": "train", "revision": None, "streaming": False, "data_files": {"train": "a.jsonl"}})
+    assert calls[-1] == (
+        "json",
+        None,
+        {"split": "train", "revision": None, "streaming": False, "data_files": {"train": "a.jsonl"}},
+    )
     stream = datasets.Dataset.from_dict({"text": ["a", "b", "c"]}).to_iterable_dataset()
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append(k) or stream)
     assert [r["text"] for r in load_source("owner/big", streaming=True, num_samples=2)] == ["a", "b"]
@@ -227,7 +238,10 @@ def test_split_by_percentage_is_seeded_and_disjoint():
 
     assert load_splits(data, validation_split_percentage=0) == (data, None)
     assert [len(p) for p in load_splits(data.select(range(3)), validation_split_percentage=1)] == [2, 1]  # at least one
-    assert [len(p) for p in load_splits(data.select(range(2)), validation_split_percentage=99)] == [1, 1]  # one to train
+    assert [len(p) for p in load_splits(data.select(range(2)), validation_split_percentage=99)] == [
+        1,
+        1,
+    ]  # one to train
     train, held_out = load_splits(data.select(range(1)), validation_split_percentage=50)
     assert len(train) == 1 and held_out is None
     assert [len(p) for p in load_splits(data, num_eval_samples=7)] == [93, 7]

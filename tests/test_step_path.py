@@ -10,17 +10,19 @@ import accelerate
 import pytest
 import torch
 from accelerate.optimizer import AcceleratedOptimizer
-
 from conftest import PadCollator, lm_rows, make_args, tiny_llama, weights
+
 from trainformers import Trainer
-from trainformers.losses import lm_loss
 from trainformers.loop_utils import OptimizerStep
+from trainformers.losses import lm_loss
 
 
 def _train(tmp_path, name, **overrides):
     trainer = Trainer(
-        model=tiny_llama(), args=make_args(tmp_path / name, **overrides),
-        train_dataset=lm_rows(32), data_collator=PadCollator(),
+        model=tiny_llama(),
+        args=make_args(tmp_path / name, **overrides),
+        train_dataset=lm_rows(32),
+        data_collator=PadCollator(),
     )
     trainer.train()
     return trainer
@@ -45,7 +47,9 @@ def test_plain_cpu_run_bypasses_accelerate_wrappers_and_label_counting(tmp_path,
 def test_accumulation_windows_still_count_labels(tmp_path, monkeypatch):
     calls = []
     original = Trainer._window_items
-    monkeypatch.setattr(Trainer, "_window_items", lambda self, window: calls.append(len(window)) or original(self, window))
+    monkeypatch.setattr(
+        Trainer, "_window_items", lambda self, window: calls.append(len(window)) or original(self, window)
+    )
     _train(tmp_path, "ga", max_steps=2, per_device_train_batch_size=2, gradient_accumulation_steps=2)
     assert calls == [2, 2]
 
@@ -58,8 +62,11 @@ def test_compute_loss_func_still_gets_the_label_count(tmp_path):
         return lm_loss(outputs.logits, labels, shift=True, num_items_in_batch=num_items_in_batch)
 
     trainer = Trainer(
-        model=tiny_llama(), args=make_args(tmp_path / "f", max_steps=2), train_dataset=lm_rows(32),
-        data_collator=PadCollator(), compute_loss_func=loss_func,
+        model=tiny_llama(),
+        args=make_args(tmp_path / "f", max_steps=2),
+        train_dataset=lm_rows(32),
+        data_collator=PadCollator(),
+        compute_loss_func=loss_func,
     )
     trainer.train()
     assert len(seen) == 2 and all(isinstance(n, torch.Tensor) and int(n) > 0 for n in seen)
@@ -67,7 +74,12 @@ def test_compute_loss_func_still_gets_the_label_count(tmp_path):
 
 @pytest.mark.parametrize("accumulation", [1, 2])
 def test_fast_path_trains_the_same_weights_as_accelerates(tmp_path, monkeypatch, accumulation):
-    overrides = dict(max_steps=4, per_device_train_batch_size=4 // accumulation, gradient_accumulation_steps=accumulation, max_grad_norm=0.5)
+    overrides = dict(
+        max_steps=4,
+        per_device_train_batch_size=4 // accumulation,
+        gradient_accumulation_steps=accumulation,
+        max_grad_norm=0.5,
+    )
     fast = weights(_train(tmp_path, "fast", **overrides).model)
 
     original = OptimizerStep.__init__
@@ -91,8 +103,11 @@ def test_counting_or_not_gives_the_same_weights(tmp_path):
         return lm_loss(outputs.logits, labels, shift=True, num_items_in_batch=num_items_in_batch)
 
     trainer = Trainer(
-        model=tiny_llama(), args=make_args(tmp_path / "counted", max_steps=4), train_dataset=lm_rows(32),
-        data_collator=PadCollator(), compute_loss_func=loss_func,
+        model=tiny_llama(),
+        args=make_args(tmp_path / "counted", max_steps=4),
+        train_dataset=lm_rows(32),
+        data_collator=PadCollator(),
+        compute_loss_func=loss_func,
     )
     trainer.train()
     counted = weights(trainer.model)

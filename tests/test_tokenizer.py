@@ -80,7 +80,9 @@ def test_default_tokenizer_has_no_chat_tokens_or_template(corpus):
 def test_chat_template_is_prefix_consistent_and_renders_as_documented(chat_tok):
     assert chat_tok.chat_template == CHAT_TEMPLATE
     full = render_chat(CONVERSATION, chat_tok)
-    assert full.startswith("<|system|>\nBe brief.<|end|>\n<|user|>\nWhat is 2 + 2?<|end|>\n<|assistant|>\nIt is 4.<|end|>\n")
+    assert full.startswith(
+        "<|system|>\nBe brief.<|end|>\n<|user|>\nWhat is 2 + 2?<|end|>\n<|assistant|>\nIt is 4.<|end|>\n"
+    )
     assert full.endswith("and a second line.<|end|>")
     for k, message in enumerate(CONVERSATION):
         through = render_chat(CONVERSATION[: k + 1], chat_tok)
@@ -88,7 +90,7 @@ def test_chat_template_is_prefix_consistent_and_renders_as_documented(chat_tok):
         if message["role"] == "assistant":  # what data.chat relies on to find the answer's span
             before = render_chat(CONVERSATION[:k], chat_tok, add_generation_prompt=True)
             assert before.endswith("\n<|assistant|>\n") and through.startswith(before)
-            assert through[len(before):] == message["content"] + END_TOKEN
+            assert through[len(before) :] == message["content"] + END_TOKEN
 
 
 def test_encode_chat_labels_exactly_the_answers_and_their_end_token(chat_tok):
@@ -155,8 +157,9 @@ def test_from_data_instruction_rows(tmp_path):
     data = DataSection(source=str(source), training_mode="instruction", validation_split_percentage=0)
     tok = train_tokenizer_from_data(data, 300, tmp_path / "tok", chat_tokens=True)
     assert len(tok("question number", add_special_tokens=False)["input_ids"]) <= 3  # merges learnt from the rows
-    ids, labels = encode_chat([{"role": "user", "content": rows[0]["prompt"]},
-                               {"role": "assistant", "content": rows[0]["response"]}], tok)
+    ids, labels = encode_chat(
+        [{"role": "user", "content": rows[0]["prompt"]}, {"role": "assistant", "content": rows[0]["response"]}], tok
+    )
     assert tok.decode([i for i, label in zip(ids, labels) if label != IGNORE_INDEX]) == "answer number 0.<|end|>"
 
 
@@ -174,8 +177,23 @@ def test_command_on_a_jsonl_file(tmp_path, capsys):
     rows = [{"body": f"Row {i}: the quick brown fox jumps over the lazy dog {i % 3} times."} for i in range(40)]
     source = write_jsonl(tmp_path / "rows.jsonl", rows)
     out = tmp_path / "tok"
-    code = main(["tokenizer", "train", "--data", str(source), "--text-field", "body", "--vocab-size", "300",
-                 "--out", str(out), "--chat-tokens", "--min-frequency", "3"])
+    code = main(
+        [
+            "tokenizer",
+            "train",
+            "--data",
+            str(source),
+            "--text-field",
+            "body",
+            "--vocab-size",
+            "300",
+            "--out",
+            str(out),
+            "--chat-tokens",
+            "--min-frequency",
+            "3",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "vocab size: 300" in printed and "round trip: ok" in printed and f"saved to {out}" in printed

@@ -60,8 +60,16 @@ def test_accumulation_matches_manual_full_batch_step(tmp_path):
     model = tiny_llama()
     reference = tiny_llama()
     t = _trainer(
-        tmp_path, model=model, train=data, per_device_train_batch_size=2, gradient_accumulation_steps=4,
-        max_steps=1, optim="sgd", learning_rate=0.5, max_grad_norm=0.0, train_sampling_strategy="sequential",
+        tmp_path,
+        model=model,
+        train=data,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=4,
+        max_steps=1,
+        optim="sgd",
+        learning_rate=0.5,
+        max_grad_norm=0.0,
+        train_sampling_strategy="sequential",
     )
     t.train()
     batch = PadCollator()([data[i] for i in range(8)])
@@ -93,8 +101,14 @@ class CrashAt(TrainerCallback):
 
 
 RESUME_ARGS = dict(
-    per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=20, save_strategy="steps",
-    save_steps=3, learning_rate=5e-3, warmup_steps=2, logging_steps=2,
+    per_device_train_batch_size=2,
+    gradient_accumulation_steps=2,
+    max_steps=20,
+    save_strategy="steps",
+    save_steps=3,
+    learning_rate=5e-3,
+    warmup_steps=2,
+    logging_steps=2,
 )
 
 
@@ -122,7 +136,9 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path, uninterrupted, crash_
     with pytest.raises(KeyboardInterrupt):
         t.train()
     assert ckpt.latest_checkpoint(t.args.output_dir) is not None
-    resumed = _trainer(tmp_path, model=_dropout_llama(seed=123), **RESUME_ARGS)  # other init: weights must come from disk
+    resumed = _trainer(
+        tmp_path, model=_dropout_llama(seed=123), **RESUME_ARGS
+    )  # other init: weights must come from disk
     resumed.train(resume_from_checkpoint=True)
     assert read_losses(resumed.args.output_dir) == full_losses
     for name, value in weights(resumed.model).items():
@@ -199,8 +215,15 @@ def test_checkpoint_is_pickle_free_and_complete(tmp_path):
     t.train()
     c = Path(t.args.output_dir) / "checkpoint-3"
     names = {p.name for p in c.iterdir()}
-    assert {"model.safetensors", "config.json", "optimizer.pt", "scheduler.pt", "rng_state_0.pth",
-            "trainer_state.json", "training_args.json"} <= names
+    assert {
+        "model.safetensors",
+        "config.json",
+        "optimizer.pt",
+        "scheduler.pt",
+        "rng_state_0.pth",
+        "trainer_state.json",
+        "training_args.json",
+    } <= names
     for name in ("optimizer.pt", "scheduler.pt", "rng_state_0.pth"):
         torch.load(c / name, weights_only=True)  # raises if anything needs unpickling
     state = json.loads((c / "trainer_state.json").read_text())
@@ -223,9 +246,17 @@ def _scripted_metrics(values):
 def test_rotation_keeps_the_best_and_load_best_at_end(tmp_path):
     # score per evaluation (one per step): best at step 2
     t = _trainer(
-        tmp_path, eval_dataset=lm_rows(4, seed=9), max_steps=6, eval_strategy="steps", eval_steps=1,
-        save_strategy="steps", save_steps=1, save_total_limit=2, metric_for_best_model="score",
-        greater_is_better=True, load_best_model_at_end=True,
+        tmp_path,
+        eval_dataset=lm_rows(4, seed=9),
+        max_steps=6,
+        eval_strategy="steps",
+        eval_steps=1,
+        save_strategy="steps",
+        save_steps=1,
+        save_total_limit=2,
+        metric_for_best_model="score",
+        greater_is_better=True,
+        load_best_model_at_end=True,
     )
     t.compute_metrics = _scripted_metrics([0.1, 0.9, 0.2, 0.3, 0.4, 0.5])
     t.train()
@@ -240,18 +271,33 @@ def test_rotation_keeps_the_best_and_load_best_at_end(tmp_path):
 
 def test_save_strategy_best_saves_only_improvements(tmp_path):
     t = _trainer(
-        tmp_path, eval_dataset=lm_rows(4, seed=9), max_steps=5, eval_strategy="steps", eval_steps=1,
-        save_strategy="best", metric_for_best_model="score", greater_is_better=True,
+        tmp_path,
+        eval_dataset=lm_rows(4, seed=9),
+        max_steps=5,
+        eval_strategy="steps",
+        eval_steps=1,
+        save_strategy="best",
+        metric_for_best_model="score",
+        greater_is_better=True,
     )
     t.compute_metrics = _scripted_metrics([0.1, 0.5, 0.2, 0.7, 0.3])
     t.train()
-    assert [p.name for p in ckpt.list_checkpoints(t.args.output_dir)] == ["checkpoint-1", "checkpoint-2", "checkpoint-4"]
+    assert [p.name for p in ckpt.list_checkpoints(t.args.output_dir)] == [
+        "checkpoint-1",
+        "checkpoint-2",
+        "checkpoint-4",
+    ]
 
 
 def test_early_stopping(tmp_path):
     t = _trainer(
-        tmp_path, eval_dataset=lm_rows(4, seed=9), max_steps=20, eval_strategy="steps", eval_steps=1,
-        metric_for_best_model="score", greater_is_better=True,
+        tmp_path,
+        eval_dataset=lm_rows(4, seed=9),
+        max_steps=20,
+        eval_strategy="steps",
+        eval_steps=1,
+        metric_for_best_model="score",
+        greater_is_better=True,
         callbacks=[EarlyStoppingCallback(early_stopping_patience=2)],
     )
     t.compute_metrics = _scripted_metrics([0.5, 0.6, 0.6, 0.55] + [0.0] * 20)
@@ -283,7 +329,7 @@ def test_evaluate_and_predict_shapes_and_metrics(tmp_path):
     width = max(len(r) for r in data["input_ids"])
     assert out.predictions.shape == (10, width, 64)
     assert out.label_ids.shape == (10, width)
-    assert (out.label_ids[0, len(data[0]["input_ids"]):] == -100).all()
+    assert (out.label_ids[0, len(data[0]["input_ids"]) :] == -100).all()
     assert "test_loss" in out.metrics and "test_accuracy" in out.metrics
     named = t.evaluate({"a": data, "b": lm_rows(4, seed=4)})
     assert "eval_a_loss" in named and "eval_b_loss" in named
@@ -374,10 +420,17 @@ def test_compute_loss_func_receives_window_count(tmp_path):
     def loss_fn(outputs, labels, num_items_in_batch=None):
         seen.append(int(num_items_in_batch))
         logits = outputs.logits[:, :-1].reshape(-1, outputs.logits.shape[-1])
-        return torch.nn.functional.cross_entropy(logits, labels[:, 1:].reshape(-1), reduction="sum") / num_items_in_batch
+        return (
+            torch.nn.functional.cross_entropy(logits, labels[:, 1:].reshape(-1), reduction="sum") / num_items_in_batch
+        )
 
-    t = _trainer(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=1,
-                 train_sampling_strategy="sequential")
+    t = _trainer(
+        tmp_path,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        max_steps=1,
+        train_sampling_strategy="sequential",
+    )
     t.compute_loss_func = loss_fn
     t.train()
     rows = lm_rows()
@@ -399,8 +452,14 @@ def test_no_and_empty_train_dataset(tmp_path):
 
 def test_model_without_loss_is_a_clear_error(tmp_path):
     rows = lm_rows().remove_columns(["labels"])
-    t = Trainer(tiny_llama(), make_args(tmp_path), train_dataset=rows,
-                data_collator=lambda f: {k: v for k, v in PadCollator()([{**x, "labels": x["input_ids"]} for x in f]).items() if k != "labels"})
+    t = Trainer(
+        tiny_llama(),
+        make_args(tmp_path),
+        train_dataset=rows,
+        data_collator=lambda f: {
+            k: v for k, v in PadCollator()([{**x, "labels": x["input_ids"]} for x in f]).items() if k != "labels"
+        },
+    )
     with pytest.raises(TrainformersError, match="returned no loss.*compute_loss_func"):
         t.train()
 
@@ -433,8 +492,13 @@ def test_resume_is_exact_with_a_collator_that_draws_random_numbers(tmp_path):
     args = {**RESUME_ARGS, "max_steps": 12}
 
     def run(out, callbacks=None, resume=None, seed=0):
-        t = Trainer(_dropout_llama(seed), make_args(out, **args), data_collator=RandomMaskCollator(),
-                    train_dataset=lm_rows(), callbacks=callbacks)
+        t = Trainer(
+            _dropout_llama(seed),
+            make_args(out, **args),
+            data_collator=RandomMaskCollator(),
+            train_dataset=lm_rows(),
+            callbacks=callbacks,
+        )
         t.train(resume_from_checkpoint=resume)
         return t
 
@@ -461,8 +525,10 @@ def test_collator_randomness_is_tied_to_rows_not_history():
     assert torch.equal(state, torch.get_rng_state())  # the global stream is untouched
 
 
-@pytest.mark.skipif(not __import__("trainformers.accel").accel.cpu_has_native_bf16(),
-                    reason="no native bf16 matmul: bf16=True trains in fp32 (tests/test_bf16.py)")
+@pytest.mark.skipif(
+    not __import__("trainformers.accel").accel.cpu_has_native_bf16(),
+    reason="no native bf16 matmul: bf16=True trains in fp32 (tests/test_bf16.py)",
+)
 def test_bf16_trains_under_autocast_on_cpu(tmp_path):
     dtypes = []
     t = _trainer(tmp_path, bf16=True, max_steps=2)
@@ -476,8 +542,15 @@ def test_bf16_trains_under_autocast_on_cpu(tmp_path):
 @pytest.mark.parametrize("mode", ["all", "non_padding"])
 def test_num_input_tokens_seen(tmp_path, mode):
     data = lm_rows(8)
-    t = _trainer(tmp_path, train=data, per_device_train_batch_size=4, max_steps=2, logging_steps=1,
-                 include_num_input_tokens_seen=mode, train_sampling_strategy="sequential")
+    t = _trainer(
+        tmp_path,
+        train=data,
+        per_device_train_batch_size=4,
+        max_steps=2,
+        logging_steps=1,
+        include_num_input_tokens_seen=mode,
+        train_sampling_strategy="sequential",
+    )
     t.train()
     rows = [r for r in t.state.log_history if "num_input_tokens_seen" in r]
     batches = [PadCollator()([data[i] for i in range(k, k + 4)]) for k in (0, 4)]
@@ -533,10 +606,14 @@ def test_epoch_sampler_orders_are_permutations_and_groups_lengths():
         assert list(sampler) != first
     grouped.set_epoch(0)
     order = list(grouped)
-    spread = sum(max(lengths[i] for i in order[k:k + 8]) - min(lengths[i] for i in order[k:k + 8]) for k in range(0, 400, 8))
+    spread = sum(
+        max(lengths[i] for i in order[k : k + 8]) - min(lengths[i] for i in order[k : k + 8]) for k in range(0, 400, 8)
+    )
     plain.set_epoch(0)
     order = list(plain)
-    random_spread = sum(max(lengths[i] for i in order[k:k + 8]) - min(lengths[i] for i in order[k:k + 8]) for k in range(0, 400, 8))
+    random_spread = sum(
+        max(lengths[i] for i in order[k : k + 8]) - min(lengths[i] for i in order[k : k + 8]) for k in range(0, 400, 8)
+    )
     assert spread < random_spread / 4  # batches of similar lengths: little padding
 
 
@@ -549,10 +626,17 @@ def test_nan_losses_are_filtered_from_the_log(tmp_path):
             loss = model(**inputs).loss
             return loss * float("nan") if NanOnce.calls == 2 else loss
 
-    t = _trainer(tmp_path, cls=NanOnce, per_device_train_batch_size=2, gradient_accumulation_steps=2,
-                 max_steps=1, learning_rate=0.0, max_grad_norm=0.0)
+    t = _trainer(
+        tmp_path,
+        cls=NanOnce,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        max_steps=1,
+        learning_rate=0.0,
+        max_grad_norm=0.0,
+    )
     t.train()
-    (step, loss), = read_losses(t.args.output_dir)
+    ((step, loss),) = read_losses(t.args.output_dir)
     assert loss == loss and loss > 0  # finite: the NaN micro-step was replaced by the running mean
 
 

@@ -51,7 +51,11 @@ def read_lock(path: Path) -> dict[str, str]:
 
 def diff(lock: Path) -> None:
     old, new = read_lock(lock), installed()
-    changes = [f"  {n}: {old.get(n, '-')} -> {new.get(n, '-')}" for n in sorted(old.keys() | new.keys()) if old.get(n) != new.get(n)]
+    changes = [
+        f"  {n}: {old.get(n, '-')} -> {new.get(n, '-')}"
+        for n in sorted(old.keys() | new.keys())
+        if old.get(n) != new.get(n)
+    ]
     print(f"newest releases vs {lock}:" if changes else f"the newest releases are the ones in {lock}")
     print("\n".join(changes))
 

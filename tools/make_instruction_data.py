@@ -12,15 +12,18 @@ rows with a system message.
 from __future__ import annotations
 
 import json
+import pydoc_data.topics
 import random
 import re
 from pathlib import Path
 
-import pydoc_data.topics
-
 OUT = Path(__file__).resolve().parents[1] / "examples" / "data" / "python_help.jsonl"
 SYSTEM = "You are a concise assistant for Python questions."
-QUESTIONS = ["What is the Python help topic '{t}' about?", "Explain '{t}' in Python briefly.", "Summarise the '{t}' topic."]
+QUESTIONS = [
+    "What is the Python help topic '{t}' about?",
+    "Explain '{t}' in Python briefly.",
+    "Summarise the '{t}' topic.",
+]
 
 
 def first_sentences(text: str, n: int = 2, limit: int = 300) -> str:
@@ -44,8 +47,14 @@ def main() -> None:
     rows: list[dict] = []
     for name, answer in topics.items():
         for question in rng.sample(QUESTIONS, 2):
-            rows.append({"messages": [{"role": "user", "content": question.format(t=name)},
-                                      {"role": "assistant", "content": answer}]})
+            rows.append(
+                {
+                    "messages": [
+                        {"role": "user", "content": question.format(t=name)},
+                        {"role": "assistant", "content": answer},
+                    ]
+                }
+            )
     for _ in range(120):
         text = words(rng, pool, rng.randint(2, 5))
         task = rng.choice(["reverse", "upper", "count"])
@@ -58,13 +67,17 @@ def main() -> None:
         rows.append({"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]})
     names = list(topics)
     for name in rng.sample(names, min(50, len(names))):
-        rows.append({"messages": [
-            {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": QUESTIONS[0].format(t=name)},
-            {"role": "assistant", "content": topics[name]},
-            {"role": "user", "content": "Name the topic in one word."},
-            {"role": "assistant", "content": name},
-        ]})
+        rows.append(
+            {
+                "messages": [
+                    {"role": "system", "content": SYSTEM},
+                    {"role": "user", "content": QUESTIONS[0].format(t=name)},
+                    {"role": "assistant", "content": topics[name]},
+                    {"role": "user", "content": "Name the topic in one word."},
+                    {"role": "assistant", "content": name},
+                ]
+            }
+        )
     rng.shuffle(rows)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     with OUT.open("w") as handle:

@@ -37,7 +37,8 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # task.py here, _machine.py in bench/
 
 import task  # noqa: E402
-from _machine import Load, vm_mb as vm  # noqa: E402
+from _machine import Load  # noqa: E402
+from _machine import vm_mb as vm
 
 
 def main() -> None:
@@ -50,8 +51,11 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--out", required=True)
     ap.add_argument("--min-new-tokens", type=int, default=1, help="100 forces every row to the cap: equal work")
-    ap.add_argument("--no-gen-guard", action="store_true",
-                    help="seq2seq: drop the min_new_tokens=1 / suppress pad+bos workaround (crashes)")
+    ap.add_argument(
+        "--no-gen-guard",
+        action="store_true",
+        help="seq2seq: drop the min_new_tokens=1 / suppress pad+bos workaround (crashes)",
+    )
     ap.add_argument("--workdir", default=str(HERE / "out" / "trainer_tmp"))
     args = ap.parse_args()
 
@@ -92,11 +96,17 @@ def main() -> None:
         checksums = {"base": task.checksum(base)}
         params = {"base": task.n_params(base)}
         lora = peft.LoraConfig(
-            task_type="CAUSAL_LM", r=16, lora_alpha=32, lora_dropout=0.05,
-            target_modules=["c_attn"], bias="none",
+            task_type="CAUSAL_LM",
+            r=16,
+            lora_alpha=32,
+            lora_dropout=0.05,
+            target_modules=["c_attn"],
+            bias="none",
         )
         kw = {"models": base, "peft_configs": lora}
-        base.generation_config.min_new_tokens = args.min_new_tokens  # equal settings with ours: at least one token before EOS
+        base.generation_config.min_new_tokens = (
+            args.min_new_tokens
+        )  # equal settings with ours: at least one token before EOS
 
     targs = CycleTrainingArguments(
         output_dir=args.workdir,
@@ -156,12 +166,20 @@ def main() -> None:
         "params": params,
         "tokenizer_fingerprint": task.tokenizer_fingerprint(tok),
         "settings": {
-            "optim": "adamw_torch", "lr": args.lr, "lr_scheduler": "constant", "warmup": 0,
-            "weight_decay": 0.0, "grad_accum": 1, "max_new_tokens": 100, "generation": "greedy",
+            "optim": "adamw_torch",
+            "lr": args.lr,
+            "lr_scheduler": "constant",
+            "warmup": 0,
+            "weight_decay": 0.0,
+            "grad_accum": 1,
+            "max_new_tokens": 100,
+            "generation": "greedy",
             "seq2seq_gen_guard": "min_new_tokens=1, suppress_tokens=[pad, bos]"
-            if args.mode == "seq2seq" and not args.no_gen_guard else None,
+            if args.mode == "seq2seq" and not args.no_gen_guard
+            else None,
             "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": ["c_attn"]}
-            if args.mode == "macct" else None,
+            if args.mode == "macct"
+            else None,
         },
     }
     print(json.dumps({k: result[k] for k in ("mode", "versions", "param_checksums", "params")}), flush=True)
@@ -232,8 +250,18 @@ def main() -> None:
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    keys = ("mode", "steps_done", "steps_wall_s", "steps_per_s", "samples_per_s", "train_wall_s",
-            "peak_rss_mb_ru_maxrss", "peak_rss_mb_during_train", "last_loss_A", "last_loss_B")
+    keys = (
+        "mode",
+        "steps_done",
+        "steps_wall_s",
+        "steps_per_s",
+        "samples_per_s",
+        "train_wall_s",
+        "peak_rss_mb_ru_maxrss",
+        "peak_rss_mb_during_train",
+        "last_loss_A",
+        "last_loss_B",
+    )
     print(json.dumps({k: result[k] for k in keys}))
 
 

@@ -16,7 +16,9 @@ def fmt(vals: list[float], nd: int = 3) -> str:
 
 
 def main() -> None:
-    print("| mode | runs | cycle steps/s | samples/s | s/step (median step) | train() s | peak RSS MB (ru_maxrss) | peak RSS MB during train | foreign cores | last loss A / B |")
+    print(
+        "| mode | runs | cycle steps/s | samples/s | s/step (median step) | train() s | peak RSS MB (ru_maxrss) | peak RSS MB during train | foreign cores | last loss A / B |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for mode in ("causal", "seq2seq", "macct"):
         runs = [json.loads(p.read_text()) for p in sorted(OUT.glob(f"run_{mode}_*.json"))]
@@ -25,8 +27,10 @@ def main() -> None:
         if not ok:
             print(f"| {mode} | 0 ok / {len(bad)} failed: {bad[0]['error'][:120] if bad else 'none'} |")
             continue
-        col = lambda k: [r[k] for r in ok if r.get(k) is not None]  # noqa: E731
-        losses = "; ".join(f"{r['last_loss_A']:.2f}/{r['last_loss_B']:.2f}" for r in ok if r.get("last_loss_A") is not None)
+        col = lambda k: [r[k] for r in ok if r.get(k) is not None]  # noqa: E731, B023 (called in this iteration)
+        losses = "; ".join(
+            f"{r['last_loss_A']:.2f}/{r['last_loss_B']:.2f}" for r in ok if r.get("last_loss_A") is not None
+        )
         print(
             f"| {mode} | {len(ok)} (steps {ok[0]['steps_done']}){' +' + str(len(bad)) + ' failed' if bad else ''} "
             f"| {fmt(col('steps_per_s'), 4)} | {fmt(col('samples_per_s'), 2)} | {fmt(col('step_s_median'), 2)} "

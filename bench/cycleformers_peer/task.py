@@ -57,10 +57,7 @@ MAX_POSITIONS = 512
 
 # ----------------------------------------------------------------------------- data
 def _sentence(rng: random.Random) -> str:
-    words = [
-        "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 3)))
-        for _ in range(rng.randint(3, 8))
-    ]
+    words = ["".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 3))) for _ in range(rng.randint(3, 8))]
     return " ".join(words)
 
 
@@ -267,8 +264,10 @@ if __name__ == "__main__":
     d = build_texts(0)
     lens = [len(tok(s)["input_ids"]) for s in d["A"] + d["B"]]
     print(f"torch {torch.__version__} transformers {transformers.__version__} threads {set_threads()}")
-    print(f"tokenizer: {len(tok)} tokens, fingerprint {tokenizer_fingerprint(tok)}, "
-          f"tokens/sentence mean {sum(lens) / len(lens):.1f} max {max(lens)}")
+    print(
+        f"tokenizer: {len(tok)} tokens, fingerprint {tokenizer_fingerprint(tok)}, "
+        f"tokens/sentence mean {sum(lens) / len(lens):.1f} max {max(lens)}"
+    )
     print("A[0]:", d["A"][0], "| B[0]:", d["B"][0], "| eval[0]:", d["eval_A"][0], "->", d["eval_B"][0])
     print("data sha:", hashlib.sha256(json.dumps(d).encode()).hexdigest()[:16])
     for name, fn, seed in (("gpt2", build_gpt2, 0), ("gpt2", build_gpt2, 1), ("t5", build_t5, 0), ("t5", build_t5, 1)):

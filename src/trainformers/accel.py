@@ -35,7 +35,11 @@ def _fsdp_plugin(args: Any) -> Any:
     options = set(args.fsdp)
     config = dict(args.fsdp_config or {})
     strategy = next(
-        (s.upper() for s in ("full_shard", "shard_grad_op", "hybrid_shard", "hybrid_shard_zero2", "no_shard") if s in options),
+        (
+            s.upper()
+            for s in ("full_shard", "shard_grad_op", "hybrid_shard", "hybrid_shard_zero2", "no_shard")
+            if s in options
+        ),
         "FULL_SHARD",
     )
     kwargs: dict[str, Any] = {"sharding_strategy": strategy}
@@ -105,7 +109,9 @@ def build_accelerator(args: Any) -> Accelerator:
     AcceleratorState._reset_state(reset_partial_state=False)
     cpu = bool(args.use_cpu) or not torch.cuda.is_available()
     if args.fp16 and cpu:
-        raise ConfigError("training.fp16=True needs a CUDA GPU and none is available; use bf16=True on CPU, or drop fp16")
+        raise ConfigError(
+            "training.fp16=True needs a CUDA GPU and none is available; use bf16=True on CPU, or drop fp16"
+        )
     for tracker in args.report_to:
         if importlib.util.find_spec(tracker) is None:
             raise ConfigError(
@@ -135,7 +141,9 @@ def build_accelerator(args: Any) -> Accelerator:
     if args.torch_compile:
         from accelerate.utils import TorchDynamoPlugin
 
-        dynamo = TorchDynamoPlugin(backend=args.torch_compile_backend or "inductor", mode=args.torch_compile_mode or "default")
+        dynamo = TorchDynamoPlugin(
+            backend=args.torch_compile_backend or "inductor", mode=args.torch_compile_mode or "default"
+        )
     accel_config = dict(args.accelerator_config or {})
     accelerator = Accelerator(
         mixed_precision=mixed,

@@ -120,14 +120,10 @@ class TrainerCallback:
     ) -> TrainerControl | None:
         """After a successful `predict()`; `metrics` holds its results."""
 
-    def on_save(
-        self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl | None:
+    def on_save(self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any) -> TrainerControl | None:
         """After a checkpoint is saved."""
 
-    def on_log(
-        self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl | None:
+    def on_log(self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any) -> TrainerControl | None:
         """After a row is logged; `logs` holds it."""
 
     def on_prediction_step(
@@ -176,7 +172,8 @@ class CallbackHandler(TrainerCallback):
         if not any(isinstance(cb, DefaultFlowCallback) for cb in self.callbacks):
             logger.warning(
                 "No DefaultFlowCallback among the callbacks, so nothing will be logged, evaluated "
-                "or saved on schedule. Callbacks: %s", self.callback_list
+                "or saved on schedule. Callbacks: %s",
+                self.callback_list,
             )
 
     def add_callback(self, callback: TrainerCallback | type[TrainerCallback]) -> None:
@@ -185,7 +182,8 @@ class CallbackHandler(TrainerCallback):
         if any(type(c) is type(cb) for c in self.callbacks):
             logger.warning(
                 "Adding a second %s; the callbacks are now: %s",
-                type(cb).__name__, ", ".join([self.callback_list, type(cb).__name__]),
+                type(cb).__name__,
+                ", ".join([self.callback_list, type(cb).__name__]),
             )
         self.callbacks.append(cb)
 
@@ -226,36 +224,24 @@ class CallbackHandler(TrainerCallback):
                 control = result
         return control
 
-    def on_init_end(
-        self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl:
+    def on_init_end(self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any) -> TrainerControl:
         return self.call_event("on_init_end", args, state, control, **kwargs)
 
-    def on_train_begin(
-        self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl:
+    def on_train_begin(self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any) -> TrainerControl:
         control._new_training()
         return self.call_event("on_train_begin", args, state, control, **kwargs)
 
-    def on_train_end(
-        self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl:
+    def on_train_end(self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any) -> TrainerControl:
         return self.call_event("on_train_end", args, state, control, **kwargs)
 
-    def on_epoch_begin(
-        self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl:
+    def on_epoch_begin(self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any) -> TrainerControl:
         control._new_epoch()
         return self.call_event("on_epoch_begin", args, state, control, **kwargs)
 
-    def on_epoch_end(
-        self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl:
+    def on_epoch_end(self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any) -> TrainerControl:
         return self.call_event("on_epoch_end", args, state, control, **kwargs)
 
-    def on_step_begin(
-        self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl:
+    def on_step_begin(self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any) -> TrainerControl:
         control._new_step()
         return self.call_event("on_step_begin", args, state, control, **kwargs)
 
@@ -269,14 +255,10 @@ class CallbackHandler(TrainerCallback):
     ) -> TrainerControl:
         return self.call_event("on_optimizer_step", args, state, control, **kwargs)
 
-    def on_substep_end(
-        self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl:
+    def on_substep_end(self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any) -> TrainerControl:
         return self.call_event("on_substep_end", args, state, control, **kwargs)
 
-    def on_step_end(
-        self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl:
+    def on_step_end(self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any) -> TrainerControl:
         return self.call_event("on_step_end", args, state, control, **kwargs)
 
     def on_evaluate(
@@ -290,9 +272,7 @@ class CallbackHandler(TrainerCallback):
     ) -> TrainerControl:
         return self.call_event("on_predict", args, state, control, metrics=metrics, **kwargs)
 
-    def on_save(
-        self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl:
+    def on_save(self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any) -> TrainerControl:
         control.should_save = False
         return self.call_event("on_save", args, state, control, **kwargs)
 
@@ -307,9 +287,7 @@ class CallbackHandler(TrainerCallback):
     ) -> TrainerControl:
         return self.call_event("on_prediction_step", args, state, control, **kwargs)
 
-    def on_push_begin(
-        self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl:
+    def on_push_begin(self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any) -> TrainerControl:
         return self.call_event("on_push_begin", args, state, control, **kwargs)
 
 
@@ -326,9 +304,7 @@ class DefaultFlowCallback(TrainerCallback):
     nothing is saved on schedule: the trainer saves after an evaluation that sets a new best.
     """
 
-    def on_step_end(
-        self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl:
+    def on_step_end(self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any) -> TrainerControl:
         step = state.global_step
         if step == 1 and args.logging_first_step:
             control.should_log = True
@@ -351,9 +327,7 @@ class DefaultFlowCallback(TrainerCallback):
                 control.should_save = True
         return control
 
-    def on_epoch_end(
-        self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl:
+    def on_epoch_end(self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any) -> TrainerControl:
         if args.logging_strategy == "epoch":
             control.should_log = True
         # eval_delay counts epochs here.
@@ -621,8 +595,9 @@ class EarlyStoppingCallback(TrainerCallback, ExportableState):
         value = (metrics or {}).get(name)
         if value is None:
             logger.warning(
-                "Early stopping is disabled: metric_for_best_model '%s' is not in the evaluation "
-                "metrics %s", name, sorted(metrics or {})
+                "Early stopping is disabled: metric_for_best_model '%s' is not in the evaluation metrics %s",
+                name,
+                sorted(metrics or {}),
             )
             self._disabled = True
             return

@@ -110,8 +110,10 @@ def run_exists(output_dir: str | os.PathLike) -> bool:
     root = Path(output_dir)
     if not root.is_dir():
         return False
-    return bool(list_checkpoints(root)) or (root / "log.jsonl").is_file() or any(
-        _CKPT_RE.match(p.name.removesuffix(TMP_SUFFIX)) for p in root.iterdir()
+    return (
+        bool(list_checkpoints(root))
+        or (root / "log.jsonl").is_file()
+        or any(_CKPT_RE.match(p.name.removesuffix(TMP_SUFFIX)) for p in root.iterdir())
     )
 
 
@@ -179,7 +181,9 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(handle.fileno())
 
 
-def rotate_checkpoints(output_dir: str | os.PathLike, limit: int | None, keep: str | os.PathLike | None = None) -> list[Path]:
+def rotate_checkpoints(
+    output_dir: str | os.PathLike, limit: int | None, keep: str | os.PathLike | None = None
+) -> list[Path]:
     """Delete the oldest complete checkpoints beyond `limit`, never the one in `keep` (the best).
 
     Returns:
@@ -212,7 +216,11 @@ def _is_peft(model: nn.Module) -> bool:
 
 
 def save_model_files(
-    model: nn.Module, out_dir: str | os.PathLike, *, state_dict: dict[str, torch.Tensor] | None = None, is_main: bool = True
+    model: nn.Module,
+    out_dir: str | os.PathLike,
+    *,
+    state_dict: dict[str, torch.Tensor] | None = None,
+    is_main: bool = True,
 ) -> None:
     """Save weights in HF format: `save_pretrained` when the model has it, safetensors otherwise."""
     out_dir = Path(out_dir)
@@ -366,9 +374,16 @@ def restore_trainer_state(path: Path, current: Any, callbacks: Any) -> Any:
         loaded = TrainerState.load_from_json(path / STATE_NAME)
     except ValueError as err:
         raise CheckpointError(f"checkpoint '{path}': {err}") from None
-    loaded.is_local_process_zero, loaded.is_world_process_zero = current.is_local_process_zero, current.is_world_process_zero
+    loaded.is_local_process_zero, loaded.is_world_process_zero = (
+        current.is_local_process_zero,
+        current.is_world_process_zero,
+    )
     loaded.max_steps, loaded.num_train_epochs = current.max_steps, current.num_train_epochs
-    loaded.logging_steps, loaded.eval_steps, loaded.save_steps = current.logging_steps, current.eval_steps, current.save_steps
+    loaded.logging_steps, loaded.eval_steps, loaded.save_steps = (
+        current.logging_steps,
+        current.eval_steps,
+        current.save_steps,
+    )
     for callback in callbacks:
         saved = loaded.stateful_callbacks.get(type(callback).__name__)
         if isinstance(callback, ExportableState) and isinstance(saved, dict):

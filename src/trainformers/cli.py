@@ -1,10 +1,10 @@
 """The `trainformers` command line: parse, build, call; errors as one line and exit status 2.
 
-    trainformers train [CONFIG.yaml] [--section.key VALUE ...]   # no CONFIG: the embedded default
-    trainformers report RUN_DIR [RUN_DIR ...] [--out DIR]         # report.png + report.md; several: compare.*
-    trainformers tokenizer train --vocab-size N --out DIR [--data SOURCE ...]   # a BPE tokenizer
-    trainformers generate CHECKPOINT "prompt" [--greedy | --temperature T ...]  # stream a continuation
-    trainformers export RUN_OR_CHECKPOINT [--out DIR] [--merge [--base MODEL]]   # model files, or adapter merged
+trainformers train [CONFIG.yaml] [--section.key VALUE ...]   # no CONFIG: the embedded default
+trainformers report RUN_DIR [RUN_DIR ...] [--out DIR]         # report.png + report.md; several: compare.*
+trainformers tokenizer train --vocab-size N --out DIR [--data SOURCE ...]   # a BPE tokenizer
+trainformers generate CHECKPOINT "prompt" [--greedy | --temperature T ...]  # stream a continuation
+trainformers export RUN_OR_CHECKPOINT [--out DIR] [--merge [--base MODEL]]   # model files, or adapter merged
 """
 
 from __future__ import annotations
@@ -121,23 +121,52 @@ def _add_tokenizer_parser(sub: Any) -> None:
         "(the training split of --data: held-out rows excluded) and save it to --out. Use it in a run with "
         "--model.tokenizer DIR.",
     )
-    train.add_argument("--data", metavar="SOURCE", help="anything data.source accepts: a local file (json, jsonl, "
-                       "csv, parquet, txt), a glob, a save_to_disk directory or a Hub dataset; omitted: the embedded corpus")
-    train.add_argument("--vocab-size", type=int, required=True, metavar="N",
-                       help="largest vocabulary size, bytes and special tokens included (at least 259; 263 with --chat-tokens)")
+    train.add_argument(
+        "--data",
+        metavar="SOURCE",
+        help="anything data.source accepts: a local file (json, jsonl, "
+        "csv, parquet, txt), a glob, a save_to_disk directory or a Hub dataset; omitted: the embedded corpus",
+    )
+    train.add_argument(
+        "--vocab-size",
+        type=int,
+        required=True,
+        metavar="N",
+        help="largest vocabulary size, bytes and special tokens included (at least 259; 263 with --chat-tokens)",
+    )
     train.add_argument("--out", required=True, metavar="DIR", help="directory to save the tokenizer in")
     train.add_argument("--subset", help="Hub dataset configuration name (e.g. wikitext-2-raw-v1)")
-    train.add_argument("--text-field", action="append", metavar="F",
-                       help="column holding the text (default: text); repeat it to join several columns")
-    train.add_argument("--training-mode", default="pretraining", metavar="MODE",
-                       help="pretraining (text rows, the default) or instruction (chat rows: their messages' contents)")
-    train.add_argument("--format", default="auto", metavar="F",
-                       help="instruction row format: auto, messages, conversations, prompt_response or alpaca")
+    train.add_argument(
+        "--text-field",
+        action="append",
+        metavar="F",
+        help="column holding the text (default: text); repeat it to join several columns",
+    )
+    train.add_argument(
+        "--training-mode",
+        default="pretraining",
+        metavar="MODE",
+        help="pretraining (text rows, the default) or instruction (chat rows: their messages' contents)",
+    )
+    train.add_argument(
+        "--format",
+        default="auto",
+        metavar="F",
+        help="instruction row format: auto, messages, conversations, prompt_response or alpaca",
+    )
     train.add_argument("--num-samples", type=_number(int, 1), metavar="N", help="use only the first N rows")
-    train.add_argument("--chat-tokens", action="store_true",
-                       help="add <|system|> <|user|> <|assistant|> <|end|> as special tokens, and a chat template using them")
-    train.add_argument("--min-frequency", type=_number(int, 1), default=2, metavar="N",
-                       help="a pair must occur at least N times to be merged (default: 2)")
+    train.add_argument(
+        "--chat-tokens",
+        action="store_true",
+        help="add <|system|> <|user|> <|assistant|> <|end|> as special tokens, and a chat template using them",
+    )
+    train.add_argument(
+        "--min-frequency",
+        type=_number(int, 1),
+        default=2,
+        metavar="N",
+        help="a pair must occur at least N times to be merged (default: 2)",
+    )
     train.add_argument("--overwrite", action="store_true", help="replace the tokenizer files in a non-empty --out")
 
 
@@ -152,16 +181,35 @@ def _add_generate_parser(sub: Any) -> None:
     generate.add_argument("checkpoint", help="model directory: RUN_DIR, RUN_DIR/final or RUN_DIR/checkpoint-N")
     generate.add_argument("prompt", help="text to continue (with --chat: the user message)")
     generate.add_argument("--max-new-tokens", type=_number(int, 1), default=50, metavar="N", help="default: 50")
-    generate.add_argument("--temperature", type=_number(float, 0), default=1.0, metavar="T",
-                          help="sampling temperature; 0 is greedy (default: 1.0)")
-    generate.add_argument("--top-p", type=_number(float, 0, 1, low_open=True), default=1.0, metavar="P",
-                          help="nucleus sampling: keep the smallest set of tokens with probability >= P (default: 1.0, off)")
-    generate.add_argument("--top-k", type=_number(int, 0), default=0, metavar="K",
-                          help="sample among the K most likely tokens (default: 0, off)")
+    generate.add_argument(
+        "--temperature",
+        type=_number(float, 0),
+        default=1.0,
+        metavar="T",
+        help="sampling temperature; 0 is greedy (default: 1.0)",
+    )
+    generate.add_argument(
+        "--top-p",
+        type=_number(float, 0, 1, low_open=True),
+        default=1.0,
+        metavar="P",
+        help="nucleus sampling: keep the smallest set of tokens with probability >= P (default: 1.0, off)",
+    )
+    generate.add_argument(
+        "--top-k",
+        type=_number(int, 0),
+        default=0,
+        metavar="K",
+        help="sample among the K most likely tokens (default: 0, off)",
+    )
     generate.add_argument("--greedy", action="store_true", help="always take the most likely token (deterministic)")
     generate.add_argument("--seed", type=int, default=0, help="seed for sampling (default: 0)")
-    generate.add_argument("--chat", action="store_true", help="send the prompt as a user message through the "
-                          "tokenizer's chat template (or the default one) and stream the assistant's answer")
+    generate.add_argument(
+        "--chat",
+        action="store_true",
+        help="send the prompt as a user message through the "
+        "tokenizer's chat template (or the default one) and stream the assistant's answer",
+    )
 
 
 def _add_export_parser(sub: Any) -> None:
@@ -176,8 +224,11 @@ def _add_export_parser(sub: Any) -> None:
     export.add_argument("run_or_checkpoint", help="RUN_DIR, RUN_DIR/final or RUN_DIR/checkpoint-N")
     export.add_argument("--out", metavar="DIR", help="an empty or new directory (default: RUN_DIR/export)")
     export.add_argument("--merge", action="store_true", help="merge a PEFT adapter into its base model")
-    export.add_argument("--base", metavar="MODEL", help="with --merge: the base model's directory or Hub name, "
-                        "instead of the one adapter_config.json names")
+    export.add_argument(
+        "--base",
+        metavar="MODEL",
+        help="with --merge: the base model's directory or Hub name, instead of the one adapter_config.json names",
+    )
 
 
 def _train(config_path: str | None, overrides: Sequence[str]) -> int:
@@ -213,14 +264,18 @@ def _cycle(config_path: str | None, overrides: Sequence[str]) -> int:
         parsed = parse_overrides(overrides)
         unknown = [f"--{section}.{key}" for section, values in parsed.items() if section != "demo" for key in values]
         if unknown:
-            raise ConfigError(f"without CONFIG only --demo.KEY overrides apply, got {unknown[0]}; give a run file for the others")
+            raise ConfigError(
+                f"without CONFIG only --demo.KEY overrides apply, got {unknown[0]}; give a run file for the others"
+            )
         fields = {f.name for f in dataclasses.fields(DemoRunConfig)}
         values = parsed.get("demo", {})
         bad = sorted(set(values) - fields)
         if bad:
             from .errors import did_you_mean
 
-            raise ConfigError(f"unknown demo setting '{bad[0]}'{did_you_mean(bad[0], sorted(fields))}; settings are {', '.join(sorted(fields))}")
+            raise ConfigError(
+                f"unknown demo setting '{bad[0]}'{did_you_mean(bad[0], sorted(fields))}; settings are {', '.join(sorted(fields))}"
+            )
         run_demo(DemoRunConfig(**values), echo=print)
         return 0
     from .cycle.run import load_cycle_config, run_cycle
@@ -229,7 +284,11 @@ def _cycle(config_path: str | None, overrides: Sequence[str]) -> int:
     print("# resolved cycle configuration")
     print(config.to_yaml(), end="")
     result = run_cycle(config)
-    shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in result["metrics"].items() if not k.endswith(("_runtime", "_per_second"))}
+    shown = {
+        k: round(v, 4) if isinstance(v, float) else v
+        for k, v in result["metrics"].items()
+        if not k.endswith(("_runtime", "_per_second"))
+    }
     print(f"\ndone in {result['runtime']:.1f}s: {result['train'].get('train_steps_per_second')} steps/s | {shown}")
     print(f"models in {result['output_dir'] / 'final'} (A/ and B/)")
     return 0
@@ -278,31 +337,45 @@ def _tokenizer_train(args: argparse.Namespace) -> int:
     if args.training_mode == "pretraining" and args.format != "auto":
         raise ConfigError(f"--format {args.format} describes instruction rows; add --training-mode instruction")
     if args.format == "template":
-        raise ConfigError("--format template needs data.template and data.response_field, which this command "
-                          "does not take; use train_tokenizer_from_data from Python")
+        raise ConfigError(
+            "--format template needs data.template and data.response_field, which this command "
+            "does not take; use train_tokenizer_from_data from Python"
+        )
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"--out {args.out!r} is a file; give a directory")
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
-        raise CheckpointError(f"--out {args.out!r} is not empty; pass --overwrite to replace its tokenizer files "
-                              "or choose another directory")
+        raise CheckpointError(
+            f"--out {args.out!r} is not empty; pass --overwrite to replace its tokenizer files "
+            "or choose another directory"
+        )
     text_field = args.text_field[0] if args.text_field and len(args.text_field) == 1 else args.text_field or "text"
-    data = DataSection(source=args.data, subset=args.subset, text_field=text_field, training_mode=args.training_mode,
-                       format=args.format, num_samples=args.num_samples)
+    data = DataSection(
+        source=args.data,
+        subset=args.subset,
+        text_field=text_field,
+        training_mode=args.training_mode,
+        format=args.format,
+        num_samples=args.num_samples,
+    )
     start = time.perf_counter()
     tokenizer = train_tokenizer_from_data(
         data, args.vocab_size, out, chat_tokens=args.chat_tokens, min_frequency=args.min_frequency
     )
     specials = ", ".join(tokenizer.all_special_tokens)
-    print(f"vocab size: {len(tokenizer)} (asked {args.vocab_size}; special tokens {specials}) "
-          f"in {time.perf_counter() - start:.1f}s")
+    print(
+        f"vocab size: {len(tokenizer)} (asked {args.vocab_size}; special tokens {specials}) "
+        f"in {time.perf_counter() - start:.1f}s"
+    )
     first = dataclasses.replace(data, num_samples=1, validation_split_percentage=0)
     sample = next(raw_texts(load_raw(first)[0], first), None) or "Hello, world!"
     ids = tokenizer(sample, add_special_tokens=False)["input_ids"]
     ok = tokenizer.decode(ids) == sample
     shown = sample[:60].replace("\n", " ") + ("..." if len(sample) > 60 else "")
-    print(f"round trip: {'ok' if ok else 'FAILED'} on the first row ({len(sample)} chars -> {len(ids)} tokens, "
-          f"{len(sample) / max(len(ids), 1):.2f} chars/token): {shown!r}")
+    print(
+        f"round trip: {'ok' if ok else 'FAILED'} on the first row ({len(sample)} chars -> {len(ids)} tokens, "
+        f"{len(sample) / max(len(ids), 1):.2f} chars/token): {shown!r}"
+    )
     print(f"saved to {out} (AutoTokenizer.from_pretrained({str(out)!r}); in a run: --model.tokenizer {out})")
     return 0 if ok else 1
 
@@ -316,15 +389,19 @@ def _model_dir(checkpoint: str, markers: Sequence[str] = ("config.json",)) -> Pa
 
     path = Path(checkpoint)
     if not path.is_dir():
-        raise CheckpointError(f"checkpoint {checkpoint!r} is not a directory; pass a model directory such as "
-                              "RUN_DIR/final or RUN_DIR/checkpoint-N")
+        raise CheckpointError(
+            f"checkpoint {checkpoint!r} is not a directory; pass a model directory such as "
+            "RUN_DIR/final or RUN_DIR/checkpoint-N"
+        )
     if not holds(path) and holds(path / "final"):
         return path / "final"
     if not holds(path):
         saved = sorted(p.name for p in path.glob("checkpoint-*") if holds(p))
         hint = f"; it holds {', '.join(saved)}" if saved else ""
-        raise CheckpointError(f"no model in {checkpoint!r} (no {' or '.join(markers)}, nor final/"
-                              f"{' or final/'.join(markers)}){hint}; pass a directory written by save_pretrained")
+        raise CheckpointError(
+            f"no model in {checkpoint!r} (no {' or '.join(markers)}, nor final/"
+            f"{' or final/'.join(markers)}){hint}; pass a directory written by save_pretrained"
+        )
     return path
 
 
@@ -342,8 +419,9 @@ def _load_for_generation(path: Path) -> tuple[Any, Any]:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, TypeError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"no usable tokenizer in {str(path)!r} ({first_line}); save one there with "
-                              "tokenizer.save_pretrained") from None
+        raise CheckpointError(
+            f"no usable tokenizer in {str(path)!r} ({first_line}); save one there with tokenizer.save_pretrained"
+        ) from None
     try:
         with _quiet_progress():  # a weight-loading bar for a local model is noise here
             model = AutoModelForCausalLM.from_pretrained(path)
@@ -402,8 +480,11 @@ def _generate(args: argparse.Namespace) -> int:
             **sampling,
         )
     new, seconds = out.shape[1] - ids.shape[1], time.perf_counter() - start
-    print(f"[{new} tokens in {seconds:.2f}s, {new / max(seconds, 1e-9):.1f} tokens/s, "
-          f"{'greedy' if greedy else 'sampled'}, {device}]", file=sys.stderr)
+    print(
+        f"[{new} tokens in {seconds:.2f}s, {new / max(seconds, 1e-9):.1f} tokens/s, "
+        f"{'greedy' if greedy else 'sampled'}, {device}]",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -427,14 +508,23 @@ def _export(args: argparse.Namespace) -> int:
     if args.base and not args.merge:
         raise CheckpointError("--base names the base model to merge into; add --merge or drop --base")
     if args.merge and not is_adapter:
-        raise CheckpointError(f"--merge needs a PEFT adapter, but {str(source)!r} holds a full model "
-                              f"(no {ADAPTER_CONFIG}); export it without --merge")
+        raise CheckpointError(
+            f"--merge needs a PEFT adapter, but {str(source)!r} holds a full model "
+            f"(no {ADAPTER_CONFIG}); export it without --merge"
+        )
     start = time.perf_counter()
     if args.merge:
         merge_and_save(source, out, base_model=args.base)
         what = "merged model (adapter folded into its base)"
     else:
-        state = (ckpt.STATE_NAME, ckpt.ARGS_NAME, ckpt.OPTIMIZER_NAME, ckpt.SCHEDULER_NAME, ckpt.SCALER_NAME, "rng_state_*.pth")
+        state = (
+            ckpt.STATE_NAME,
+            ckpt.ARGS_NAME,
+            ckpt.OPTIMIZER_NAME,
+            ckpt.SCHEDULER_NAME,
+            ckpt.SCALER_NAME,
+            "rng_state_*.pth",
+        )
         shutil.copytree(source, out, ignore=shutil.ignore_patterns(*state), dirs_exist_ok=True)
         what = "adapter" if is_adapter else "model"
     print(f"exported the {what} from {source} to {out} in {time.perf_counter() - start:.1f}s")

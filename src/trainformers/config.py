@@ -29,7 +29,6 @@ from transformers.trainer_utils import SchedulerType
 
 from .errors import ConfigError, did_you_mean
 
-
 __all__ = [
     "OPTIMIZERS",
     "SCHEDULERS",
@@ -101,8 +100,7 @@ def _choice(name: str, value: Any, allowed: Sequence[str]) -> str:
     value = getattr(value, "value", value)
     if value not in allowed:
         raise ConfigError(
-            f"{name}={value!r} is not supported{did_you_mean(str(value), allowed)}; "
-            f"choose one of: {', '.join(allowed)}"
+            f"{name}={value!r} is not supported{did_you_mean(str(value), allowed)}; choose one of: {', '.join(allowed)}"
         )
     return value
 
@@ -548,8 +546,12 @@ class TrainingArguments:
         if self.learning_rate != "auto" and (not _is_number(self.learning_rate) or self.learning_rate < 0):
             raise ConfigError(f"learning_rate={self.learning_rate!r} must be a number >= 0 (or 'auto')")
         if self.peak_tflops is not None and (not _is_number(self.peak_tflops) or self.peak_tflops < 0):
-            raise ConfigError(f"peak_tflops={self.peak_tflops!r} must be a number of TFLOP/s >= 0 (0 turns MFU off), or None to measure it")
-        if self.loraplus_lr_ratio is not None and (not _is_number(self.loraplus_lr_ratio) or self.loraplus_lr_ratio <= 0):
+            raise ConfigError(
+                f"peak_tflops={self.peak_tflops!r} must be a number of TFLOP/s >= 0 (0 turns MFU off), or None to measure it"
+            )
+        if self.loraplus_lr_ratio is not None and (
+            not _is_number(self.loraplus_lr_ratio) or self.loraplus_lr_ratio <= 0
+        ):
             raise ConfigError(f"loraplus_lr_ratio={self.loraplus_lr_ratio!r} must be a positive number (e.g. 16)")
         if self.learning_rate == "auto" and any(isinstance(g, Mapping) and "lr" in g for g in self.param_groups or []):
             raise ConfigError(
@@ -558,14 +560,20 @@ class TrainingArguments:
             )
         for i, group in enumerate(self.param_groups or []):
             if not isinstance(group, Mapping) or "pattern" not in group:
-                raise ConfigError(f"param_groups[{i}]={group!r} must be a mapping with a 'pattern' (and lr, weight_decay)")
+                raise ConfigError(
+                    f"param_groups[{i}]={group!r} must be a mapping with a 'pattern' (and lr, weight_decay)"
+                )
             unknown = set(group) - {"pattern", "lr", "weight_decay"}
             if unknown:
-                raise ConfigError(f"param_groups[{i}] has unknown keys {sorted(unknown)}; allowed: pattern, lr, weight_decay")
+                raise ConfigError(
+                    f"param_groups[{i}] has unknown keys {sorted(unknown)}; allowed: pattern, lr, weight_decay"
+                )
             try:
                 re.compile(group["pattern"])
             except re.error as err:
-                raise ConfigError(f"param_groups[{i}].pattern {group['pattern']!r} is not a valid regex: {err}") from None
+                raise ConfigError(
+                    f"param_groups[{i}].pattern {group['pattern']!r} is not a valid regex: {err}"
+                ) from None
         if not _is_number(self.warmup_steps) or self.warmup_steps < 0:
             raise ConfigError(f"warmup_steps={self.warmup_steps!r} must be >= 0 (steps, or a fraction < 1)")
         if self.warmup_steps >= 1:
@@ -744,7 +752,9 @@ class ModelSection:
     num_experts: int = _arg(1, "More than 1 turns the MLPs of moe_layers into a top-k mixture of experts.")
     num_experts_per_tok: int = _arg(2, "Experts each token is routed to (top-k).")
     moe_layers: list[int] | None = _arg(None, "Indices of the layers that get experts; None means every layer.")
-    capacity_factor: float | None = _arg(None, "Cap each expert at capacity_factor * tokens * k / experts; None: no cap.")
+    capacity_factor: float | None = _arg(
+        None, "Cap each expert at capacity_factor * tokens * k / experts; None: no cap."
+    )
     load_balance_coef: float | None = _arg(
         None, "Weight of the router load-balance loss C*sum(f_i*P_i); None keeps the model config's (0.01)."
     )
@@ -752,11 +762,17 @@ class ModelSection:
         None, "Weight of the auxiliary usage loss sum((f_i-1/C)^2); None keeps the model config's (0.0)."
     )
     z_loss_coef: float | None = _arg(None, "Weight of the router z-loss; None keeps the model config's (0.001).")
-    load_in_4bit: bool = _arg(False, "Load the pretrained base model quantized to 4 bits (bitsandbytes; needs a CUDA GPU).")
-    load_in_8bit: bool = _arg(False, "Load the pretrained base model quantized to 8 bits (bitsandbytes; needs a CUDA GPU).")
+    load_in_4bit: bool = _arg(
+        False, "Load the pretrained base model quantized to 4 bits (bitsandbytes; needs a CUDA GPU)."
+    )
+    load_in_8bit: bool = _arg(
+        False, "Load the pretrained base model quantized to 8 bits (bitsandbytes; needs a CUDA GPU)."
+    )
     bnb_4bit_quant_type: str = _arg("nf4", "4-bit data type: nf4 or fp4.")
     bnb_4bit_compute_dtype: str = _arg("bfloat16", "Dtype of the 4-bit matmuls: bfloat16, float16 or float32.")
-    bnb_4bit_use_double_quant: bool = _arg(False, "Quantize the 4-bit quantization constants too (saves ~0.4 bit/param).")
+    bnb_4bit_use_double_quant: bool = _arg(
+        False, "Quantize the 4-bit quantization constants too (saves ~0.4 bit/param)."
+    )
     dtype: str = _arg("float32", "Dtype to load or build the weights in: float32, bfloat16, float16 or auto.")
     trust_remote_code: bool = _arg(False, "Allow running model code downloaded from the Hub.")
     sample_prompt: str = _arg("The ", "Prompt of the sample generated at the end of a run; '' disables it.")
@@ -770,7 +786,9 @@ class ModelSection:
         if self.preset is not None:
             self.preset = _choice("model.preset", self.preset, tuple(MODEL_PRESETS))
             defaults = {f.name: f.default for f in dataclasses.fields(self)}
-            for name, value in zip(("hidden_size", "num_layers", "num_heads", "num_kv_heads"), MODEL_PRESETS[self.preset]):
+            for name, value in zip(
+                ("hidden_size", "num_layers", "num_heads", "num_kv_heads"), MODEL_PRESETS[self.preset]
+            ):
                 if getattr(self, name) == defaults[name]:  # a size set explicitly (not the default) wins
                     setattr(self, name, value)
         if self.load_in_4bit and self.load_in_8bit:
@@ -815,7 +833,9 @@ class DataSection:
         None, "Named split to evaluate on (e.g. 'validation'); None carves validation_split_percentage from train."
     )
     revision: str | None = _arg(None, "Hub dataset revision (branch, tag or commit).")
-    streaming: bool = _arg(False, "Stream the dataset instead of loading it (data larger than memory); needs max_steps.")
+    streaming: bool = _arg(
+        False, "Stream the dataset instead of loading it (data larger than memory); needs max_steps."
+    )
     training_mode: str = _arg(
         "pretraining",
         "pretraining (text -> next-token prediction) or instruction (chat/instruction rows, loss on assistant "
@@ -835,7 +855,9 @@ class DataSection:
     chat_template: str | None = _arg(
         None, "A Jinja chat template overriding the tokenizer's; None uses the tokenizer's, or the built-in default."
     )
-    max_length: int = _arg(128, "Longest sequence in tokens: the block length when packing, else the truncation length.")
+    max_length: int = _arg(
+        128, "Longest sequence in tokens: the block length when packing, else the truncation length."
+    )
     packing: bool = _arg(
         True,
         "Pretraining: join documents with EOS and cut blocks of max_length, all full but the last (padded); no token dropped. "
@@ -882,7 +904,9 @@ class DataSection:
         if self.padding_free:
             self.packing = False  # documented: padding-free is the other way to pack
         if self.format == "template" and (not self.template or not self.response_field):
-            raise ConfigError("data.format='template' needs data.template (e.g. 'Q: {question}') and data.response_field")
+            raise ConfigError(
+                "data.format='template' needs data.template (e.g. 'Q: {question}') and data.response_field"
+            )
 
 
 SECTIONS: dict[str, type] = {"model": ModelSection, "data": DataSection, "training": TrainingArguments, "peft": dict}
@@ -894,12 +918,12 @@ class RunConfig:
 
     model: ModelSection = field(default_factory=ModelSection, metadata={"help": "What is trained."})
     data: DataSection = field(default_factory=DataSection, metadata={"help": "What it is trained on."})
-    training: TrainingArguments = field(
-        default_factory=TrainingArguments, metadata={"help": "How it is trained."}
-    )
+    training: TrainingArguments = field(default_factory=TrainingArguments, metadata={"help": "How it is trained."})
     peft: dict[str, Any] | None = field(
         default=None,
-        metadata={"help": "PEFT adapter options (LoraConfig fields, `method` for other PEFT methods); None trains fully."},
+        metadata={
+            "help": "PEFT adapter options (LoraConfig fields, `method` for other PEFT methods); None trains fully."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -1029,7 +1053,9 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
     return value
 
 
-def _merge(merged: dict[str, dict[str, Any]], layer: Any, origin: str, sections: Mapping[str, type] | None = None) -> None:
+def _merge(
+    merged: dict[str, dict[str, Any]], layer: Any, origin: str, sections: Mapping[str, type] | None = None
+) -> None:
     """Check one layer (base, file or overrides) and copy its values over `merged`.
 
     `sections` maps section names to their dataclass (`dict` for free-form); default: a train run file.
@@ -1110,4 +1136,3 @@ def load_config(
         training=TrainingArguments(**merged["training"]),
         peft=merged["peft"] or None,
     )
-

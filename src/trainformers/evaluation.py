@@ -176,7 +176,11 @@ class EvalAccumulator:
         batch = first.shape[0] if first is not None else 0
         self.num_samples += batch
         if loss is not None:
-            weight = n_items.to(loss.device).float() if n_items is not None else torch.tensor(float(batch), device=loss.device)
+            weight = (
+                n_items.to(loss.device).float()
+                if n_items is not None
+                else torch.tensor(float(batch), device=loss.device)
+            )
             self.loss_sum = loss * weight if self.loss_sum is None else self.loss_sum + loss * weight
             self.item_sum = weight if self.item_sum is None else self.item_sum + weight
         if not self.keep_outputs:
@@ -215,11 +219,13 @@ class EvalAccumulator:
             from accelerate.utils import gather_object
 
             device = accel.device
-            sums = torch.stack([
-                loss_sum.float() if loss_sum is not None else torch.zeros((), device=device),
-                item_sum.float() if item_sum is not None else torch.zeros((), device=device),
-                torch.tensor(float(num_samples), device=device),
-            ]).to(device)
+            sums = torch.stack(
+                [
+                    loss_sum.float() if loss_sum is not None else torch.zeros((), device=device),
+                    item_sum.float() if item_sum is not None else torch.zeros((), device=device),
+                    torch.tensor(float(num_samples), device=device),
+                ]
+            ).to(device)
             loss_sum, item_sum, total = accel.reduce(sums, reduction="sum")
             num_samples = int(total.item())
             if item_sum.item() == 0:

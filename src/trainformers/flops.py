@@ -117,7 +117,9 @@ def datasheet_peak(name: str, dtype: torch.dtype) -> float | None:
     return None
 
 
-def measure_matmul_tflops(device: torch.device, dtype: torch.dtype, sizes: tuple[int, ...] = (1024, 1536, 2048), reps: int = 5) -> float:
+def measure_matmul_tflops(
+    device: torch.device, dtype: torch.dtype, sizes: tuple[int, ...] = (1024, 1536, 2048), reps: int = 5
+) -> float:
     """Square-matmul TFLOP/s: per size the median of `reps` timed runs, then the best size."""
     rates = []
     for n in sizes:
@@ -141,7 +143,9 @@ def _sync(device: torch.device) -> None:
 
 
 def cache_path() -> Path:
-    root = os.environ.get("TRAINFORMERS_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "trainformers")
+    root = os.environ.get("TRAINFORMERS_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", "~/.cache"), "trainformers"
+    )
     return Path(root).expanduser() / "peak_flops.json"
 
 
@@ -152,8 +156,12 @@ class Peak:
     dtype: str
 
     def describe(self) -> str:
-        how = {"set": "set by the user", "datasheet": "datasheet", "measured": "matmul measured now, cached",
-               "cached": "matmul measured earlier, cached"}[self.source]
+        how = {
+            "set": "set by the user",
+            "datasheet": "datasheet",
+            "measured": "matmul measured now, cached",
+            "cached": "matmul measured earlier, cached",
+        }[self.source]
         return f"{self.tflops:.3g} TFLOP/s {self.dtype} peak ({how})"
 
 

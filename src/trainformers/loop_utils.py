@@ -17,6 +17,7 @@ from torch import nn
 
 from .errors import ConfigError
 
+
 @dataclass
 class SinceLog:
     """What the loop accumulated since the last training log row.
@@ -164,7 +165,10 @@ def is_plateau(scheduler: Any) -> bool:
 
 def speed_metrics(prefix: str, start: float, num_samples: int, num_steps: int | None) -> dict[str, float]:
     runtime = time.perf_counter() - start
-    out = {f"{prefix}_runtime": round(runtime, 4), f"{prefix}_samples_per_second": round(num_samples / max(runtime, 1e-9), 3)}
+    out = {
+        f"{prefix}_runtime": round(runtime, 4),
+        f"{prefix}_samples_per_second": round(num_samples / max(runtime, 1e-9), 3),
+    }
     if num_steps:
         out[f"{prefix}_steps_per_second"] = round(num_steps / max(runtime, 1e-9), 3)
     return out
@@ -208,9 +212,13 @@ def prepare_model(model: nn.Module, args: Any, device: torch.device) -> None:
     """
     if args.gradient_checkpointing:
         # transformers 5.23 renamed it; older releases only have the gradient_ name
-        enable = getattr(model, "activation_checkpointing_enable", None) or getattr(model, "gradient_checkpointing_enable", None)
+        enable = getattr(model, "activation_checkpointing_enable", None) or getattr(
+            model, "gradient_checkpointing_enable", None
+        )
         if enable is None:
-            raise ConfigError(f"training.gradient_checkpointing=True but {type(model).__name__} does not support it; drop it")
+            raise ConfigError(
+                f"training.gradient_checkpointing=True but {type(model).__name__} does not support it; drop it"
+            )
         kwargs = args.gradient_checkpointing_kwargs
         if enable.__name__ == "activation_checkpointing_enable":
             enable(activation_checkpointing_kwargs=kwargs) if kwargs else enable()

@@ -17,7 +17,9 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100
 
 
-def count_label_items(batch: Mapping[str, Any], *, shift: bool, label_names: Sequence[str] = ("labels",)) -> torch.Tensor:
+def count_label_items(
+    batch: Mapping[str, Any], *, shift: bool, label_names: Sequence[str] = ("labels",)
+) -> torch.Tensor:
     """Count the items a micro-batch's mean loss averages over, as a tensor (no host sync).
 
     Integer labels count the positions that are not `-100` (after the causal shift when `shift`);

@@ -260,7 +260,9 @@ def _hyperparameters(trainer: Any, models: dict[str, Any], out: Path) -> str:
         items.append(("lr_scheduler_warmup_steps", args.warmup_steps))
     items.append(("training_steps", args.max_steps) if args.max_steps > 0 else ("num_epochs", args.num_train_epochs))
     asked = "bf16" if args.bf16 else "fp16" if args.fp16 else "no"
-    precision = getattr(getattr(trainer, "accelerator", None), "mixed_precision", None) or asked  # after any fp32 fallback
+    precision = (
+        getattr(getattr(trainer, "accelerator", None), "mixed_precision", None) or asked
+    )  # after any fp32 fallback
     if precision in ("bf16", "fp16"):
         items.append(("mixed_precision_training", f"Native AMP ({precision})"))
     if args.label_smoothing_factor:

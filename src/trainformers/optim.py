@@ -146,14 +146,16 @@ def describe_param_groups(groups: Sequence[Mapping[str, Any]], model: nn.Module 
         numel = sum(p.numel() for p in params)
         total_tensors, total_params = total_tensors + len(params), total_params + numel
         lr = group.get("initial_lr", group.get("lr"))
-        rows.append((
-            str(group.get("name", f"group {i}")),
-            "-" if group.get("pattern") is None else str(group["pattern"]),
-            str(len(params)),
-            f"{numel:,}",
-            "-" if lr is None else f"{float(lr):.4g}",
-            f"{float(group.get('weight_decay', 0.0)):.4g}",
-        ))
+        rows.append(
+            (
+                str(group.get("name", f"group {i}")),
+                "-" if group.get("pattern") is None else str(group["pattern"]),
+                str(len(params)),
+                f"{numel:,}",
+                "-" if lr is None else f"{float(lr):.4g}",
+                f"{float(group.get('weight_decay', 0.0)):.4g}",
+            )
+        )
     widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
     numeric = {2, 3, 4, 5}
     lines = [

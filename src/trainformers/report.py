@@ -98,13 +98,9 @@ def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
             if i == last:
                 logger.warning("%s: skipped the incomplete last line (a run cut short?)", path)
                 break
-            raise CheckpointError(
-                f"{path} line {i + 1} is not valid JSON; delete that line to read the rest"
-            ) from None
+            raise CheckpointError(f"{path} line {i + 1} is not valid JSON; delete that line to read the rest") from None
         if not isinstance(row, dict):
-            raise CheckpointError(
-                f"{path} line {i + 1} is not a JSON object; delete that line to read the rest"
-            )
+            raise CheckpointError(f"{path} line {i + 1} is not a JSON object; delete that line to read the rest")
         rows.append(row)
     return rows
 
@@ -596,11 +592,7 @@ def _is_number(value: Any) -> bool:
 
 def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
     """Return `(steps, values)` of the rows that have a numeric `key` and a numeric step."""
-    pairs = [
-        (row["step"], row[key])
-        for row in rows
-        if _is_number(row.get(key)) and _is_number(row.get("step"))
-    ]
+    pairs = [(row["step"], row[key]) for row in rows if _is_number(row.get(key)) and _is_number(row.get("step"))]
     return [s for s, _ in pairs], [v for _, v in pairs]
 
 

@@ -104,11 +104,20 @@ def build_model(config: RunConfig, tokenizer: Any) -> torch.nn.Module:
 
     m = config.model
     dtype = "auto" if m.dtype == "auto" else getattr(torch, m.dtype)
-    router = {k: v for k, v in (("load_balance_coef", m.load_balance_coef), ("auxiliary_coef", m.auxiliary_coef),
-                                ("z_loss_coef", m.z_loss_coef)) if v is not None}
+    router = {
+        k: v
+        for k, v in (
+            ("load_balance_coef", m.load_balance_coef),
+            ("auxiliary_coef", m.auxiliary_coef),
+            ("z_loss_coef", m.z_loss_coef),
+        )
+        if v is not None
+    }
     if m.name_or_path:
         model = load_pretrained(
-            m.name_or_path, dtype=m.dtype, trust_remote_code=m.trust_remote_code,
+            m.name_or_path,
+            dtype=m.dtype,
+            trust_remote_code=m.trust_remote_code,
             **{k: getattr(m, k) for k in QUANTIZATION_FIELDS},
         )
         for name, value in router.items():  # the run file overrides the saved router coefficients
@@ -239,9 +248,11 @@ def run_training(config: RunConfig, *, echo: Any = print) -> RunResult:
         args.report_at_end = report
     eval_loss = perplexity = None
     if data.eval is not None:
-        done = [] if args.load_best_model_at_end else [
-            r for r in trainer.state.log_history if "eval_loss" in r and r["step"] == trainer.state.global_step
-        ]
+        done = (
+            []
+            if args.load_best_model_at_end
+            else [r for r in trainer.state.log_history if "eval_loss" in r and r["step"] == trainer.state.global_step]
+        )
         eval_loss = done[-1]["eval_loss"] if done else trainer.evaluate()["eval_loss"]
         perplexity = math.exp(min(eval_loss, 50.0))
         trainer.log({"eval_perplexity": perplexity})
@@ -251,10 +262,18 @@ def run_training(config: RunConfig, *, echo: Any = print) -> RunResult:
     sample = None
     if config.model.sample_prompt and config.model.sample_max_new_tokens:
         model = trainer.accelerator.unwrap_model(trainer.model)
-        sample = generate_sample(model, tokenizer, config.model.sample_prompt, config.model.sample_max_new_tokens, args.seed)
+        sample = generate_sample(
+            model, tokenizer, config.model.sample_prompt, config.model.sample_max_new_tokens, args.seed
+        )
     trainer.accelerator.end_training()  # finish trackers; in a distributed run, leave the process group cleanly
     return RunResult(
-        out, time.perf_counter() - start, result.global_step, result.training_loss, eval_loss, perplexity, sample,
+        out,
+        time.perf_counter() - start,
+        result.global_step,
+        result.training_loss,
+        eval_loss,
+        perplexity,
+        sample,
         throughput_line(result.metrics, trainer.peak_flops()),
     )
 

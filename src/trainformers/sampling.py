@@ -126,7 +126,9 @@ class SeededCollate:
         # a stable 63-bit hash of (seed, indices); Python's hash() is salted per process
         digest = hashlib.blake2b(repr((self.seed, indices)).encode(), digest_size=8).digest()
         with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(int.from_bytes(digest, "little") >> 1)  # CPU only: torch.manual_seed also walks every accelerator backend (~1 ms)
+            torch.default_generator.manual_seed(
+                int.from_bytes(digest, "little") >> 1
+            )  # CPU only: torch.manual_seed also walks every accelerator backend (~1 ms)
             return self.collate_fn([row for _, row in items])
 
 
@@ -152,8 +154,11 @@ def jump_batch_sampler(batch_sampler: Any, num_batches: int) -> tuple[BatchSampl
     per_round = 1 if shard.split_batches else shard.num_processes
     sampler = inner.sampler.jumped(num_batches * per_round * size, keep_first=per_round * size)
     jumped = BatchSamplerShard(
-        BatchSampler(sampler, size, inner.drop_last), shard.num_processes, shard.process_index,
-        split_batches=shard.split_batches, even_batches=shard.even_batches,
+        BatchSampler(sampler, size, inner.drop_last),
+        shard.num_processes,
+        shard.process_index,
+        split_batches=shard.split_batches,
+        even_batches=shard.even_batches,
     )
     return jumped, 1
 

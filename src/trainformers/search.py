@@ -347,16 +347,18 @@ def _trial_rows(study: Any) -> list[dict[str, Any]]:
     rows = []
     for t in study.trials:
         intermediate = t.intermediate_values
-        rows.append({
-            "number": t.number,
-            "state": t.state.name,
-            "value": t.value if t.values is None or len(t.values) == 1 else list(t.values),
-            "last_reported": intermediate[max(intermediate)] if intermediate else None,
-            "steps_reported": sorted(intermediate),
-            "params": t.params,
-            "output_dir": t.user_attrs.get("output_dir"),
-            "duration_s": t.duration.total_seconds() if t.duration is not None else None,
-        })
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "value": t.value if t.values is None or len(t.values) == 1 else list(t.values),
+                "last_reported": intermediate[max(intermediate)] if intermediate else None,
+                "steps_reported": sorted(intermediate),
+                "params": t.params,
+                "output_dir": t.user_attrs.get("output_dir"),
+                "duration_s": t.duration.total_seconds() if t.duration is not None else None,
+            }
+        )
     return rows
 
 
@@ -396,10 +398,16 @@ def format_trials_table(summary: Mapping[str, Any]) -> str:
         return "-" if value is None else str(value)
 
     header = ["trial", "state", "objective", "steps", *names]
-    lines = [[("*" if str(t["number"]) in best else "") + str(t["number"]), t["state"].lower(),
-              fmt(t["value"] if t["value"] is not None else t["last_reported"]),
-              fmt(t["steps_reported"][-1] if t["steps_reported"] else None),
-              *(fmt(t["params"].get(n)) for n in names)] for t in trials]
+    lines = [
+        [
+            ("*" if str(t["number"]) in best else "") + str(t["number"]),
+            t["state"].lower(),
+            fmt(t["value"] if t["value"] is not None else t["last_reported"]),
+            fmt(t["steps_reported"][-1] if t["steps_reported"] else None),
+            *(fmt(t["params"].get(n)) for n in names),
+        ]
+        for t in trials
+    ]
     widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *lines])
 

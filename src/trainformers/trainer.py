@@ -126,7 +126,10 @@ class Trainer:
         self.control = TrainerControl()
         self.callback_handler = CallbackHandler(
             default_callbacks(self.args, self.accelerator) + list(callbacks or []),
-            self.model, processing_class, self.optimizer, self.lr_scheduler,
+            self.model,
+            processing_class,
+            self.optimizer,
+            self.lr_scheduler,
         )
         self.control = self.callback_handler.on_init_end(self.args, self.state, self.control)
 
@@ -235,7 +238,9 @@ class Trainer:
             dataset, collate = IndexedDataset(dataset), SeededCollate(self.data_collator, seed)
         else:
             collate = self.data_collator
-        return self._dataloader(dataset, self.args.per_device_train_batch_size, sampler, self.args.dataloader_drop_last, collate)
+        return self._dataloader(
+            dataset, self.args.per_device_train_batch_size, sampler, self.args.dataloader_drop_last, collate
+        )
 
     def get_eval_dataloader(self, eval_dataset: Any = None) -> DataLoader:
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
@@ -325,7 +330,11 @@ class Trainer:
                 label_smoothing=self.args.label_smoothing_factor,
             )
         else:
-            loss = outputs.get("loss") if isinstance(outputs, Mapping) else (outputs[0] if isinstance(outputs, tuple) else None)
+            loss = (
+                outputs.get("loss")
+                if isinstance(outputs, Mapping)
+                else (outputs[0] if isinstance(outputs, tuple) else None)
+            )
             if loss is None:
                 raise TrainformersError(
                     f"the model's forward returned no loss (got keys {list(outputs.keys()) if isinstance(outputs, Mapping) else type(outputs).__name__}); "
@@ -341,7 +350,9 @@ class Trainer:
     def _compute_loss_is_overridden(self) -> bool:
         return type(self).compute_loss is not Trainer.compute_loss
 
-    def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | None = None) -> torch.Tensor:
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Forward and backward of one micro-batch; returns its detached share of the window loss."""
         if not (model.training and self.model.training):
             model.train()  # after evaluation or a callback's eval(); HF calls it every micro-step (~0.3 ms)
@@ -599,7 +610,9 @@ class Trainer:
         done = state.global_step - start_step
         metrics = {
             "train_runtime": round(runtime, 4),
-            "train_samples_per_second": round(done * ga * args.per_device_train_batch_size * accel.num_processes / max(runtime, 1e-9), 3),
+            "train_samples_per_second": round(
+                done * ga * args.per_device_train_batch_size * accel.num_processes / max(runtime, 1e-9), 3
+            ),
             "train_steps_per_second": round(done / max(runtime, 1e-9), 3),
             "total_flos": state.total_flos,
             "train_tokens_per_second": round(run_tokens * accel.num_processes / max(runtime - self._paused, 1e-9), 2),
@@ -740,8 +753,14 @@ class Trainer:
         from .search import run_hyperparameter_search
 
         return run_hyperparameter_search(
-            self, hp_space=hp_space, compute_objective=compute_objective, n_trials=n_trials,
-            direction=direction, backend=backend, hp_name=hp_name, **kwargs,
+            self,
+            hp_space=hp_space,
+            compute_objective=compute_objective,
+            n_trials=n_trials,
+            direction=direction,
+            backend=backend,
+            hp_name=hp_name,
+            **kwargs,
         )
 
     def create_model_card(
@@ -760,8 +779,15 @@ class Trainer:
         from .modelcard import create_model_card
 
         return create_model_card(
-            self, language=language, license=license, tags=tags, model_name=model_name,
-            finetuned_from=finetuned_from, tasks=tasks, dataset_tags=dataset_tags, dataset=dataset,
+            self,
+            language=language,
+            license=license,
+            tags=tags,
+            model_name=model_name,
+            finetuned_from=finetuned_from,
+            tasks=tasks,
+            dataset_tags=dataset_tags,
+            dataset=dataset,
             dataset_args=dataset_args,
         )
 
@@ -865,7 +891,9 @@ class Trainer:
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=output.metrics)
         return output.metrics
 
-    def predict(self, test_dataset: Any, ignore_keys: list[str] | None = None, metric_key_prefix: str = "test") -> PredictionOutput:
+    def predict(
+        self, test_dataset: Any, ignore_keys: list[str] | None = None, metric_key_prefix: str = "test"
+    ) -> PredictionOutput:
         """Predictions (and metrics when labels are present) over `test_dataset`."""
         dataloader = self.get_test_dataloader(test_dataset)
         start = time.perf_counter()

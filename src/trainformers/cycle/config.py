@@ -178,5 +178,7 @@ class CycleTrainingArguments(TrainingArguments):
 
 
 CYCLE_FIELDS = tuple(
-    f.name for f in dataclasses.fields(CycleTrainingArguments) if f.name not in {g.name for g in dataclasses.fields(TrainingArguments)}
+    f.name
+    for f in dataclasses.fields(CycleTrainingArguments)
+    if f.name not in {g.name for g in dataclasses.fields(TrainingArguments)}
 )

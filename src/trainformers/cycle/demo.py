@@ -138,7 +138,9 @@ def build_models(cfg: DemoRunConfig, tokenizer: Any) -> dict[str, torch.nn.Modul
     return {"A": one(1), "B": one(2)}
 
 
-def _args(cfg: DemoRunConfig, output_dir: str, *, max_steps: int, warmup_paired_steps: int, paired_mix_every: int) -> Any:
+def _args(
+    cfg: DemoRunConfig, output_dir: str, *, max_steps: int, warmup_paired_steps: int, paired_mix_every: int
+) -> Any:
     from .config import CycleTrainingArguments
 
     return CycleTrainingArguments(
@@ -247,15 +249,32 @@ def run_demo(cfg: DemoRunConfig | None = None, echo: Callable[[str], Any] | None
     with _OutputDir(cfg.output_dir) as out:
         say(f"phase 1: {cfg.paired_steps} supervised steps on the paired set ...")
         before, t_paired = _train_and_eval(
-            cfg, data, tokenizer, models, str(Path(out) / "paired"),
-            max_steps=cfg.paired_steps, warmup_paired_steps=cfg.paired_steps, paired_mix_every=0,
+            cfg,
+            data,
+            tokenizer,
+            models,
+            str(Path(out) / "paired"),
+            max_steps=cfg.paired_steps,
+            warmup_paired_steps=cfg.paired_steps,
+            paired_mix_every=0,
         )
         say(f"phase 2: {cfg.cycle_steps} cycle steps on the unpaired sets ...")
         after, t_cycle = _train_and_eval(
-            cfg, data, tokenizer, models, str(Path(out) / "cycle"),
-            max_steps=cfg.cycle_steps, warmup_paired_steps=0, paired_mix_every=cfg.paired_mix_every,
+            cfg,
+            data,
+            tokenizer,
+            models,
+            str(Path(out) / "cycle"),
+            max_steps=cfg.cycle_steps,
+            warmup_paired_steps=0,
+            paired_mix_every=cfg.paired_mix_every,
         )
-    result = {"before": before, "after": after, "seconds": {"paired": t_paired, "cycle": t_cycle}, "config": cfg.to_dict()}
+    result = {
+        "before": before,
+        "after": after,
+        "seconds": {"paired": t_paired, "cycle": t_cycle},
+        "config": cfg.to_dict(),
+    }
     say(format_table(result))
     return result
 
@@ -272,8 +291,14 @@ def run_baseline(cfg: DemoRunConfig | None = None, echo: Callable[[str], Any] | 
     with _OutputDir(cfg.output_dir) as out:
         say(f"baseline: {steps} supervised steps on the paired set ...")
         metrics, seconds = _train_and_eval(
-            cfg, data, tokenizer, models, str(Path(out) / "baseline"),
-            max_steps=steps, warmup_paired_steps=steps, paired_mix_every=0,
+            cfg,
+            data,
+            tokenizer,
+            models,
+            str(Path(out) / "baseline"),
+            max_steps=steps,
+            warmup_paired_steps=steps,
+            paired_mix_every=0,
         )
     return {"metrics": metrics, "seconds": seconds, "config": cfg.to_dict()}
 

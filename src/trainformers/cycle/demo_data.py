@@ -84,9 +84,7 @@ def _below_thousand(n: int) -> list[str]:
 def number_to_words(n: int) -> str:
     """0..999999 -> lowercase words without 'and' or hyphens: 342 -> 'three hundred forty two'."""
     if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_SUPPORTED:
-        raise DataError(
-            f"number_to_words: n={n!r} is outside 0..{MAX_SUPPORTED}; pass an int in that range."
-        )
+        raise DataError(f"number_to_words: n={n!r} is outside 0..{MAX_SUPPORTED}; pass an int in that range.")
     if n < 1000:
         return " ".join(_below_thousand(n))
     words = _below_thousand(n // 1000) + ["thousand"]
@@ -95,9 +93,7 @@ def number_to_words(n: int) -> str:
     return " ".join(words)
 
 
-_VALUES = {w: i for i, w in enumerate(_ONES)} | {
-    w: 10 * i for i, w in enumerate(_TENS) if i >= 2
-}
+_VALUES = {w: i for i, w in enumerate(_ONES)} | {w: 10 * i for i, w in enumerate(_TENS) if i >= 2}
 
 
 def words_to_number(text: str) -> int | None:
@@ -134,9 +130,7 @@ def exact_match(predictions: list[str], references: list[str]) -> float:
     def norm(s: Any) -> str:
         return " ".join(str(s).split()).lower()
 
-    return sum(norm(p) == norm(r) for p, r in zip(predictions, references)) / len(
-        references
-    )
+    return sum(norm(p) == norm(r) for p, r in zip(predictions, references)) / len(references)
 
 
 @dataclass
@@ -147,13 +141,9 @@ class DemoConfig(_ConfigMixin):
     n_unpaired_A: int = _arg(2000, "Unpaired domain-A strings (number words).")
     n_unpaired_B: int = _arg(2000, "Unpaired domain-B strings (digits).")
     n_eval: int = _arg(200, "Held-out paired pairs for exact-match accuracy.")
-    max_number: int = _arg(
-        9999, f"Numbers are drawn from 0..max_number (at most {MAX_SUPPORTED})."
-    )
+    max_number: int = _arg(9999, f"Numbers are drawn from 0..max_number (at most {MAX_SUPPORTED}).")
     seed: int = _arg(0, "Seed for drawing and shuffling.")
-    text_field: str = _arg(
-        "text", "Output column; paired sets use <text_field>_A and <text_field>_B."
-    )
+    text_field: str = _arg("text", "Output column; paired sets use <text_field>_A and <text_field>_B.")
 
     def __post_init__(self) -> None:
         for name in (
@@ -166,13 +156,9 @@ class DemoConfig(_ConfigMixin):
         ):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ConfigError(
-                    f"DemoConfig.{name}={v!r} is invalid; use an int >= 0."
-                )
+                raise ConfigError(f"DemoConfig.{name}={v!r} is invalid; use an int >= 0.")
         if self.max_number > MAX_SUPPORTED:
-            raise ConfigError(
-                f"DemoConfig.max_number={self.max_number} is too large; use at most {MAX_SUPPORTED}."
-            )
+            raise ConfigError(f"DemoConfig.max_number={self.max_number} is too large; use at most {MAX_SUPPORTED}.")
         need = self.n_paired_train + self.n_unpaired_A + self.n_unpaired_B + self.n_eval
         if need > self.max_number + 1:
             raise ConfigError(
@@ -190,18 +176,12 @@ class CycleDemoData(CycleTaskData):
     """The demo's sets; `paired_train` is always present (possibly empty)."""
 
 
-def build_demo_data(
-    config: DemoConfig | dict | None = None, **overrides: Any
-) -> CycleDemoData:
+def build_demo_data(config: DemoConfig | dict | None = None, **overrides: Any) -> CycleDemoData:
     """Generate the demo sets (see module doc); keyword overrides update the config fields."""
     if config is None or isinstance(config, dict):
         cfg = DemoConfig.from_dict({**(config or {}), **overrides})
     else:
-        cfg = (
-            DemoConfig.from_dict({**config.to_dict(), **overrides})
-            if overrides
-            else config
-        )
+        cfg = DemoConfig.from_dict({**config.to_dict(), **overrides}) if overrides else config
     rng = random.Random(cfg.seed)
     nums = rng.sample(
         range(cfg.max_number + 1),
@@ -212,9 +192,7 @@ def build_demo_data(
     for c in cuts:
         parts.append(nums[start : start + c])
         start += c
-    ev, pt, a, b = (
-        parts  # rng.sample is already in random order; A and B come from disjoint draws
-    )
+    ev, pt, a, b = parts  # rng.sample is already in random order; A and B come from disjoint draws
     tf = cfg.text_field
 
     def paired(ns: list[int]) -> Dataset:

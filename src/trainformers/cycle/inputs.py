@@ -64,7 +64,6 @@ __all__ = [
 ]
 
 
-
 class CycleBatch(dict):
     """A dict of model inputs (`input_ids`, `attention_mask`, `labels`) that also carries
     `kept` (original indices of the rows in the batch) and `num_dropped` (rows dropped for an
@@ -73,9 +72,7 @@ class CycleBatch(dict):
     kept: list[int]
     num_dropped: int
 
-    def __init__(
-        self, tensors: dict[str, torch.Tensor], kept: list[int], num_dropped: int
-    ):
+    def __init__(self, tensors: dict[str, torch.Tensor], kept: list[int], num_dropped: int):
         super().__init__(tensors)
         self.kept = kept
         self.num_dropped = num_dropped
@@ -86,8 +83,7 @@ def tokenizers_compatible(a: Any, b: Any) -> bool:
     if a is b:
         return True
     return a.get_vocab() == b.get_vocab() and all(
-        getattr(a, name) == getattr(b, name)
-        for name in ("eos_token_id", "pad_token_id", "bos_token_id")
+        getattr(a, name) == getattr(b, name) for name in ("eos_token_id", "pad_token_id", "bos_token_id")
     )
 
 
@@ -109,18 +105,10 @@ def extract_generated_ids(
         One list of ids per row: the new tokens before the first EOS, with other special ids
         (pad, BOS, decoder start) dropped, as ``decode(..., skip_special_tokens=True)`` does.
     """
-    width = (
-        int(prompt_width.shape[-1])
-        if isinstance(prompt_width, torch.Tensor)
-        else int(prompt_width)
-    )
+    width = int(prompt_width.shape[-1]) if isinstance(prompt_width, torch.Tensor) else int(prompt_width)
     eos = tokenizer.eos_token_id
     special = set(tokenizer.all_special_ids)
-    rows = (
-        generated_ids.tolist()
-        if isinstance(generated_ids, torch.Tensor)
-        else [list(r) for r in generated_ids]
-    )
+    rows = generated_ids.tolist() if isinstance(generated_ids, torch.Tensor) else [list(r) for r in generated_ids]
     out = []
     for row in rows:
         new = row[width:]
@@ -137,10 +125,7 @@ def decode_generations(
 ) -> list[str]:
     """Texts of the generated sources, decoded with the *generator's* tokenizer (see
     `extract_generated_ids`); feed them to the text path of the trained model."""
-    return [
-        tokenizer.decode(ids)
-        for ids in extract_generated_ids(generated_ids, prompt_width, tokenizer)
-    ]
+    return [tokenizer.decode(ids) for ids in extract_generated_ids(generated_ids, prompt_width, tokenizer)]
 
 
 def _special_layout(tokenizer: Any) -> tuple[list[int], list[int]]:
@@ -151,16 +136,12 @@ def _special_layout(tokenizer: Any) -> tuple[list[int], list[int]]:
     for i in range(len(full) - len(bare) + 1):
         if full[i : i + len(bare)] == bare:
             return list(full[:i]), list(full[i + len(bare) :])
-    raise ValueError(
-        "cannot find where the tokenizer puts its special tokens around text"
-    )
+    raise ValueError("cannot find where the tokenizer puts its special tokens around text")
 
 
 def _split_template(prompt_template: str) -> tuple[str, str]:
     if prompt_template.count("{text}") != 1:
-        raise ValueError(
-            f"prompt_template must contain '{{text}}' exactly once, got {prompt_template!r}"
-        )
+        raise ValueError(f"prompt_template must contain '{{text}}' exactly once, got {prompt_template!r}")
     prefix, suffix = prompt_template.split("{text}")
 
     def unescape(s: str) -> str:
@@ -170,9 +151,7 @@ def _split_template(prompt_template: str) -> tuple[str, str]:
 
 
 def _pad(rows: list[list[int]], value: int, width: int) -> torch.Tensor:
-    return torch.tensor(
-        [r + [value] * (width - len(r)) for r in rows], dtype=torch.long
-    )
+    return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
 def _width(rows: list[list[int]], multiple: int | None) -> int:
@@ -221,23 +200,15 @@ class CycleBatchBuilder:
         if kind not in ("causal", "seq2seq"):
             raise ValueError(f"kind must be 'causal' or 'seq2seq', got {kind!r}")
         if tokenizer.eos_token_id is None:
-            raise ValueError(
-                "the trained model's tokenizer has no EOS token; every target must end with one"
-            )
+            raise ValueError("the trained model's tokenizer has no EOS token; every target must end with one")
         self.tokenizer = tokenizer
         self.kind = kind
         self.max_length = max_length
-        self.max_target_length = (
-            max_target_length if max_target_length is not None else max_length
-        )
+        self.max_target_length = max_target_length if max_target_length is not None else max_length
         self.pad_to_multiple_of = pad_to_multiple_of
         self.drop_empty = drop_empty
         self.eos_id = int(tokenizer.eos_token_id)
-        self.pad_id = int(
-            tokenizer.pad_token_id
-            if tokenizer.pad_token_id is not None
-            else tokenizer.eos_token_id
-        )
+        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
         self.head, self.tail = _special_layout(tokenizer)
         prefix, suffix = _split_template(prompt_template)
         self.prefix_ids = self._encode(prefix)
@@ -248,17 +219,11 @@ class CycleBatchBuilder:
         return self._encode(text)
 
     def _encode(self, text: str) -> list[int]:
-        return (
-            list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-            if text
-            else []
-        )
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
     # -- public entry points --------------------------------------------------------------
 
-    def from_texts(
-        self, synthetic_texts: Sequence[str], target_texts: Sequence[str]
-    ) -> CycleBatch:
+    def from_texts(self, synthetic_texts: Sequence[str], target_texts: Sequence[str]) -> CycleBatch:
         """The text path: re-encode decoded synthetic sources and real target texts."""
         _check_texts(synthetic_texts, "synthetic_texts")
         _check_texts(target_texts, "target_texts")
@@ -278,34 +243,19 @@ class CycleBatchBuilder:
     ) -> CycleBatch:
         """The causal shared-tokenizer fast path (see `prepare_causal_batch_from_ids`)."""
         if self.kind != "causal":
-            raise ValueError(
-                "the token fast path is for a causal trained model; use the text path for seq2seq"
-            )
-        if generator_tokenizer is not None and not tokenizers_compatible(
-            generator_tokenizer, self.tokenizer
-        ):
-            raise ValueError(
-                "the generator's tokenizer differs from the trained model's: use the text path"
-            )
+            raise ValueError("the token fast path is for a causal trained model; use the text path for seq2seq")
+        if generator_tokenizer is not None and not tokenizers_compatible(generator_tokenizer, self.tokenizer):
+            raise ValueError("the generator's tokenizer differs from the trained model's: use the text path")
         sources = extract_generated_ids(generated_ids, prompt_width, self.tokenizer)
-        return self.from_token_lists(
-            sources, self._target_lists(target_ids, target_attention_mask)
-        )
+        return self.from_token_lists(sources, self._target_lists(target_ids, target_attention_mask))
 
-    def _target_lists(
-        self, target_ids: Any, mask: torch.Tensor | None
-    ) -> list[list[int]]:
+    def _target_lists(self, target_ids: Any, mask: torch.Tensor | None) -> list[list[int]]:
         if isinstance(target_ids, torch.Tensor):
             if target_ids.dim() != 2 or mask is None:
-                raise ValueError(
-                    "a target_ids tensor must be 2-D (B, T) and come with target_attention_mask"
-                )
+                raise ValueError("a target_ids tensor must be 2-D (B, T) and come with target_attention_mask")
             rows = [row[m.bool()].tolist() for row, m in zip(target_ids, mask)]
         else:
-            rows = [
-                list(r.tolist() if isinstance(r, torch.Tensor) else r)
-                for r in target_ids
-            ]
+            rows = [list(r.tolist() if isinstance(r, torch.Tensor) else r) for r in target_ids]
         # The builder adds the special ids itself: drop ones already there.
         out = []
         for r in rows:
@@ -316,14 +266,10 @@ class CycleBatchBuilder:
             out.append(r)
         return out
 
-    def from_token_lists(
-        self, sources: list[list[int]], targets: list[list[int]]
-    ) -> CycleBatch:
+    def from_token_lists(self, sources: list[list[int]], targets: list[list[int]]) -> CycleBatch:
         """Assemble from per-row source and target ids (trained model's vocabulary, no specials)."""
         if len(sources) != len(targets):
-            raise ValueError(
-                f"{len(sources)} synthetic sources but {len(targets)} targets"
-            )
+            raise ValueError(f"{len(sources)} synthetic sources but {len(targets)} targets")
         kept = [i for i, s in enumerate(sources) if s or not self.drop_empty]
         build = self._causal_row if self.kind == "causal" else self._seq2seq_row
         rows = [build(list(sources[i]), list(targets[i])) for i in kept]
@@ -353,9 +299,7 @@ class CycleBatchBuilder:
             tensors = {
                 "input_ids": _pad(inputs, self.pad_id, width),
                 "attention_mask": attention,
-                "labels": _pad(
-                    labels, IGNORE_INDEX, _width(labels, self.pad_to_multiple_of)
-                ),
+                "labels": _pad(labels, IGNORE_INDEX, _width(labels, self.pad_to_multiple_of)),
             }
         return CycleBatch(tensors, kept, dropped)
 
@@ -381,22 +325,20 @@ class CycleBatchBuilder:
         width = max(len(r) for r in rows)
         left = self.kind == "causal"
         ids = [([self.pad_id] * (width - len(r)) + r) if left else (r + [self.pad_id] * (width - len(r))) for r in rows]
-        mask = [([0] * (width - len(r)) + [1] * len(r)) if left else ([1] * len(r) + [0] * (width - len(r))) for r in rows]
+        mask = [
+            ([0] * (width - len(r)) + [1] * len(r)) if left else ([1] * len(r) + [0] * (width - len(r))) for r in rows
+        ]
         longest = max(len(s) for s in sources)
         return torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.long), longest
 
     # -- rows -----------------------------------------------------------------------------
 
-    def _causal_row(
-        self, src: list[int], tgt: list[int]
-    ) -> tuple[list[int], list[int]]:
+    def _causal_row(self, src: list[int], tgt: list[int]) -> tuple[list[int], list[int]]:
         fixed = len(self.head) + len(self.prefix_ids) + len(self.suffix_ids) + 1
         if self.max_length is not None:
             budget = self.max_length - fixed
             if budget < 0:
-                raise ValueError(
-                    f"max_length={self.max_length} is below the {fixed} fixed tokens of a row"
-                )
+                raise ValueError(f"max_length={self.max_length} is below the {fixed} fixed tokens of a row")
             while len(src) + len(tgt) > budget:  # longest first; ties cut the source
                 if len(src) >= len(tgt):
                     src.pop()
@@ -406,27 +348,16 @@ class CycleBatchBuilder:
         answer = tgt + [self.eos_id]
         return prompt + answer, [IGNORE_INDEX] * len(prompt) + answer
 
-    def _seq2seq_row(
-        self, src: list[int], tgt: list[int]
-    ) -> tuple[list[int], list[int]]:
-        fixed_in = (
-            len(self.head)
-            + len(self.prefix_ids)
-            + len(self.suffix_ids)
-            + len(self.tail)
-        )
+    def _seq2seq_row(self, src: list[int], tgt: list[int]) -> tuple[list[int], list[int]]:
+        fixed_in = len(self.head) + len(self.prefix_ids) + len(self.suffix_ids) + len(self.tail)
         fixed_out = len(self.head) + 1
         if self.max_length is not None:
             if self.max_length < fixed_in:
-                raise ValueError(
-                    f"max_length={self.max_length} is below the {fixed_in} fixed encoder tokens"
-                )
+                raise ValueError(f"max_length={self.max_length} is below the {fixed_in} fixed encoder tokens")
             src = src[: self.max_length - fixed_in]
         if self.max_target_length is not None:
             if self.max_target_length < fixed_out:
-                raise ValueError(
-                    f"max_target_length={self.max_target_length} is below {fixed_out}"
-                )
+                raise ValueError(f"max_target_length={self.max_target_length} is below {fixed_out}")
             tgt = tgt[: self.max_target_length - fixed_out]
         return (
             self.head + self.prefix_ids + src + self.suffix_ids + self.tail,

@@ -51,7 +51,9 @@ class CycleDataSection:
         if self.task not in CYCLE_TASKS:
             from ..errors import did_you_mean
 
-            raise ConfigError(f"data.task={self.task!r} is not supported{did_you_mean(str(self.task), CYCLE_TASKS)}; choose one of {', '.join(CYCLE_TASKS)}")
+            raise ConfigError(
+                f"data.task={self.task!r} is not supported{did_you_mean(str(self.task), CYCLE_TASKS)}; choose one of {', '.join(CYCLE_TASKS)}"
+            )
         if self.task in ("translation", "ner") and not self.source:
             raise ConfigError(f"data.task={self.task!r} needs data.source (the paired dataset)")
         if self.task == "unpaired" and not (self.train_A and self.train_B):
@@ -116,7 +118,9 @@ def _load_texts(files: str, column: str) -> Any:
 
     dataset = load_source(files)
     if column not in dataset.column_names:
-        raise ConfigError(f"'{files}' has no column '{column}' (columns {dataset.column_names}); set training.text_field_A/B")
+        raise ConfigError(
+            f"'{files}' has no column '{column}' (columns {dataset.column_names}); set training.text_field_A/B"
+        )
     return dataset
 
 
@@ -162,7 +166,9 @@ def _build_model(run: RunConfig, tokenizer: Any) -> Any:
     if name:
         from transformers import AutoConfig, AutoModelForSeq2SeqLM
 
-        if getattr(AutoConfig.from_pretrained(name, trust_remote_code=run.model.trust_remote_code), "is_encoder_decoder", False):
+        if getattr(
+            AutoConfig.from_pretrained(name, trust_remote_code=run.model.trust_remote_code), "is_encoder_decoder", False
+        ):
             return AutoModelForSeq2SeqLM.from_pretrained(name, trust_remote_code=run.model.trust_remote_code)
     return build_model(run, tokenizer)
 
@@ -184,13 +190,21 @@ def run_cycle(config: CycleRunConfig) -> dict[str, Any]:
     task = build_cycle_data(config)
     tf_a, tf_b = "text", "text"
     texts = _texts(task.unpaired_A, tf_a) + _texts(task.unpaired_B, tf_b)
-    run_a = RunConfig(model=config.model_A, data=DataSection(max_length=min(args.max_seq_length, config.model_A.max_position_embeddings)), training=args)
+    run_a = RunConfig(
+        model=config.model_A,
+        data=DataSection(max_length=min(args.max_seq_length, config.model_A.max_position_embeddings)),
+        training=args,
+    )
     tok_a = build_tokenizer(run_a, texts)
     model_a = _build_model(run_a, tok_a)
     models: Any = model_a
     tokenizers: Any = tok_a
     if config.model_B is not None and not args.use_macct:
-        run_b = RunConfig(model=config.model_B, data=DataSection(max_length=min(args.max_seq_length, config.model_B.max_position_embeddings)), training=args)
+        run_b = RunConfig(
+            model=config.model_B,
+            data=DataSection(max_length=min(args.max_seq_length, config.model_B.max_position_embeddings)),
+            training=args,
+        )
         own_tokenizer = config.model_B.name_or_path or config.model_B.tokenizer
         tok_b = build_tokenizer(run_b, texts) if own_tokenizer else tok_a
         models = {"A": model_a, "B": _build_model(run_b, tok_b)}
@@ -230,4 +244,9 @@ def run_cycle(config: CycleRunConfig) -> dict[str, Any]:
     from ..report import report_at_end
 
     report_at_end(trainer)  # report.png + report.md, unless report_at_end is off
-    return {"metrics": metrics, "train": train_output.metrics, "output_dir": out, "runtime": time.perf_counter() - start}
+    return {
+        "metrics": metrics,
+        "train": train_output.metrics,
+        "output_dir": out,
+        "runtime": time.perf_counter() - start,
+    }

@@ -47,9 +47,7 @@ __all__ = [
 
 def _arg(default: Any, help: str) -> Any:
     if isinstance(default, (list, dict)):
-        return field(
-            default_factory=lambda: type(default)(default), metadata={"help": help}
-        )
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
     return field(default=default, metadata={"help": help})
 
 
@@ -81,15 +79,8 @@ class _ConfigMixin:
         for key in values:
             if key not in names:
                 same_case = [n for n in names if n.lower() == str(key).lower()]
-                hint = (
-                    f" (did you mean '{same_case[0]}'?)"
-                    if same_case
-                    else did_you_mean(str(key), names)
-                )
-                raise ConfigError(
-                    f"{cls.__name__}: unknown field '{key}'{hint}; "
-                    f"valid fields are {names}."
-                )
+                hint = f" (did you mean '{same_case[0]}'?)" if same_case else did_you_mean(str(key), names)
+                raise ConfigError(f"{cls.__name__}: unknown field '{key}'{hint}; valid fields are {names}.")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,9 +90,7 @@ class _ConfigMixin:
         name = type(self).__name__
         seed = self.seed
         if not isinstance(seed, int) or isinstance(seed, bool):
-            raise ConfigError(
-                f"{name}.seed={seed!r} is not an integer; set seed to an int such as 0."
-            )
+            raise ConfigError(f"{name}.seed={seed!r} is not an integer; set seed to an int such as 0.")
         ev = self.eval_size
         ok = (isinstance(ev, int) and not isinstance(ev, bool) and ev >= 0) or (
             isinstance(ev, float) and 0.0 < ev < 1.0
@@ -112,14 +101,10 @@ class _ConfigMixin:
             )
         pt = self.paired_train_size
         if not isinstance(pt, int) or isinstance(pt, bool) or pt < 0:
-            raise ConfigError(
-                f"{name}.paired_train_size={pt!r} is invalid; use an int >= 0."
-            )
+            raise ConfigError(f"{name}.paired_train_size={pt!r} is invalid; use an int >= 0.")
         tf = self.text_field
         if not isinstance(tf, str) or not tf:
-            raise ConfigError(
-                f"{name}.text_field={tf!r} is invalid; use a non-empty column name such as 'text'."
-            )
+            raise ConfigError(f"{name}.text_field={tf!r} is invalid; use a non-empty column name such as 'text'.")
 
 
 def _to_columns(data: Any, who: str) -> dict[str, list]:
@@ -137,16 +122,12 @@ def _to_columns(data: Any, who: str) -> dict[str, list]:
             cols[k] = list(v)
         lengths = {len(v) for v in cols.values()}
         if len(lengths) > 1:
-            raise DataError(
-                f"{who}: columns have different lengths {sorted(lengths)}; make them equal."
-            )
+            raise DataError(f"{who}: columns have different lengths {sorted(lengths)}; make them equal.")
         return cols
     if isinstance(data, Sequence) and not isinstance(data, (str, bytes)):
         rows = list(data)
         if rows and not all(isinstance(r, Mapping) for r in rows):
-            raise DataError(
-                f"{who}: rows must be dicts; got a {type(rows[0]).__name__}."
-            )
+            raise DataError(f"{who}: rows must be dicts; got a {type(rows[0]).__name__}.")
         keys = list(rows[0].keys()) if rows else []
         return {k: [r.get(k) for r in rows] for k in keys}
     raise DataError(
@@ -158,9 +139,7 @@ def _to_columns(data: Any, who: str) -> dict[str, list]:
 def _splits(data: Any, eval_split: str | None, who: str) -> tuple[Any, Any | None]:
     """Return (train, eval or None) from a DatasetDict / dict of Datasets, else (data, None)."""
     is_split_dict = isinstance(data, DatasetDict) or (
-        isinstance(data, Mapping)
-        and data
-        and all(isinstance(v, Dataset) for v in data.values())
+        isinstance(data, Mapping) and data and all(isinstance(v, Dataset) for v in data.values())
     )
     if not is_split_dict:
         return data, None
@@ -200,11 +179,7 @@ def _make_split(
         order = order[n_eval:]
     held_A = {a for a, _ in eval_pairs}
     held_B = {b for _, b in eval_pairs} if filter_B else set()
-    train = [
-        pairs[i]
-        for i in order
-        if pairs[i][0] not in held_A and pairs[i][1] not in held_B
-    ]
+    train = [pairs[i] for i in order if pairs[i][0] not in held_A and pairs[i][1] not in held_B]
     if cfg.paired_train_size and cfg.paired_train_size > len(train) - 2:
         raise DataError(
             f"{who}.paired_train_size={cfg.paired_train_size} leaves fewer than 2 of the {len(train)} "
@@ -223,15 +198,11 @@ def _make_split(
     rng.shuffle(side_A)
     rng.shuffle(side_B)
     if not side_A or not side_B:
-        raise DataError(
-            f"{who}: an unpaired side came out empty from {len(train)} training pairs; pass more data."
-        )
+        raise DataError(f"{who}: an unpaired side came out empty from {len(train)} training pairs; pass more data.")
     tf = cfg.text_field
 
     def paired(ps: list[tuple[str, str]]) -> Dataset:
-        return Dataset.from_dict(
-            {f"{tf}_A": [a for a, _ in ps], f"{tf}_B": [b for _, b in ps]}
-        )
+        return Dataset.from_dict({f"{tf}_A": [a for a, _ in ps], f"{tf}_B": [b for _, b in ps]})
 
     return CycleTaskData(
         unpaired_A=Dataset.from_dict({tf: side_A}),
@@ -278,9 +249,7 @@ class TranslationConfig(SplitConfig):
         None,
         "Domain B: a column name, or a key of the HF `translation` column (e.g. 'de').",
     )
-    translation_column: str = _arg(
-        "translation", "Column holding {lang: text} dicts (HF translation format)."
-    )
+    translation_column: str = _arg("translation", "Column holding {lang: text} dicts (HF translation format).")
 
     def __post_init__(self) -> None:
         for name in ("lang_A", "lang_B"):
@@ -290,9 +259,7 @@ class TranslationConfig(SplitConfig):
                     f"TranslationConfig.{name}={v!r} is required; set it to a language column or translation key such as 'en'."
                 )
         if self.lang_A == self.lang_B:
-            raise ConfigError(
-                f"TranslationConfig.lang_B={self.lang_B!r} equals lang_A; pick two different languages."
-            )
+            raise ConfigError(f"TranslationConfig.lang_B={self.lang_B!r} equals lang_A; pick two different languages.")
         self._check_common()
 
 
@@ -300,11 +267,7 @@ class TranslationTask:
     """Parallel corpus -> `CycleTaskData` (unpaired A/B language sets + paired eval)."""
 
     def __init__(self, config: TranslationConfig | Mapping[str, Any]):
-        self.config = (
-            config
-            if isinstance(config, TranslationConfig)
-            else TranslationConfig.from_dict(config)
-        )
+        self.config = config if isinstance(config, TranslationConfig) else TranslationConfig.from_dict(config)
 
     def _pairs(self, data: Any) -> list[tuple[str, str]]:
         cfg = self.config
@@ -365,9 +328,7 @@ _TYPE_SEP = " | "
 _EMPTY = "none"
 
 
-def bio_to_entities(
-    tokens: Sequence[str], tags: Sequence[str]
-) -> list[tuple[str, str]]:
+def bio_to_entities(tokens: Sequence[str], tags: Sequence[str]) -> list[tuple[str, str]]:
     """BIO tags -> [(entity text, type)] in order of appearance.
 
     Lenient like seqeval: an `I-X` that does not continue an `X` entity starts a new one.
@@ -392,9 +353,7 @@ def bio_to_entities(
             continue
         prefix, _, typ = tag.partition("-")
         if prefix not in ("B", "I") or not typ:
-            raise DataError(
-                f"NERTask: tag {tag!r} is not BIO ('O', 'B-TYPE' or 'I-TYPE'); convert the tags to BIO."
-            )
+            raise DataError(f"NERTask: tag {tag!r} is not BIO ('O', 'B-TYPE' or 'I-TYPE'); convert the tags to BIO.")
         if prefix == "B" or typ != cur_type:
             flush()
             cur_type = typ
@@ -439,9 +398,7 @@ def parse_entities(
     return out
 
 
-def entity_f1(
-    pred_texts: Sequence[str], ref_texts: Sequence[str], **parse_kwargs: Any
-) -> float:
+def entity_f1(pred_texts: Sequence[str], ref_texts: Sequence[str], **parse_kwargs: Any) -> float:
     """Micro F1 over (entity text, type) matches, counted per sentence as multisets.
 
     When neither side has any entity at all the score is 1.0 (every 'none' was predicted).
@@ -484,9 +441,7 @@ class NERConfig(SplitConfig):
         },
     )
     entity_sep: str = _arg(_ENTITY_SEP, "Separator between entities in domain B.")
-    type_sep: str = _arg(
-        _TYPE_SEP, "Separator between an entity's text and its type in domain B."
-    )
+    type_sep: str = _arg(_TYPE_SEP, "Separator between an entity's text and its type in domain B.")
     empty_token: str = _arg(_EMPTY, "Domain-B text of a sentence without entities.")
 
     def __post_init__(self) -> None:
@@ -498,29 +453,22 @@ class NERConfig(SplitConfig):
                     f"NERConfig.{name}={v!r} is invalid; use a non-blank string such as {getattr(NERConfig, name)!r}."
                 )
         if self.label_names is not None and (
-            not isinstance(self.label_names, (list, tuple))
-            or not all(isinstance(n, str) for n in self.label_names)
+            not isinstance(self.label_names, (list, tuple)) or not all(isinstance(n, str) for n in self.label_names)
         ):
-            raise ConfigError(
-                f"NERConfig.label_names={self.label_names!r} is invalid; use a list of tag strings."
-            )
+            raise ConfigError(f"NERConfig.label_names={self.label_names!r} is invalid; use a list of tag strings.")
 
 
 class NERTask:
     """CoNLL-style NER rows -> `CycleTaskData` (sentences ↔ 'entity | type ; ...' sequences)."""
 
     def __init__(self, config: NERConfig | Mapping[str, Any] | None = None):
-        self.config = (
-            config if isinstance(config, NERConfig) else NERConfig.from_dict(config)
-        )
+        self.config = config if isinstance(config, NERConfig) else NERConfig.from_dict(config)
 
     def to_pair(self, tokens: Sequence[str], tags: Sequence[str]) -> tuple[str, str]:
         """(tokens, BIO string tags) -> (sentence, 'entity | type ; ...')."""
         c = self.config
         ents = bio_to_entities(tokens, tags)
-        return " ".join(tokens), format_entities(
-            ents, c.entity_sep, c.type_sep, c.empty_token
-        )
+        return " ".join(tokens), format_entities(ents, c.entity_sep, c.type_sep, c.empty_token)
 
     def parse(self, text: str) -> list[tuple[str, str]]:
         c = self.config
@@ -558,9 +506,7 @@ class NERTask:
                 )
         names = self._label_names(data)
         pairs = []
-        for i, (tokens, tags) in enumerate(
-            zip(cols[c.tokens_column], cols[c.tags_column])
-        ):
+        for i, (tokens, tags) in enumerate(zip(cols[c.tokens_column], cols[c.tags_column])):
             tokens = [str(t) for t in tokens]
             if not tokens:
                 continue
@@ -581,9 +527,7 @@ class NERTask:
                     str_tags.append(names[int(t)])
             pairs.append(self.to_pair(tokens, str_tags))
         if not pairs:
-            raise DataError(
-                "NERTask: no non-empty sentences in the data; check tokens_column."
-            )
+            raise DataError("NERTask: no non-empty sentences in the data; check tokens_column.")
         return pairs
 
     def build(self, data: Any) -> CycleTaskData:

@@ -43,7 +43,15 @@ from ..accel import build_accelerator
 from ..callbacks import CallbackHandler, TrainerCallback, default_callbacks
 from ..config import TrainingArguments
 from ..errors import CheckpointError, ConfigError, DataError
-from ..loop_utils import OptimizerStep, is_plateau, prepare_model, scalar_config, seed_everything, unwrap_peft, update_best_metric
+from ..loop_utils import (
+    OptimizerStep,
+    is_plateau,
+    prepare_model,
+    scalar_config,
+    seed_everything,
+    unwrap_peft,
+    update_best_metric,
+)
 from ..losses import IGNORE_INDEX, count_label_items, lm_loss
 from ..optim import create_optimizer, create_scheduler
 from ..state import TrainerControl, TrainerState
@@ -98,7 +106,9 @@ def _load_model(name: str) -> nn.Module:
     try:
         config = AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as err:
-        raise ConfigError(f"models={name!r} cannot be loaded ({str(err).splitlines()[0]}); give a local path or a model object") from None
+        raise ConfigError(
+            f"models={name!r} cannot be loaded ({str(err).splitlines()[0]}); give a local path or a model object"
+        ) from None
     if getattr(config, "is_encoder_decoder", False):
         return AutoModelForSeq2SeqLM.from_pretrained(name)
     return load_pretrained(name)
@@ -124,7 +134,9 @@ def resolve_models(models: Any, peft_configs: Any, use_macct: bool | None) -> tu
     from ..models.peft import apply_peft
 
     if models is None:
-        raise ConfigError("CycleTrainer needs models=: a dict {'A': model_A_to_B, 'B': model_B_to_A}, one model, or a path")
+        raise ConfigError(
+            "CycleTrainer needs models=: a dict {'A': model_A_to_B, 'B': model_B_to_A}, one model, or a path"
+        )
     if isinstance(models, Mapping):
         if set(models) != set(SIDES):
             raise ConfigError(
@@ -149,7 +161,9 @@ def resolve_models(models: Any, peft_configs: Any, use_macct: bool | None) -> tu
         names = list(model.peft_config)
         if set(SIDES) <= set(names):
             if use_macct is False:
-                raise ConfigError("use_macct=False but models is one PeftModel with adapters 'A' and 'B'; drop use_macct")
+                raise ConfigError(
+                    "use_macct=False but models is one PeftModel with adapters 'A' and 'B'; drop use_macct"
+                )
             if peft_configs is not None:
                 raise ConfigError("the PeftModel already has adapters 'A' and 'B'; drop peft_configs")
             return {"A": model, "B": model}, True
@@ -169,7 +183,9 @@ def resolve_models(models: Any, peft_configs: Any, use_macct: bool | None) -> tu
         )
     copy_b = copy.deepcopy(model)
     if peft_configs is not None:
-        return {s: apply_peft(m, _peft_config_for(peft_configs, s), echo=None) for s, m in (("A", model), ("B", copy_b))}, False
+        return {
+            s: apply_peft(m, _peft_config_for(peft_configs, s), echo=None) for s, m in (("A", model), ("B", copy_b))
+        }, False
     return {"A": model, "B": copy_b}, False
 
 
@@ -327,12 +343,21 @@ class CycleTrainer:
                 s, m, tok, kind, builder, adapter=s if self.macct else None, shift=kind == "causal"
             )
         self.collators = {"A": data_collator_A, "B": data_collator_B}
-        self.train_datasets = {"A": _as_dataset(train_dataset_A, args.text_field_A), "B": _as_dataset(train_dataset_B, args.text_field_B)}
-        self.eval_datasets = {"A": _as_dataset(eval_dataset_A, args.text_field_A), "B": _as_dataset(eval_dataset_B, args.text_field_B)}
+        self.train_datasets = {
+            "A": _as_dataset(train_dataset_A, args.text_field_A),
+            "B": _as_dataset(train_dataset_B, args.text_field_B),
+        }
+        self.eval_datasets = {
+            "A": _as_dataset(eval_dataset_A, args.text_field_A),
+            "B": _as_dataset(eval_dataset_B, args.text_field_B),
+        }
         self.paired_dataset, self.paired_eval_dataset = paired_dataset, paired_eval_dataset
         self.compute_metrics = compute_metrics
         self._check_datasets()
-        self.state = TrainerState(is_local_process_zero=self.accelerator.is_local_main_process, is_world_process_zero=self.accelerator.is_main_process)
+        self.state = TrainerState(
+            is_local_process_zero=self.accelerator.is_local_main_process,
+            is_world_process_zero=self.accelerator.is_main_process,
+        )
         self.control = TrainerControl()
         self.callback_handler = CallbackHandler(
             default_callbacks(args, self.accelerator) + list(callbacks or []), pair["A"], toks["A"], None, None
@@ -383,7 +408,9 @@ class CycleTrainer:
             )
         if args.metrics and self.paired_eval_dataset is None:
             raise ConfigError(f"metrics={args.metrics} need paired references: pass paired_eval_dataset=...")
-        if args.eval_strategy != "no" and not (any(self.eval_datasets.values()) or self.paired_eval_dataset is not None):
+        if args.eval_strategy != "no" and not (
+            any(self.eval_datasets.values()) or self.paired_eval_dataset is not None
+        ):
             raise DataError(
                 f"eval_strategy={args.eval_strategy!r} but there is nothing to evaluate; pass eval_dataset_A/B or "
                 "paired_eval_dataset, or set eval_strategy='no'"
@@ -392,7 +419,10 @@ class CycleTrainer:
     def _update_handler(self) -> None:
         handler = self.callback_handler
         handler.model = self.sides["A"].model
-        handler.optimizer, handler.lr_scheduler = self.sides[self.trained[0]].optimizer, self.sides[self.trained[0]].scheduler
+        handler.optimizer, handler.lr_scheduler = (
+            self.sides[self.trained[0]].optimizer,
+            self.sides[self.trained[0]].scheduler,
+        )
         handler.extra = {
             "models": {s: side.model for s, side in self.sides.items()},
             "optimizers": {s: side.optimizer for s, side in self.sides.items()},
@@ -474,7 +504,9 @@ class CycleTrainer:
     def uses_fast_path(self, trained: str) -> bool:
         """Whether model `trained`'s batches are built from the generator's ids (no decode/re-encode)."""
         t, g = self.sides[trained], self.sides[other(trained)]
-        return self.prepare_fn is None and t.kind == g.kind == "causal" and tokenizers_compatible(t.tokenizer, g.tokenizer)
+        return (
+            self.prepare_fn is None and t.kind == g.kind == "causal" and tokenizers_compatible(t.tokenizer, g.tokenizer)
+        )
 
     def build_batch(self, trained: str, sources: list[list[int]] | list[str], targets: list[str]) -> CycleBatch:
         """The training batch of model `trained`: sources are the other model's generated ids (or
@@ -506,7 +538,9 @@ class CycleTrainer:
         shifted[:, 0] = start
         return shifted.masked_fill(shifted == IGNORE_INDEX, pad)
 
-    def _window_loss(self, side: CycleSide, model: nn.Module, batch: Mapping[str, torch.Tensor], n_items: torch.Tensor) -> torch.Tensor:
+    def _window_loss(
+        self, side: CycleSide, model: nn.Module, batch: Mapping[str, torch.Tensor], n_items: torch.Tensor
+    ) -> torch.Tensor:
         labels = batch["labels"]
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         if side.kind == "seq2seq":
@@ -520,7 +554,9 @@ class CycleTrainer:
         one = torch.tensor([[side.builder.eos_id]])
         return {"input_ids": one, "attention_mask": torch.ones_like(one), "labels": torch.full_like(one, IGNORE_INDEX)}
 
-    def _train_window(self, side: CycleSide, batches: list[CycleBatch]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def _train_window(
+        self, side: CycleSide, batches: list[CycleBatch]
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Forward/backward every micro-batch of the window, then one optimizer step of `side`.
 
         Returns (this rank's share of the window's mean loss, grad norm); (None, None) when no row
@@ -580,7 +616,10 @@ class CycleTrainer:
             rows_idx = rank_rows(window, micro, batch_size, accel.process_index, accel.num_processes)
             if kind == "paired":
                 rows = _get_rows(self.paired_dataset, rows_idx)
-                src_field, tgt_field = getattr(args, f"paired_field_{trained}"), getattr(args, f"paired_field_{other(trained)}")
+                src_field, tgt_field = (
+                    getattr(args, f"paired_field_{trained}"),
+                    getattr(args, f"paired_field_{other(trained)}"),
+                )
                 batch = self.build_batch(trained, [str(r[src_field]) for r in rows], [str(r[tgt_field]) for r in rows])
             else:
                 targets = self._texts(other(trained), _get_rows(self.train_datasets[other(trained)], rows_idx))
@@ -673,7 +712,9 @@ class CycleTrainer:
         seed = args.data_seed if args.data_seed is not None else args.seed
         self._streams: dict[str, DomainStream] = {}
         for i, domain in enumerate(self._needed_domains()):
-            self._streams[domain] = DomainStream(len(self.train_datasets[domain]), seed + 1000 * i, window, f"train_dataset_{domain}")
+            self._streams[domain] = DomainStream(
+                len(self.train_datasets[domain]), seed + 1000 * i, window, f"train_dataset_{domain}"
+            )
         if self.paired_dataset is not None and (args.warmup_paired_steps or args.paired_mix_every):
             self._streams["paired"] = DomainStream(len(self.paired_dataset), seed + 5000, window, "paired_dataset")
         domain_streams = [self._streams[d] for d in self._needed_domains()]
@@ -683,7 +724,9 @@ class CycleTrainer:
         self._prepare()
         self._update_handler()
 
-        state = self.state = TrainerState(is_local_process_zero=accel.is_local_main_process, is_world_process_zero=accel.is_main_process)
+        state = self.state = TrainerState(
+            is_local_process_zero=accel.is_local_main_process, is_world_process_zero=accel.is_main_process
+        )
         state.max_steps, state.num_train_epochs = max_steps, math.ceil(max_steps / steps_per_epoch)
         state.train_batch_size = args.per_device_train_batch_size
         state.logging_steps = args.resolve_steps(args.logging_steps, max_steps)
@@ -811,7 +854,9 @@ class CycleTrainer:
 
             model = self._bare(self.sides["A"])
             for s in SIDES:
-                set_peft_model_state_dict(model, load_file(str(directory / s / "adapter_model.safetensors")), adapter_name=s)
+                set_peft_model_state_dict(
+                    model, load_file(str(directory / s / "adapter_model.safetensors")), adapter_name=s
+                )
             return
         for s in SIDES:
             ckpt.load_model_files(self._bare(self.sides[s]), directory / s)
@@ -861,7 +906,9 @@ class CycleTrainer:
         cycle_state = json.loads((path / CYCLE_STATE_NAME).read_text())
         for name, stream in self._streams.items():
             if name not in cycle_state["streams"]:
-                raise CheckpointError(f"checkpoint '{path}' has no position for the {name} data; resume with the same settings")
+                raise CheckpointError(
+                    f"checkpoint '{path}' has no position for the {name} data; resume with the same settings"
+                )
             stream.load_state_dict(cycle_state["streams"][name])
         since.restore(cycle_state.get("pending", {}))
         self.state = ckpt.restore_trainer_state(path, self.state, self.callback_handler.callbacks)
@@ -942,7 +989,10 @@ class CycleTrainer:
         args, prefix = self.args, metric_key_prefix
         start = time.perf_counter()
         sets = {"A": eval_dataset_A, "B": eval_dataset_B}
-        sets = {s: _as_dataset(d, getattr(args, f"text_field_{s}")) if d is not None else self.eval_datasets[s] for s, d in sets.items()}
+        sets = {
+            s: _as_dataset(d, getattr(args, f"text_field_{s}")) if d is not None else self.eval_datasets[s]
+            for s, d in sets.items()
+        }
         paired = paired_eval_dataset if paired_eval_dataset is not None else self.paired_eval_dataset
         if all(d is None for d in sets.values()) and paired is None:
             raise DataError("evaluate() has nothing to evaluate; pass eval_dataset_A/B or paired_eval_dataset")
@@ -1031,5 +1081,3 @@ class _Since:
             self.dropped[s] = int(pending.get("dropped", {}).get(s, 0))
         self.steps = int(pending.get("steps", 0))
         self.paired_steps = int(pending.get("paired_steps", 0))
-
-

@@ -7,7 +7,15 @@
 ready DataLoader in one call.
 """
 
-from trainformers.data.chat import DEFAULT_CHAT_TEMPLATE, FORMATS, detect_format, encode_chat, render_chat, to_messages, tokenize_for_instruction
+from trainformers.data.chat import (
+    DEFAULT_CHAT_TEMPLATE,
+    FORMATS,
+    detect_format,
+    encode_chat,
+    render_chat,
+    to_messages,
+    tokenize_for_instruction,
+)
 from trainformers.data.collators import (
     CausalLMCollator,
     CompletionOnlyCollator,

@@ -228,9 +228,7 @@ def _template_turns(row: Mapping[str, Any], template: str | None, response_field
 
 def _check_template(template: str | None, response_field: str | None, columns: list[str]) -> None:
     if not template or not response_field:
-        raise ConfigError(
-            "data.format='template' needs data.template (e.g. 'Q: {question}') and data.response_field"
-        )
+        raise ConfigError("data.format='template' needs data.template (e.g. 'Q: {question}') and data.response_field")
     missing = sorted(f for f in _template_fields(template) | {response_field} if f not in columns)
     if missing:
         raise DataError(

@@ -162,7 +162,9 @@ class PaddingFreeCollator:
         if max_length is not None and max_length < 1:
             raise ConfigError(f"PaddingFreeCollator max_length={max_length} must be at least 1")
         if max_length is not None and return_flash_attn_kwargs:
-            raise ConfigError("PaddingFreeCollator: return_flash_attn_kwargs needs the single-row mode (max_length=None)")
+            raise ConfigError(
+                "PaddingFreeCollator: return_flash_attn_kwargs needs the single-row mode (max_length=None)"
+            )
         self.label_pad_id = label_pad_id
         self.return_flash_attn_kwargs = return_flash_attn_kwargs
         self.max_length = max_length
@@ -204,7 +206,9 @@ class PaddingFreeCollator:
         for i in order:
             n = len(rows[i]["input_ids"])
             if n > capacity:
-                raise DataError(f"a document of {n} tokens exceeds the padding-free row length {capacity}; truncate to data.max_length")
+                raise DataError(
+                    f"a document of {n} tokens exceeds the padding-free row length {capacity}; truncate to data.max_length"
+                )
             slot = next((b for b, free in enumerate(room) if free >= n), None)
             if slot is None:
                 bins.append([])
@@ -314,9 +318,7 @@ class Seq2SeqCollator:
         if with_labels == 0:
             return batch
         if with_labels != len(rows):
-            raise DataError(
-                f"labels present in {with_labels} of {len(rows)} rows; give every row labels or none"
-            )
+            raise DataError(f"labels present in {with_labels} of {len(rows)} rows; give every row labels or none")
         for i, row in enumerate(rows):
             if self.pad_token_id in row["labels"]:
                 raise DataError(

@@ -120,9 +120,7 @@ def load_texts(
     return texts
 
 
-def split_texts(
-    texts: list[str], validation_split_percentage: float, seed: int
-) -> tuple[list[str], list[str]]:
+def split_texts(texts: list[str], validation_split_percentage: float, seed: int) -> tuple[list[str], list[str]]:
     """Shuffle documents with `seed` and hold out a percentage of them for evaluation.
 
     At least one document is held out when the percentage is positive and there are two or

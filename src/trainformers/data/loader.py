@@ -69,8 +69,9 @@ def raw_texts(dataset: Any, data: DataSection) -> Iterator[str]:
     columns, _ = dataset_columns(dataset)
     fmt = detect_format(columns) if data.format == "auto" else data.format
     for row in dataset:
-        messages = to_messages(row, fmt, template=data.template, response_field=data.response_field,
-                               system_prompt=data.system_prompt)
+        messages = to_messages(
+            row, fmt, template=data.template, response_field=data.response_field, system_prompt=data.system_prompt
+        )
         if messages:
             yield "\n".join(m["content"] for m in messages)
 
@@ -88,7 +89,9 @@ def make_collator(data: DataSection, tokenizer: Any) -> tuple[Callable, bool]:
             "set tokenizer.pad_token (e.g. to its eos_token)"
         )
     collator = CausalLMCollator(  # max_length: full packed blocks are never rounded up past it
-        tokenizer.pad_token_id, pad_to_multiple_of=data.pad_to_multiple_of, padding_side=data.padding_side,
+        tokenizer.pad_token_id,
+        pad_to_multiple_of=data.pad_to_multiple_of,
+        padding_side=data.padding_side,
         max_length=data.max_length,
     )
     return collator, False
@@ -196,11 +199,25 @@ def create_dataloader(
     if unknown:
         raise ConfigError(f"create_dataloader got unknown options {sorted(unknown)}; see the data section fields")
     data = DataSection(
-        source=None, split=split, subset=subset, text_field=text_field, training_mode=training_mode,
-        max_length=max_length, num_samples=num_samples, validation_split_percentage=0, **data_options,
+        source=None,
+        split=split,
+        subset=subset,
+        text_field=text_field,
+        training_mode=training_mode,
+        max_length=max_length,
+        num_samples=num_samples,
+        validation_split_percentage=0,
+        **data_options,
     )
-    raw = load_splits(dataset_name, subset=subset, split=split, streaming=data.streaming, num_samples=num_samples,
-                      validation_split_percentage=0, seed=seed)
+    raw = load_splits(
+        dataset_name,
+        subset=subset,
+        split=split,
+        streaming=data.streaming,
+        num_samples=num_samples,
+        validation_split_percentage=0,
+        seed=seed,
+    )
     prepared = prepare_data(data, tokenizer, raw=raw, seed=seed)
     dataset = prepared.train
     streaming = isinstance(dataset, IterableDataset)

@@ -42,9 +42,7 @@ def token_stream(texts: Sequence[str], tokenizer, *, add_eos: bool = True) -> np
     return np.fromiter((t for row in ids for t in row), dtype=np.int64)
 
 
-def pack_texts(
-    texts: Sequence[str], tokenizer, block_size: int, *, add_eos: bool = True
-) -> datasets.Dataset:
+def pack_texts(texts: Sequence[str], tokenizer, block_size: int, *, add_eos: bool = True) -> datasets.Dataset:
     """Pack in-memory documents into blocks of `block_size` tokens for causal LM training.
 
     `pretraining.tokenize_for_pretraining` on `Dataset.from_dict({"text": texts})`: block `i`

@@ -283,19 +283,38 @@ def _join_fields(batch: pa.Table, fields: list[str]) -> list[str | None]:
     return out
 
 
-def _map(dataset: Any, function: Any, *, features: datasets.Features, with_indices: bool = False,
-         num_proc: int | None = None, desc: str) -> Any:
+def _map(
+    dataset: Any,
+    function: Any,
+    *,
+    features: datasets.Features,
+    with_indices: bool = False,
+    num_proc: int | None = None,
+    desc: str,
+) -> Any:
     """A batched map over Arrow batches that replaces every input column with the function's."""
     arrow = dataset.with_format("arrow")
     if isinstance(dataset, datasets.IterableDataset):
         # An IterableDataset drops `remove_columns` from the *output*: remove only what is not replaced.
         remove = [c for c in dataset_columns(dataset)[0] if c not in features]
-        return arrow.map(function, batched=True, batch_size=_MAP_BATCH_ROWS, with_indices=with_indices,
-                         remove_columns=remove, features=features)
+        return arrow.map(
+            function,
+            batched=True,
+            batch_size=_MAP_BATCH_ROWS,
+            with_indices=with_indices,
+            remove_columns=remove,
+            features=features,
+        )
     with quiet_progress(len(dataset) < _QUIET_ROWS):
         return arrow.map(
-            function, batched=True, batch_size=_MAP_BATCH_ROWS, with_indices=with_indices,
-            remove_columns=dataset.column_names, features=features, num_proc=num_proc, desc=desc,
+            function,
+            batched=True,
+            batch_size=_MAP_BATCH_ROWS,
+            with_indices=with_indices,
+            remove_columns=dataset.column_names,
+            features=features,
+            num_proc=num_proc,
+            desc=desc,
         )
 
 

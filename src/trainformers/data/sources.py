@@ -213,8 +213,7 @@ def check_text_field(dataset: Any, field: str | Sequence[str]) -> list[str]:
     for name in fields:
         if name not in columns:
             raise DataError(
-                f"data.text_field {name!r} not in columns {columns}{did_you_mean(name, columns)}; "
-                "set data.text_field"
+                f"data.text_field {name!r} not in columns {columns}{did_you_mean(name, columns)}; set data.text_field"
             )
         feature = features.get(name) if features else None
         if feature is None or (isinstance(feature, datasets.Value) and feature.dtype in _TEXT_DTYPES):
@@ -222,7 +221,9 @@ def check_text_field(dataset: Any, field: str | Sequence[str]) -> list[str]:
         if isinstance(feature, datasets.Value):
             kind = feature.dtype
         else:
-            kind = "list" if isinstance(feature, (list, datasets.Sequence, datasets.List, datasets.LargeList)) else "dict"
+            kind = (
+                "list" if isinstance(feature, (list, datasets.Sequence, datasets.List, datasets.LargeList)) else "dict"
+            )
         raise DataError(
             f"data.text_field {name!r} holds {kind} values, not text; point data.text_field at a text column"
         )

@@ -90,7 +90,9 @@ class DecoderLMConfig(PretrainedConfig):
         **kwargs: Any,
     ) -> None:
         if hidden_size % num_attention_heads:
-            raise ValueError(f"hidden_size={hidden_size} must be divisible by num_attention_heads={num_attention_heads}")
+            raise ValueError(
+                f"hidden_size={hidden_size} must be divisible by num_attention_heads={num_attention_heads}"
+            )
         num_key_value_heads = num_key_value_heads or num_attention_heads
         if num_attention_heads % num_key_value_heads:
             raise ValueError(
@@ -132,7 +134,9 @@ class DecoderLMConfig(PretrainedConfig):
         if name not in PRESETS:
             raise ValueError(f"unknown DecoderLM preset {name!r}; choose one of {sorted(PRESETS)}")
         hidden, layers, heads, kv_heads = PRESETS[name]
-        fields = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads)
+        fields = dict(
+            hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads
+        )
         return cls(**{**fields, **overrides})
 
     def is_moe_layer(self, index: int) -> bool:
@@ -188,7 +192,11 @@ class Attention(nn.Module):
     def __init__(self, config: DecoderLMConfig, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
-        self.heads, self.kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        self.heads, self.kv_heads, self.head_dim = (
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_dim,
+        )
         width = config.hidden_size
         self.q_proj = nn.Linear(width, self.heads * self.head_dim, bias=False)
         self.k_proj = nn.Linear(width, self.kv_heads * self.head_dim, bias=False)
@@ -259,7 +267,9 @@ class MixtureOfExperts(nn.Module):
         self.num_experts, self.top_k = config.num_experts, config.num_experts_per_tok
         self.capacity_factor = config.capacity_factor
         self.router = nn.Linear(config.hidden_size, config.num_experts, bias=False)
-        self.experts = nn.ModuleList(SwiGLU(config.hidden_size, config.intermediate_size) for _ in range(config.num_experts))
+        self.experts = nn.ModuleList(
+            SwiGLU(config.hidden_size, config.intermediate_size) for _ in range(config.num_experts)
+        )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, RouterStats]:
         B, T, C = x.shape

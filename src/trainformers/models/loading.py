@@ -132,7 +132,9 @@ def load_pretrained(
     quant = quant if quant is not None else given
     method = getattr(quant, "quant_method", None)
     if quant is not None and getattr(method, "value", method) == "bitsandbytes":  # GPTQ/AWQ/...: transformers checks
-        check_quantization_available("model.load_in_8bit" if getattr(quant, "load_in_8bit", False) else "model.load_in_4bit")
+        check_quantization_available(
+            "model.load_in_8bit" if getattr(quant, "load_in_8bit", False) else "model.load_in_4bit"
+        )
     if isinstance(dtype, str) and dtype != "auto":
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise ConfigError(f"model.dtype={dtype!r} is not a torch dtype; use float32, bfloat16, float16 or auto")

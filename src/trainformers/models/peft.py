@@ -82,7 +82,9 @@ def build_peft_config(options: Mapping[str, Any] | Any) -> Any:
     known = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in _INTERNAL_FIELDS]
     for key in options:
         if key == "peft_type":
-            raise ConfigError(f"peft.peft_type is set by peft; choose the method with peft.method (e.g. method: {method})")
+            raise ConfigError(
+                f"peft.peft_type is set by peft; choose the method with peft.method (e.g. method: {method})"
+            )
         if key not in known:
             hint = did_you_mean(str(key), known).replace("'", "'peft.", 1)
             raise ConfigError(f"unknown key 'peft.{key}' for peft.method {method}{hint}")
@@ -96,7 +98,9 @@ def build_peft_config(options: Mapping[str, Any] | Any) -> Any:
     try:
         return cls(**options)
     except ImportError as err:
-        raise ConfigError(f"peft.method {method} with these options needs a missing package: {_first_line(err)}") from None
+        raise ConfigError(
+            f"peft.method {method} with these options needs a missing package: {_first_line(err)}"
+        ) from None
     except (TypeError, ValueError) as err:
         raise ConfigError(f"peft ({method}): {_first_line(err)}") from None
 
