@@ -23,11 +23,11 @@ from trainformers.data.collators import (
     Seq2SeqCollator,
     check_padding_free_model,
 )
-from trainformers.data.corpus import default_corpus, load_texts, split_paragraphs, split_texts
+from trainformers.data.corpus import default_corpus, split_paragraphs, split_texts
 from trainformers.data.loader import TrainingData, create_dataloader, make_collator, prepare_data, raw_texts
 from trainformers.data.packing import pack_texts, token_stream
 from trainformers.data.pretraining import tokenize_for_pretraining
-from trainformers.data.sources import load_source, load_splits
+from trainformers.data.sources import load_source, load_splits, load_texts
 from trainformers.data.stats import DataStats
 from trainformers.data.tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS, train_tokenizer, train_tokenizer_from_data
 

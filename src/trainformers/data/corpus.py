@@ -1,19 +1,18 @@
 """The embedded default corpus, and text as a plain list of documents.
 
 `default_corpus` and `split_paragraphs` make documents out of raw text (`sources.py` reads
-`.txt` files with them). `load_texts` / `split_texts` are the in-memory path of small runs: any
-source (`sources.load_source`) as a `list[str]`, and a seeded held-out part of that list.
+`.txt` files with them, and its `load_texts` gives any source as a `list[str]`). `split_texts`
+holds out a seeded part of such a list: the in-memory path of small runs.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import re
 
-from trainformers.errors import ConfigError, DataError
+from trainformers.errors import ConfigError
 
-__all__ = ["default_corpus", "load_texts", "split_paragraphs", "split_texts"]
+__all__ = ["default_corpus", "split_paragraphs", "split_texts"]
 
 # Documents of about this many characters give the default corpus several hundred documents.
 DEFAULT_DOCUMENT_CHARS = 2000
@@ -63,61 +62,6 @@ def default_corpus() -> list[str]:
     from pydoc_data.topics import topics
 
     return [doc for key in sorted(topics) for doc in split_paragraphs(topics[key])]
-
-
-def load_texts(
-    source: str | os.PathLike | None,
-    *,
-    text_field: str = "text",
-    split: str = "train",
-    subset: str | None = None,
-    num_samples: int | None = None,
-) -> list[str]:
-    """Load the documents of a data source as a list of strings.
-
-    `sources.load_source` reads the source (see it for every kind of source: `None` for the
-    embedded corpus, local files, a glob, a `save_to_disk` directory, a Hub name); this keeps
-    the non-empty strings of its `text_field` column. For data larger than memory, use
-    `load_source` and `pretraining.tokenize_for_pretraining` instead.
-
-    Args:
-        source: The data source.
-        text_field: The column that holds the text.
-        split: The split to read, for saved `DatasetDict`s and Hub datasets.
-        subset: The Hub dataset's configuration name, if it has several.
-        num_samples: Keep only the first N records of the source (before empty texts are
-            dropped); `None` keeps all.
-
-    Returns:
-        The non-empty texts, in source order.
-
-    Raises:
-        DataError: the source does not exist, lacks `text_field` or `split`, or has no text.
-        ConfigError: `num_samples` is not a positive integer, or `subset` is given with a
-            local source.
-    """
-    # Imported here: sources builds on this module's default_corpus and split_paragraphs.
-    from trainformers.data.sources import check_text_field, load_source
-
-    dataset = load_source(source, subset=subset, split=split, num_samples=num_samples)
-    check_text_field(dataset, text_field)
-    texts = []
-    for value in dataset[text_field]:
-        if value is None:
-            continue
-        if not isinstance(value, str):  # a column of mixed or untyped values
-            raise DataError(
-                f"data.text_field {text_field!r} holds {type(value).__name__} values, not text; "
-                "point data.text_field at a text column"
-            )
-        if value.strip():
-            texts.append(value)
-    if not texts:
-        raise DataError(
-            f"data.source {os.fspath(source) if source is not None else None!r} has no non-empty texts; "
-            "check the file or data.text_field"
-        )
-    return texts
 
 
 def split_texts(texts: list[str], validation_split_percentage: float, seed: int) -> tuple[list[str], list[str]]:

@@ -24,7 +24,7 @@ from datasets.fingerprint import Hasher
 from trainformers.data.corpus import DEFAULT_DOCUMENT_CHARS, default_corpus, split_paragraphs
 from trainformers.errors import ConfigError, DataError, did_you_mean
 
-__all__ = ["check_text_field", "dataset_columns", "load_source", "load_splits", "quiet_progress"]
+__all__ = ["check_text_field", "dataset_columns", "load_source", "load_splits", "load_texts", "quiet_progress"]
 
 AnyDataset = datasets.Dataset | datasets.IterableDataset
 Source = str | os.PathLike | Sequence[str] | datasets.Dataset | datasets.DatasetDict | None
@@ -445,3 +445,55 @@ def _positive_int(value: Any) -> bool:
 
 def _hidden(path: Path, root: Path) -> bool:
     return any(part.startswith((".", "_")) for part in path.relative_to(root).parts)
+
+
+def load_texts(
+    source: str | os.PathLike | None,
+    *,
+    text_field: str = "text",
+    split: str = "train",
+    subset: str | None = None,
+    num_samples: int | None = None,
+) -> list[str]:
+    """Load the documents of a data source as a list of strings.
+
+    `load_source` reads the source (see it for every kind of source: `None` for the
+    embedded corpus, local files, a glob, a `save_to_disk` directory, a Hub name); this keeps
+    the non-empty strings of its `text_field` column. For data larger than memory, use
+    `load_source` and `pretraining.tokenize_for_pretraining` instead.
+
+    Args:
+        source: The data source.
+        text_field: The column that holds the text.
+        split: The split to read, for saved `DatasetDict`s and Hub datasets.
+        subset: The Hub dataset's configuration name, if it has several.
+        num_samples: Keep only the first N records of the source (before empty texts are
+            dropped); `None` keeps all.
+
+    Returns:
+        The non-empty texts, in source order.
+
+    Raises:
+        DataError: the source does not exist, lacks `text_field` or `split`, or has no text.
+        ConfigError: `num_samples` is not a positive integer, or `subset` is given with a
+            local source.
+    """
+    dataset = load_source(source, subset=subset, split=split, num_samples=num_samples)
+    check_text_field(dataset, text_field)
+    texts = []
+    for value in dataset[text_field]:
+        if value is None:
+            continue
+        if not isinstance(value, str):  # a column of mixed or untyped values
+            raise DataError(
+                f"data.text_field {text_field!r} holds {type(value).__name__} values, not text; "
+                "point data.text_field at a text column"
+            )
+        if value.strip():
+            texts.append(value)
+    if not texts:
+        raise DataError(
+            f"data.source {os.fspath(source) if source is not None else None!r} has no non-empty texts; "
+            "check the file or data.text_field"
+        )
+    return texts
