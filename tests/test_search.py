@@ -10,7 +10,8 @@ import pytest
 from conftest import PadCollator, lm_rows, make_args, tiny_llama
 
 from trainformers import ConfigError, Trainer, TrainerCallback
-from trainformers.search import default_hp_space, run_search_from_config, search_space_from_config
+from trainformers.run import run_search_from_config
+from trainformers.search import default_hp_space, search_space_from_config
 
 optuna = pytest.importorskip("optuna")
 optuna.logging.set_verbosity(optuna.logging.WARNING)

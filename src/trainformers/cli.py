@@ -565,7 +565,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "cycle":
             return _cycle(config, overrides)
         if command == "search":
-            from .search import run_search_from_config
+            from .run import run_search_from_config
 
             best = run_search_from_config(config, list(overrides), n_trials)
             print(f"best trial {best.run_id}: objective {best.objective} with {best.hyperparameters}")

@@ -483,7 +483,7 @@ def config_diff(run_dir: str | Path, training_args: Any = None) -> tuple[str, li
 
         return "config.yaml", _diff_sections(_read_yaml(run_dir / "config.yaml"), SECTIONS)
     if (run_dir / "cycle_config.yaml").is_file():
-        from .cycle.run import CYCLE_SECTIONS
+        from .cycle.config import CYCLE_SECTIONS
 
         return "cycle_config.yaml", _diff_sections(_read_yaml(run_dir / "cycle_config.yaml"), CYCLE_SECTIONS)
     if training_args is not None and hasattr(training_args, "to_dict"):

@@ -7,18 +7,23 @@ that ships with every Python (`pydoc_data.topics`), on a laptop CPU in a couple 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import json
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
+from transformers.trainer_utils import BestRun
 
 from .config import RunConfig
 from .errors import ConfigError
+from .search import SUMMARY_FILE, format_trials_table, import_optuna, search_space_from_config
 
 # The embedded default run. Sized so a 2-core CPU finishes in about two minutes with a held-out
 # perplexity well below the unigram baseline; the numbers are in docs/benchmarks.md.
@@ -286,3 +291,71 @@ def throughput_line(metrics: dict[str, float], peak: Any) -> str | None:
     if "train_mfu" in metrics and peak is not None:
         line += f", MFU {metrics['train_mfu']:.2f} of the {peak.describe()}"
     return line
+
+
+def run_search_from_config(
+    config_path: str | Path | None, overrides: Sequence[str] = (), n_trials: int = 20, *, echo: Any = print
+) -> BestRun:
+    """`trainformers search`: search the `search:` space of a run file, minimising eval_loss.
+
+    The run file is a `trainformers train` file plus a top-level `search:` section (see
+    `search_space_from_config`); without one, or without a file (the embedded default run),
+    `default_hp_space` is searched. Trials go to `<training.output_dir>/trial-<N>/`; running
+    the same command again resumes the study until it holds `n_trials` finished trials.
+
+    Args:
+        config_path: The YAML run file, or None for the embedded default run.
+        overrides: argv-style overrides such as `["--training.max_steps", "100"]`.
+        n_trials: Finished trials the study should hold in total.
+        echo: Where progress lines and the table of trials go.
+
+    Returns:
+        The best run.
+
+    Raises:
+        ConfigError: a bad run file, search section, override or n_trials, optuna missing, or
+            no held-out data to evaluate on.
+        TrainformersError: any problem with the data, or no trial completed.
+    """
+    from .config import _read_yaml, load_config
+
+    import_optuna(None)
+    if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
+        raise ConfigError(f"--n-trials={n_trials!r} must be a positive integer")
+    section, base = None, DEFAULT_RUN
+    if config_path is not None:
+        raw = _read_yaml(config_path)
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"'{config_path}' must be a mapping of sections (model, data, training, peft, search)")
+        base = {k: v for k, v in raw.items() if k != "search"}
+        section = raw.get("search")
+    hp_space = search_space_from_config(section) if section is not None else None  # checked before any data is read
+    try:
+        config: RunConfig = load_config(None, overrides, base=base)
+    except ConfigError as e:  # the file was passed as `base`: name it in the message
+        where = f"'{config_path}'" if config_path is not None else "the embedded default run"
+        raise ConfigError(str(e).replace("the base config", where)) from None
+    data = config.data
+    if data.validation_split_percentage == 0 and data.eval_split is None and data.num_eval_samples is None:
+        raise ConfigError(
+            "search needs held-out data for its objective; set data.validation_split_percentage > 0 or data.eval_split"
+        )
+    trainer, tokenizer, _ = build_trainer(config, echo=echo, for_training=False)  # trial dirs are checked one by one
+
+    def model_init() -> Any:
+        # the trial's arguments are trainer.args while it runs: its seed sets the initial weights
+        return build_model(dataclasses.replace(config, training=trainer.args), tokenizer)
+
+    trainer.model_init = model_init
+    out = Path(config.training.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config.save(out / "config.yaml")
+    if section is not None:  # the saved file reruns (resumes) this very search
+        with (out / "config.yaml").open("a", encoding="utf-8") as f:
+            f.write(yaml.safe_dump({"search": dict(section)}, sort_keys=False))
+    best = trainer.hyperparameter_search(hp_space=hp_space, n_trials=n_trials, direction="minimize")
+    summary_path = out / SUMMARY_FILE
+    if trainer.is_world_process_zero() and summary_path.is_file():
+        echo(format_trials_table(json.loads(summary_path.read_text(encoding="utf-8"))))
+    trainer.accelerator.end_training()
+    return best

@@ -17,7 +17,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from transformers.trainer_utils import BestRun, default_compute_objective
 
 from .accel import build_accelerator
@@ -26,11 +25,11 @@ from .errors import ConfigError, TrainformersError, did_you_mean
 from .state import atomic_write_text, json_default
 
 __all__ = [
+    "import_optuna",
     "BestRun",
     "default_hp_space",
     "format_trials_table",
     "run_hyperparameter_search",
-    "run_search_from_config",
     "search_space_from_config",
 ]
 
@@ -139,7 +138,7 @@ def run_hyperparameter_search(
             direction differs.
         TrainformersError: no trial of the study completed.
     """
-    optuna = _import_optuna(backend)
+    optuna = import_optuna(backend)
     if trainer.model_init is None:
         raise ConfigError(
             "hyperparameter_search needs a model_init: pass Trainer(model_init=...) so each trial gets a new model"
@@ -211,7 +210,7 @@ def run_hyperparameter_search(
     return best
 
 
-def _import_optuna(backend: Any) -> Any:
+def import_optuna(backend: Any) -> Any:
     name = getattr(backend, "value", backend)  # transformers' HPSearchBackend enum works too
     if name not in (None, "optuna"):
         raise ConfigError(f"hyperparameter_search backend={name!r} is not supported; use backend='optuna' (or None)")
@@ -493,72 +492,3 @@ def _suggest(trial: Any, name: str, spec: Mapping[str, Any]) -> Any:
         return trial.suggest_int(name, spec["low"], spec["high"], step=spec.get("step") or 1, log=bool(spec.get("log")))
     low, high = float(spec["low"]), float(spec["high"])
     return trial.suggest_float(name, low, high, log=kind == "loguniform", step=spec.get("step"))
-
-
-def run_search_from_config(
-    config_path: str | Path | None, overrides: Sequence[str] = (), n_trials: int = 20, *, echo: Any = print
-) -> BestRun:
-    """`trainformers search`: search the `search:` space of a run file, minimising eval_loss.
-
-    The run file is a `trainformers train` file plus a top-level `search:` section (see
-    `search_space_from_config`); without one, or without a file (the embedded default run),
-    `default_hp_space` is searched. Trials go to `<training.output_dir>/trial-<N>/`; running
-    the same command again resumes the study until it holds `n_trials` finished trials.
-
-    Args:
-        config_path: The YAML run file, or None for the embedded default run.
-        overrides: argv-style overrides such as `["--training.max_steps", "100"]`.
-        n_trials: Finished trials the study should hold in total.
-        echo: Where progress lines and the table of trials go.
-
-    Returns:
-        The best run.
-
-    Raises:
-        ConfigError: a bad run file, search section, override or n_trials, optuna missing, or
-            no held-out data to evaluate on.
-        TrainformersError: any problem with the data, or no trial completed.
-    """
-    from .config import RunConfig, _read_yaml, load_config
-    from .run import DEFAULT_RUN, build_model, build_trainer
-
-    _import_optuna(None)
-    if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
-        raise ConfigError(f"--n-trials={n_trials!r} must be a positive integer")
-    section, base = None, DEFAULT_RUN
-    if config_path is not None:
-        raw = _read_yaml(config_path)
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"'{config_path}' must be a mapping of sections (model, data, training, peft, search)")
-        base = {k: v for k, v in raw.items() if k != "search"}
-        section = raw.get("search")
-    hp_space = search_space_from_config(section) if section is not None else None  # checked before any data is read
-    try:
-        config: RunConfig = load_config(None, overrides, base=base)
-    except ConfigError as e:  # the file was passed as `base`: name it in the message
-        where = f"'{config_path}'" if config_path is not None else "the embedded default run"
-        raise ConfigError(str(e).replace("the base config", where)) from None
-    data = config.data
-    if data.validation_split_percentage == 0 and data.eval_split is None and data.num_eval_samples is None:
-        raise ConfigError(
-            "search needs held-out data for its objective; set data.validation_split_percentage > 0 or data.eval_split"
-        )
-    trainer, tokenizer, _ = build_trainer(config, echo=echo, for_training=False)  # trial dirs are checked one by one
-
-    def model_init() -> Any:
-        # the trial's arguments are trainer.args while it runs: its seed sets the initial weights
-        return build_model(dataclasses.replace(config, training=trainer.args), tokenizer)
-
-    trainer.model_init = model_init
-    out = Path(config.training.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    config.save(out / "config.yaml")
-    if section is not None:  # the saved file reruns (resumes) this very search
-        with (out / "config.yaml").open("a", encoding="utf-8") as f:
-            f.write(yaml.safe_dump({"search": dict(section)}, sort_keys=False))
-    best = trainer.hyperparameter_search(hp_space=hp_space, n_trials=n_trials, direction="minimize")
-    summary_path = out / SUMMARY_FILE
-    if trainer.is_world_process_zero() and summary_path.is_file():
-        echo(format_trials_table(json.loads(summary_path.read_text(encoding="utf-8"))))
-    trainer.accelerator.end_training()
-    return best

@@ -14,10 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import TrainingArguments, _arg, _check_int, _choice, _is_number
-from ..errors import ConfigError
+from ..config import ModelSection, TrainingArguments, _arg, _check_int, _choice, _is_number
+from ..errors import ConfigError, did_you_mean
 
-__all__ = ["CYCLE_METRICS", "CycleTrainingArguments", "resolve_callable"]
+__all__ = ["CYCLE_METRICS", "CYCLE_SECTIONS", "CycleDataSection", "CycleTrainingArguments", "resolve_callable"]
 
 CYCLE_DIRECTIONS = ("both", "A", "B")
 CYCLE_METRICS = ("exact_match", "bleu", "chrf")
@@ -182,3 +182,39 @@ CYCLE_FIELDS = tuple(
     for f in dataclasses.fields(CycleTrainingArguments)
     if f.name not in {g.name for g in dataclasses.fields(TrainingArguments)}
 )
+
+
+CYCLE_TASKS = ("demo", "translation", "ner", "unpaired")
+
+
+@dataclass
+class CycleDataSection:
+    """What the two models learn from."""
+
+    task: str = _arg("demo", "demo (number words <-> digits), translation, ner, or unpaired (your own files).")
+    source: str | None = _arg(None, "translation / ner: the paired dataset (file, directory or Hub name).")
+    split: str = _arg("train", "translation / ner: the split of `source` to read.")
+    options: dict[str, Any] = _arg({}, "Fields of the task's config: DemoConfig, TranslationConfig or NERConfig.")
+    train_A: str | None = _arg(None, "unpaired: file(s) of domain-A texts (txt, json, jsonl, csv, parquet).")
+    train_B: str | None = _arg(None, "unpaired: file(s) of domain-B texts.")
+    paired_train: str | None = _arg(None, "unpaired: optional paired file (text_A, text_B) for supervised steps.")
+    paired_eval: str | None = _arg(None, "unpaired: optional paired file (text_A, text_B) for metrics.")
+
+    def __post_init__(self) -> None:
+        if self.task not in CYCLE_TASKS:
+            raise ConfigError(
+                f"data.task={self.task!r} is not supported{did_you_mean(str(self.task), CYCLE_TASKS)}; choose one of {', '.join(CYCLE_TASKS)}"
+            )
+        if self.task in ("translation", "ner") and not self.source:
+            raise ConfigError(f"data.task={self.task!r} needs data.source (the paired dataset)")
+        if self.task == "unpaired" and not (self.train_A and self.train_B):
+            raise ConfigError("data.task='unpaired' needs data.train_A and data.train_B (files of each domain's texts)")
+
+
+CYCLE_SECTIONS: dict[str, type] = {
+    "model_A": ModelSection,
+    "model_B": ModelSection,
+    "data": CycleDataSection,
+    "training": CycleTrainingArguments,
+    "peft": dict,
+}

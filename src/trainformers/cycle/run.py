@@ -24,49 +24,12 @@ from typing import Any
 
 import yaml
 
-from ..config import DataSection, ModelSection, RunConfig, _arg, _Dumper, _merge, _read_yaml, parse_overrides
+from ..config import DataSection, ModelSection, RunConfig, _Dumper, _merge, _read_yaml, parse_overrides
 from ..errors import ConfigError
-from .config import CycleTrainingArguments
+from .config import CYCLE_SECTIONS, CycleDataSection, CycleTrainingArguments
 from .tasks import CycleTaskData
 
 __all__ = ["CycleDataSection", "CycleRunConfig", "build_cycle_data", "load_cycle_config", "run_cycle"]
-
-CYCLE_TASKS = ("demo", "translation", "ner", "unpaired")
-
-
-@dataclass
-class CycleDataSection:
-    """What the two models learn from."""
-
-    task: str = _arg("demo", "demo (number words <-> digits), translation, ner, or unpaired (your own files).")
-    source: str | None = _arg(None, "translation / ner: the paired dataset (file, directory or Hub name).")
-    split: str = _arg("train", "translation / ner: the split of `source` to read.")
-    options: dict[str, Any] = _arg({}, "Fields of the task's config: DemoConfig, TranslationConfig or NERConfig.")
-    train_A: str | None = _arg(None, "unpaired: file(s) of domain-A texts (txt, json, jsonl, csv, parquet).")
-    train_B: str | None = _arg(None, "unpaired: file(s) of domain-B texts.")
-    paired_train: str | None = _arg(None, "unpaired: optional paired file (text_A, text_B) for supervised steps.")
-    paired_eval: str | None = _arg(None, "unpaired: optional paired file (text_A, text_B) for metrics.")
-
-    def __post_init__(self) -> None:
-        if self.task not in CYCLE_TASKS:
-            from ..errors import did_you_mean
-
-            raise ConfigError(
-                f"data.task={self.task!r} is not supported{did_you_mean(str(self.task), CYCLE_TASKS)}; choose one of {', '.join(CYCLE_TASKS)}"
-            )
-        if self.task in ("translation", "ner") and not self.source:
-            raise ConfigError(f"data.task={self.task!r} needs data.source (the paired dataset)")
-        if self.task == "unpaired" and not (self.train_A and self.train_B):
-            raise ConfigError("data.task='unpaired' needs data.train_A and data.train_B (files of each domain's texts)")
-
-
-CYCLE_SECTIONS: dict[str, type] = {
-    "model_A": ModelSection,
-    "model_B": ModelSection,
-    "data": CycleDataSection,
-    "training": CycleTrainingArguments,
-    "peft": dict,
-}
 
 
 @dataclass
