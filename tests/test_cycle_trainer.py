@@ -626,3 +626,73 @@ def test_cycle_run_writes_its_report_and_model_card(tmp_path):
     card = trainer.create_model_card(language="en", tags=["cycle"])
     text = card.read_text()
     assert card == run / "README.md" and "cycle" in text and "learning_rate" in text
+
+
+@pytest.mark.parametrize("improves", [True, False])
+def test_a_plateau_scheduler_steps_on_each_evaluation_for_both_models(tmp_path, improves):
+    # metric-driven schedulers step on evaluations, not optimizer steps; both loops share that code
+    d = demo()
+    args = cycle_args(
+        tmp_path,
+        max_steps=3,
+        eval_strategy="steps",
+        eval_steps=1,
+        metric_for_best_model="loss",
+        lr_scheduler_type="reduce_lr_on_plateau",
+        lr_scheduler_kwargs={"patience": 0, "factor": 0.5, "mode": "min" if improves else "max"},
+    )
+    trainer = DeterministicCycleTrainer(
+        args,
+        models={"A": tiny_causal(0), "B": tiny_t5(1)},
+        tokenizers=tokenizer(),
+        eval_dataset_A=Dataset.from_dict({"text": list(d.paired_eval["text_A"])}),
+        **_data(),
+    )
+    trainer.train()
+    evaluations = [row["eval_loss"] for row in trainer.state.log_history if "eval_loss" in row]
+    assert len(evaluations) == 3
+    for side in "AB":
+        scheduler = trainer.sides[side].scheduler
+        assert scheduler.last_epoch == 3  # stepped once per evaluation
+        # with mode "max" a falling loss never improves: patience 0 halves the rate after each
+        # evaluation but the first (which sets the best)
+        if not improves:
+            assert trainer.sides[side].optimizer.param_groups[0]["lr"] == pytest.approx(args.learning_rate * 0.25)
+
+
+@pytest.mark.parametrize(
+    "field", ["push_to_hub", "auto_find_batch_size", "group_by_length", "include_num_input_tokens_seen"]
+)
+def test_inherited_fields_the_cycle_does_not_carry_out_are_refused_in_one_line(tmp_path, field):
+    from trainformers.cycle.config import NOT_IN_CYCLE
+
+    with pytest.raises(ConfigError) as info:
+        cycle_args(tmp_path, **{field: True})
+    accepted, instead = NOT_IN_CYCLE[field]
+    assert str(info.value).startswith(f"{field}=") and f"leave it at {accepted!r} ({instead})" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_nan_inf_filter_is_off_for_cycle_runs_and_refused_on(tmp_path):
+    assert cycle_args(tmp_path).logging_nan_inf_filter is False
+    with pytest.raises(ConfigError, match=r"^logging_nan_inf_filter=True is not supported by CycleTrainer"):
+        cycle_args(tmp_path, logging_nan_inf_filter=True)
+    with pytest.raises(ConfigError, match=r"^train_sampling_strategy='sequential' is not supported"):
+        cycle_args(tmp_path, train_sampling_strategy="sequential")
+
+
+def test_label_smoothing_reaches_the_cycle_loss(tmp_path):
+    losses = {}
+    for smoothing in (0.0, 0.3):
+        trainer = DeterministicCycleTrainer(
+            cycle_args(tmp_path / str(smoothing), max_steps=1, label_smoothing_factor=smoothing),
+            models={"A": tiny_causal(0), "B": tiny_t5(1)},
+            tokenizers=tokenizer(),
+            **_data(),
+        )
+        trainer.train()
+        losses[smoothing] = next(row for row in trainer.state.log_history if "loss_A" in row)
+    # the same first batch from the same weights: only the smoothing differs (near-uniform
+    # predictions of a random model can score better against the smoothed target, so no direction)
+    for key in ("loss_A", "loss_B"):
+        assert abs(losses[0.3][key] - losses[0.0][key]) > 1e-3

@@ -7,7 +7,7 @@ Kept out of `trainer.py` so the loop reads top to bottom; each is a pure functio
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,6 +197,23 @@ def update_best_metric(state: Any, args: Any, metrics: Mapping[str, float]) -> b
         state.best_metric, state.best_global_step = value, state.global_step
         return True
     return False
+
+
+def after_evaluation(state: Any, args: Any, metrics: Mapping[str, float], schedulers: Iterable[Any]) -> bool:
+    """What every loop does with an evaluation made during training.
+
+    Records the best-model metric in `state`, and steps each metric-driven scheduler (plateau,
+    greedy) with it; the others step every optimizer step and are left alone.
+
+    Returns:
+        True when the best metric improved (a `save_strategy="best"` save is due).
+    """
+    improved = update_best_metric(state, args, metrics)
+    key = best_metric_key(args)
+    for scheduler in schedulers:
+        if key and is_plateau(scheduler):
+            scheduler.step(metrics[key])
+    return improved
 
 
 def scalar_config(args: Any) -> dict[str, Any]:

@@ -34,8 +34,8 @@ from .loop_utils import (
     OptimizerStep,
     SinceLog,
     TermMeans,
+    after_evaluation,
     batch_size_info,
-    best_metric_key,
     default_collator,
     is_plateau,
     loss_shifts_labels,
@@ -47,7 +47,6 @@ from .loop_utils import (
     speed_metrics,
     take,
     unwrap_peft,
-    update_best_metric,
 )
 from .losses import count_label_items, lm_loss, window_share
 from .optim import create_optimizer, create_scheduler
@@ -684,11 +683,8 @@ class Trainer:
 
     def _evaluate_during_training(self) -> dict[str, float]:
         metrics = self.evaluate(ignore_keys=getattr(self, "_ignore_keys_for_eval", None))
-        if update_best_metric(self.state, self.args, metrics) and self.args.save_strategy == "best":
+        if after_evaluation(self.state, self.args, metrics, [self.lr_scheduler]) and self.args.save_strategy == "best":
             self.control.should_save = True
-        key = best_metric_key(self.args)
-        if is_plateau(self.lr_scheduler) and key:
-            self.lr_scheduler.step(metrics[key])
         self.control.should_evaluate = False
         return metrics
 

@@ -20,6 +20,16 @@ from ..errors import ConfigError, did_you_mean
 __all__ = ["CYCLE_METRICS", "CYCLE_SECTIONS", "CycleDataSection", "CycleTrainingArguments", "resolve_callable"]
 
 CYCLE_DIRECTIONS = ("both", "A", "B")
+# Inherited TrainingArguments fields that CycleTrainer does not carry out, each with the one value it
+# accepts and what to do instead: a setting is honoured or refused, never accepted and then ignored.
+NOT_IN_CYCLE: dict[str, tuple[Any, str]] = {
+    "push_to_hub": (False, "push the saved A/ and B/ folders with huggingface_hub"),
+    "auto_find_batch_size": (False, "set per_device_train_batch_size"),
+    "group_by_length": (False, "each domain stream is reshuffled every epoch"),
+    "train_sampling_strategy": ("random", "each domain stream is reshuffled every epoch"),
+    "include_num_input_tokens_seen": (False, "the log counts rows per direction instead"),
+    "logging_nan_inf_filter": (False, "CycleTrainer logs each loss as it is, NaN and inf included"),
+}
 CYCLE_METRICS = ("exact_match", "bleu", "chrf")
 
 
@@ -106,9 +116,17 @@ class CycleTrainingArguments(TrainingArguments):
         "Custom batch builder fn(synthetic_texts, target_texts, tokenizer, direction ('A->B': model A's batch), args) -> dict with "
         "labels; a callable or 'module:function'. Replaces the built-in text and token paths.",
     )
+    logging_nan_inf_filter: bool = _arg(
+        False, "Not available in cycle runs (each loss is logged as it is, NaN and inf included); true is refused."
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        for name, (accepted, instead) in NOT_IN_CYCLE.items():
+            if getattr(self, name) != accepted:
+                raise ConfigError(
+                    f"{name}={getattr(self, name)!r} is not supported by CycleTrainer; leave it at {accepted!r} ({instead})"
+                )
         self.cycle_directions = _choice("cycle_directions", self.cycle_directions, CYCLE_DIRECTIONS)
         if self.use_macct is not None and not isinstance(self.use_macct, bool):
             raise ConfigError(f"use_macct={self.use_macct!r} must be true, false or null (decide from the models)")

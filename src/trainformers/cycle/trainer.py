@@ -45,12 +45,12 @@ from ..config import TrainingArguments
 from ..errors import CheckpointError, ConfigError, DataError
 from ..loop_utils import (
     OptimizerStep,
+    after_evaluation,
     is_plateau,
     prepare_model,
     scalar_config,
     seed_everything,
     unwrap_peft,
-    update_best_metric,
 )
 from ..losses import IGNORE_INDEX, count_label_items, lm_loss
 from ..optim import create_optimizer, create_scheduler
@@ -547,7 +547,13 @@ class CycleTrainer:
             inputs["decoder_input_ids"] = self._decoder_inputs(side, labels)
         outputs = model(**inputs, use_cache=False)
         logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
-        return lm_loss(logits, labels, shift=side.shift, num_items_in_batch=n_items)
+        return lm_loss(
+            logits,
+            labels,
+            shift=side.shift,
+            num_items_in_batch=n_items,
+            label_smoothing=self.args.label_smoothing_factor,
+        )
 
     def _dummy_batch(self, side: CycleSide) -> dict[str, torch.Tensor]:
         """One all-masked row: a rank whose rows were all dropped still joins the gradient all-reduce."""
@@ -820,7 +826,8 @@ class CycleTrainer:
 
     def _evaluate_during_training(self) -> dict[str, float]:
         metrics = self.evaluate()
-        if update_best_metric(self.state, self.args, metrics) and self.args.save_strategy == "best":
+        schedulers = [side.scheduler for side in self.sides.values() if side.scheduler is not None]
+        if after_evaluation(self.state, self.args, metrics, schedulers) and self.args.save_strategy == "best":
             self.control.should_save = True
         self.control.should_evaluate = False
         return metrics
