@@ -12,8 +12,7 @@ START, END = "<!-- arguments:start -->", "<!-- arguments:end -->"
 
 def render() -> str:
     from trainformers.config import DataSection, ModelSection, TrainingArguments, arguments_markdown_table
-    from trainformers.cycle.config import CYCLE_FIELDS, CycleTrainingArguments
-    from trainformers.cycle.config import CycleDataSection
+    from trainformers.cycle.config import CYCLE_FIELDS, CycleDataSection, CycleTrainingArguments
 
     parts = [
         arguments_markdown_table(TrainingArguments),
