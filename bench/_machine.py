@@ -1,4 +1,4 @@
-"""Shared by the bench scripts: CPU-load accounting (PERF-NOTES: a busy neighbour ruins any
+"""Shared by the bench scripts: CPU-load accounting (docs/perf-notes.md: a busy neighbour ruins any
 timing, so rounds with foreign load are discarded), process memory, and the CLI's malloc tuning.
 
 Standard library only at import (trainformers is imported inside `tune_malloc`), so the

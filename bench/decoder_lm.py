@@ -34,7 +34,7 @@ peak, where the peak is measured once at start: fp32 `torch.mm` on square matric
 foreign load disturbed it; if every try did, measured again after the first quiet round).
 
 glibc malloc is tuned at start as the `trainformers` CLI does (mmap threshold 32 MiB, trim
-threshold 2 GiB; PERF-NOTES.md), unless `--no-tune-malloc` or the MALLOC_* variables are set.
+threshold 2 GiB; docs/perf-notes.md), unless `--no-tune-malloc` or the MALLOC_* variables are set.
 Each round line shows minor page faults per step: at 20M the logits (8 x 128 x 8192 fp32) are
 exactly 32 MiB, so they, their gradient and log-softmax output reach that mmap threshold and are
 mapped and faulted afresh every step (7k-41k faults/step); the 20M numbers vary more for it. With

@@ -6,7 +6,7 @@ order, between the `make bench` markers of docs/benchmarks.md; the rest of that 
 and older one-off measurements, left as it is. A script that fails leaves its previous fragment
 in place and is named at the end (the exit status is then 1).
 
-Timings need an idle machine (PERF-NOTES.md: one busy core makes a 2-thread run many times
+Timings need an idle machine (docs/perf-notes.md: one busy core makes a 2-thread run many times
 slower): the scripts discard disturbed rounds, and this runner waits for the 1-minute load
 average to settle before each. Not part of CI: about 25 minutes on 2 cores.
 

@@ -24,12 +24,12 @@ EXIT_USAGE = 2
 
 
 def _tune_malloc() -> None:
-    """Stop glibc from returning and re-faulting memory every step (PERF-NOTES: 7-15% on small models).
+    """Stop glibc from returning and re-faulting memory every step (docs/perf-notes.md: 7-15% on small models).
 
     Equivalent to MALLOC_MMAP_THRESHOLD_=128 MiB and MALLOC_TRIM_THRESHOLD_=2 GiB - 1; a no-op off
-    glibc or when the user set either variable. PERF-NOTES used 32 MiB, but then a 32 MiB logits
+    glibc or when the user set either variable. docs/perf-notes.md used 32 MiB, but then a 32 MiB logits
     tensor (batch 8 x 128 x vocab 8192) is still mmapped and page-faulted every step
-    (bench/decoder_lm.py). `mallopt` takes a C int: the 16 GiB of PERF-NOTES' environment variable
+    (bench/decoder_lm.py). `mallopt` takes a C int: the 16 GiB of the environment variable in docs/perf-notes.md
     would wrap to 0 here, which trims the heap on every free (the opposite of the intent).
     """
     if sys.platform != "linux" or "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:

@@ -288,7 +288,7 @@ def optimizer_cls_and_kwargs(args: Any, device: torch.device) -> tuple[type[torc
     adam = {"lr": args.learning_rate, "betas": (args.adam_beta1, args.adam_beta2), "eps": args.adam_epsilon}
     extra = args.optim_args_dict() if hasattr(args, "optim_args_dict") else dict(args.optim_args or {})
     if name in ("adamw_torch_fused", "adamw"):
-        # fused AdamW is several times faster than the per-tensor default, on CPU too (PERF-NOTES)
+        # fused AdamW is several times faster than the per-tensor default, on CPU too (docs/perf-notes.md)
         return torch.optim.AdamW, {**adam, "fused": True, **extra}
     if name == "adamw_torch":
         return torch.optim.AdamW, {**adam, **extra}

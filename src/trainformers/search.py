@@ -1,4 +1,4 @@
-"""Hyperparameter search on optuna: `Trainer.hyperparameter_search` and `trainformers search`.
+"""Hyperparameter search on optuna: `Trainer.hyperparameter_search` (`trainformers search` reads a run file in run.py).
 
 Each trial re-creates the model with `model_init(trial)`, trains with the trial's values applied
 to a copy of the arguments (written to `<output_dir>/trial-<N>/`, its own `log.jsonl` included),

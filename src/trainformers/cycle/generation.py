@@ -3,7 +3,7 @@
 Generation runs with the KV cache, stops as soon as every row has emitted EOS (transformers'
 default stopping), and bounds the new tokens by the input length when a ratio is set: a fixed
 `max_new_tokens` of 64 for 5-token sentences is most of the generation time of a model that has
-not yet learnt to stop (CYCLE-NOTES.md measured half the wall time in generate).
+not yet learnt to stop (docs/cycle-notes.md measured half the wall time in generate).
 """
 
 from __future__ import annotations
