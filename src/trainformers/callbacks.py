@@ -282,6 +282,14 @@ class CallbackHandler(TrainerCallback):
         control.should_log = False
         return self.call_event("on_log", args, state, control, logs=logs, **kwargs)
 
+    def log(self, args: Args, state: TrainerState, control: TrainerControl, logs: Row) -> TrainerControl:
+        """A trainer's `log(logs)`: the row (with the epoch) goes into `state.log_history` (with the
+        step), then to every callback's `on_log` (progress, JSONL, trackers)."""
+        if state.epoch is not None:
+            logs = {**logs, "epoch": state.epoch}
+        state.log_history.append({**logs, "step": state.global_step})
+        return self.on_log(args, state, control, logs)
+
     def on_prediction_step(
         self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> TrainerControl:

@@ -860,10 +860,7 @@ class Trainer:
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Record a row in `state.log_history` and hand it to the callbacks (progress, JSONL, trackers)."""
-        if self.state.epoch is not None:
-            logs = {**logs, "epoch": self.state.epoch}
-        self.state.log_history.append({**logs, "step": self.state.global_step})
-        self.control = self.callback_handler.on_log(self.args, self.state, self.control, logs)
+        self.control = self.callback_handler.log(self.args, self.state, self.control, logs)
 
     # ---- evaluation ---------------------------------------------------------------------
 

@@ -55,7 +55,6 @@ from ..loop_utils import (
 from ..losses import IGNORE_INDEX, count_label_items, lm_loss
 from ..optim import create_optimizer, create_scheduler
 from ..state import TrainerControl, TrainerState
-from ..trainer import Trainer
 from .config import CycleTrainingArguments, resolve_callable
 from .generation import generate_ids
 from .inputs import CycleBatch, CycleBatchBuilder, tokenizers_compatible
@@ -435,12 +434,21 @@ class CycleTrainer:
     def models(self) -> dict[str, nn.Module]:
         return {s: side.model for s, side in self.sides.items()}
 
-    # the same as Trainer's: they only use .accelerator, .callback_handler, .state and .control
-    is_world_process_zero = Trainer.is_world_process_zero
-    add_callback = Trainer.add_callback
-    pop_callback = Trainer.pop_callback
-    remove_callback = Trainer.remove_callback
-    log = Trainer.log
+    def is_world_process_zero(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def add_callback(self, callback: TrainerCallback | type[TrainerCallback]) -> None:
+        self.callback_handler.add_callback(callback)
+
+    def pop_callback(self, callback: TrainerCallback | type[TrainerCallback]) -> TrainerCallback | None:
+        return self.callback_handler.pop_callback(callback)
+
+    def remove_callback(self, callback: TrainerCallback | type[TrainerCallback]) -> None:
+        self.callback_handler.remove_callback(callback)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Record a row in `state.log_history` and hand it to the callbacks (HF signature)."""
+        self.control = self.callback_handler.log(self.args, self.state, self.control, logs)
 
     def _adapter(self, side: CycleSide) -> Any:
         """Inside: `side`'s adapter is the active (and only trainable) one; the previous comes back after."""
@@ -921,8 +929,12 @@ class CycleTrainer:
         self.state = ckpt.restore_trainer_state(path, self.state, self.callback_handler.callbacks)
         ckpt.restore_rng(path, accel.process_index, accel.num_processes)
 
-    # the model card of `Trainer`: `trainformers.modelcard` reads .args, .state and .models
-    create_model_card = Trainer.create_model_card
+    def create_model_card(self, **card: Any) -> Path:
+        """Write README.md (a model card) into args.output_dir; the keywords of
+        `Trainer.create_model_card` (language, license, tags, ...). See `trainformers.modelcard`."""
+        from ..modelcard import create_model_card
+
+        return create_model_card(self, **card)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Write `A/` and `B/` under `output_dir` (default args.output_dir): each a model plain
