@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 # `args` is a TrainingArguments (or CycleTrainingArguments); typed as Any so that this layer
-# does not import config.py and any object with the same attribute names works.
+# does not import the config package and any object with the same attribute names works.
 Args = Any
 # A logged row or a metrics dict: name -> value (numbers mostly, strings allowed).
 Row = dict[str, Any]

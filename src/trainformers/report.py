@@ -475,17 +475,17 @@ def config_diff(run_dir: str | Path, training_args: Any = None) -> tuple[str, li
         `(where it was read from, [(section.key, value, default), ...])`; `("no saved
         configuration", [])` when nothing was found.
     """
-    from .config import _read_yaml
+    from .config import read_yaml
 
     run_dir = Path(run_dir)
     if (run_dir / "config.yaml").is_file():
         from .config import SECTIONS
 
-        return "config.yaml", _diff_sections(_read_yaml(run_dir / "config.yaml"), SECTIONS)
+        return "config.yaml", _diff_sections(read_yaml(run_dir / "config.yaml"), SECTIONS)
     if (run_dir / "cycle_config.yaml").is_file():
         from .cycle.config import CYCLE_SECTIONS
 
-        return "cycle_config.yaml", _diff_sections(_read_yaml(run_dir / "cycle_config.yaml"), CYCLE_SECTIONS)
+        return "cycle_config.yaml", _diff_sections(read_yaml(run_dir / "cycle_config.yaml"), CYCLE_SECTIONS)
     if training_args is not None and hasattr(training_args, "to_dict"):
         sections = {"training": type(training_args)}
         return "the Trainer's arguments", _diff_sections({"training": training_args.to_dict()}, sections)

@@ -317,14 +317,14 @@ def run_search_from_config(
             no held-out data to evaluate on.
         TrainformersError: any problem with the data, or no trial completed.
     """
-    from .config import _read_yaml, load_config
+    from .config import load_config, read_yaml
 
     import_optuna(None)
     if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
         raise ConfigError(f"--n-trials={n_trials!r} must be a positive integer")
     section, base = None, DEFAULT_RUN
     if config_path is not None:
-        raw = _read_yaml(config_path)
+        raw = read_yaml(config_path)
         if not isinstance(raw, Mapping):
             raise ConfigError(f"'{config_path}' must be a mapping of sections (model, data, training, peft, search)")
         base = {k: v for k, v in raw.items() if k != "search"}

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import ModelSection, TrainingArguments, _arg, _check_int, _choice, _is_number
+from ..config import ModelSection, TrainingArguments, arg, check_int, choice, is_number
 from ..errors import ConfigError, did_you_mean
 
 __all__ = ["CYCLE_METRICS", "CYCLE_SECTIONS", "CycleDataSection", "CycleTrainingArguments", "resolve_callable"]
@@ -58,65 +58,65 @@ class CycleTrainingArguments(TrainingArguments):
     are drawn per micro-batch and direction.
     """
 
-    use_macct: bool | None = _arg(
+    use_macct: bool | None = arg(
         None,
         "MACCT: one frozen base model with LoRA adapters 'A' and 'B'. None: decided by what is given "
         "(a single model with peft_configs, or a PeftModel with adapters A and B); True/False forces it.",
     )
-    cycle_directions: str = _arg(
+    cycle_directions: str = arg(
         "both", "Which models train: 'both', 'A' (only model A, A->B) or 'B' (only model B, B->A)."
     )
-    text_field_A: str = _arg("text", "Text column of train/eval_dataset_A (ignored for pre-tokenized input_ids).")
-    text_field_B: str = _arg("text", "Text column of train/eval_dataset_B (ignored for pre-tokenized input_ids).")
-    paired_field_A: str = _arg("text_A", "Domain-A column of paired_dataset and paired_eval_dataset.")
-    paired_field_B: str = _arg("text_B", "Domain-B column of paired_dataset and paired_eval_dataset.")
-    prompt_template_A: str = _arg("{text}", "Wraps the source text model A reads, e.g. 'Translate to B: {text}'.")
-    prompt_template_B: str = _arg("{text}", "Wraps the source text model B reads.")
-    sep_seq: str = _arg("\n", "Causal models: text between the prompt and the target.")
-    max_seq_length: int = _arg(
+    text_field_A: str = arg("text", "Text column of train/eval_dataset_A (ignored for pre-tokenized input_ids).")
+    text_field_B: str = arg("text", "Text column of train/eval_dataset_B (ignored for pre-tokenized input_ids).")
+    paired_field_A: str = arg("text_A", "Domain-A column of paired_dataset and paired_eval_dataset.")
+    paired_field_B: str = arg("text_B", "Domain-B column of paired_dataset and paired_eval_dataset.")
+    prompt_template_A: str = arg("{text}", "Wraps the source text model A reads, e.g. 'Translate to B: {text}'.")
+    prompt_template_B: str = arg("{text}", "Wraps the source text model B reads.")
+    sep_seq: str = arg("\n", "Causal models: text between the prompt and the target.")
+    max_seq_length: int = arg(
         256, "Token limit of a training row (causal: prompt+target; seq2seq: encoder input) and of a generation prompt."
     )
-    max_target_length: int | None = _arg(None, "Seq2seq: token limit of the labels (None: max_seq_length).")
-    do_sample_A: bool = _arg(False, "Model A samples when generating (False: greedy / beam search).")
-    do_sample_B: bool = _arg(False, "Model B samples when generating.")
-    temperature_A: float = _arg(1.0, "Sampling temperature of model A.")
-    temperature_B: float = _arg(1.0, "Sampling temperature of model B.")
-    top_p_A: float = _arg(1.0, "Nucleus sampling mass of model A (1.0: off).")
-    top_p_B: float = _arg(1.0, "Nucleus sampling mass of model B (1.0: off).")
-    top_k_A: int = _arg(0, "Top-k sampling of model A (0: off).")
-    top_k_B: int = _arg(0, "Top-k sampling of model B (0: off).")
-    num_beams_A: int = _arg(1, "Beam search width of model A (1: none).")
-    num_beams_B: int = _arg(1, "Beam search width of model B (1: none).")
-    max_new_tokens_A: int = _arg(64, "Upper bound on the tokens model A generates per row.")
-    max_new_tokens_B: int = _arg(64, "Upper bound on the tokens model B generates per row.")
-    max_new_tokens_ratio_A: float | None = _arg(
+    max_target_length: int | None = arg(None, "Seq2seq: token limit of the labels (None: max_seq_length).")
+    do_sample_A: bool = arg(False, "Model A samples when generating (False: greedy / beam search).")
+    do_sample_B: bool = arg(False, "Model B samples when generating.")
+    temperature_A: float = arg(1.0, "Sampling temperature of model A.")
+    temperature_B: float = arg(1.0, "Sampling temperature of model B.")
+    top_p_A: float = arg(1.0, "Nucleus sampling mass of model A (1.0: off).")
+    top_p_B: float = arg(1.0, "Nucleus sampling mass of model B (1.0: off).")
+    top_k_A: int = arg(0, "Top-k sampling of model A (0: off).")
+    top_k_B: int = arg(0, "Top-k sampling of model B (0: off).")
+    num_beams_A: int = arg(1, "Beam search width of model A (1: none).")
+    num_beams_B: int = arg(1, "Beam search width of model B (1: none).")
+    max_new_tokens_A: int = arg(64, "Upper bound on the tokens model A generates per row.")
+    max_new_tokens_B: int = arg(64, "Upper bound on the tokens model B generates per row.")
+    max_new_tokens_ratio_A: float | None = arg(
         None,
         "Bound model A's new tokens by ratio x the longest source in the batch (tokens), capped by "
         "max_new_tokens_A; e.g. 1.5 for a similar-length task. None: max_new_tokens_A only.",
     )
-    max_new_tokens_ratio_B: float | None = _arg(None, "The same for model B.")
-    min_new_tokens_A: int = _arg(
+    max_new_tokens_ratio_B: float | None = arg(None, "The same for model B.")
+    min_new_tokens_A: int = arg(
         1, "Model A must generate at least this many tokens before EOS (1 stops empty outputs on a cold start)."
     )
-    min_new_tokens_B: int = _arg(1, "The same for model B.")
-    drop_empty_synthetic: bool = _arg(
+    min_new_tokens_B: int = arg(1, "The same for model B.")
+    drop_empty_synthetic: bool = arg(
         True, "Drop rows whose synthetic source came out empty (counted in the log as dropped_A/B)."
     )
-    warmup_paired_steps: int = _arg(
+    warmup_paired_steps: int = arg(
         0, "The first N steps train both models supervised on paired_dataset (no generation)."
     )
-    paired_mix_every: int = _arg(
+    paired_mix_every: int = arg(
         0, "After the warm-up, every N-th step is a supervised paired step instead of a cycle step (0: never)."
     )
-    metrics: list[str] = _arg(
+    metrics: list[str] = arg(
         [], "Built-in task metrics on paired_eval_dataset: any of exact_match, bleu, chrf (sacrebleu)."
     )
-    prepare_cycle_inputs: Any = _arg(
+    prepare_cycle_inputs: Any = arg(
         None,
         "Custom batch builder fn(synthetic_texts, target_texts, tokenizer, direction ('A->B': model A's batch), args) -> dict with "
         "labels; a callable or 'module:function'. Replaces the built-in text and token paths.",
     )
-    logging_nan_inf_filter: bool = _arg(
+    logging_nan_inf_filter: bool = arg(
         False, "Not available in cycle runs (each loss is logged as it is, NaN and inf included); true is refused."
     )
 
@@ -127,7 +127,7 @@ class CycleTrainingArguments(TrainingArguments):
                 raise ConfigError(
                     f"{name}={getattr(self, name)!r} is not supported by CycleTrainer; leave it at {accepted!r} ({instead})"
                 )
-        self.cycle_directions = _choice("cycle_directions", self.cycle_directions, CYCLE_DIRECTIONS)
+        self.cycle_directions = choice("cycle_directions", self.cycle_directions, CYCLE_DIRECTIONS)
         if self.use_macct is not None and not isinstance(self.use_macct, bool):
             raise ConfigError(f"use_macct={self.use_macct!r} must be true, false or null (decide from the models)")
         for name in ("text_field_A", "text_field_B", "paired_field_A", "paired_field_B"):
@@ -139,37 +139,37 @@ class CycleTrainingArguments(TrainingArguments):
                 raise ConfigError(f"{name}={value!r} must contain '{{text}}' exactly once, e.g. 'Translate: {{text}}'")
         if not isinstance(self.sep_seq, str):
             raise ConfigError(f"sep_seq={self.sep_seq!r} must be a string (use '' for none)")
-        _check_int("max_seq_length", self.max_seq_length, 4)
+        check_int("max_seq_length", self.max_seq_length, 4)
         if self.max_target_length is not None:
-            _check_int("max_target_length", self.max_target_length, 2)
+            check_int("max_target_length", self.max_target_length, 2)
         for side in ("A", "B"):
             if not isinstance(getattr(self, f"do_sample_{side}"), bool):
                 raise ConfigError(f"do_sample_{side}={getattr(self, f'do_sample_{side}')!r} must be true or false")
             temperature = getattr(self, f"temperature_{side}")
-            if not _is_number(temperature) or temperature <= 0:
+            if not is_number(temperature) or temperature <= 0:
                 raise ConfigError(f"temperature_{side}={temperature!r} must be > 0")
             top_p = getattr(self, f"top_p_{side}")
-            if not _is_number(top_p) or not 0 < top_p <= 1:
+            if not is_number(top_p) or not 0 < top_p <= 1:
                 raise ConfigError(f"top_p_{side}={top_p!r} must be in (0, 1]")
-            _check_int(f"top_k_{side}", getattr(self, f"top_k_{side}"), 0)
-            _check_int(f"num_beams_{side}", getattr(self, f"num_beams_{side}"), 1)
-            _check_int(f"max_new_tokens_{side}", getattr(self, f"max_new_tokens_{side}"), 1)
-            _check_int(f"min_new_tokens_{side}", getattr(self, f"min_new_tokens_{side}"), 0)
+            check_int(f"top_k_{side}", getattr(self, f"top_k_{side}"), 0)
+            check_int(f"num_beams_{side}", getattr(self, f"num_beams_{side}"), 1)
+            check_int(f"max_new_tokens_{side}", getattr(self, f"max_new_tokens_{side}"), 1)
+            check_int(f"min_new_tokens_{side}", getattr(self, f"min_new_tokens_{side}"), 0)
             if getattr(self, f"min_new_tokens_{side}") > getattr(self, f"max_new_tokens_{side}"):
                 raise ConfigError(
                     f"min_new_tokens_{side}={getattr(self, f'min_new_tokens_{side}')} is above "
                     f"max_new_tokens_{side}={getattr(self, f'max_new_tokens_{side}')}; lower it"
                 )
             ratio = getattr(self, f"max_new_tokens_ratio_{side}")
-            if ratio is not None and (not _is_number(ratio) or ratio <= 0):
+            if ratio is not None and (not is_number(ratio) or ratio <= 0):
                 raise ConfigError(f"max_new_tokens_ratio_{side}={ratio!r} must be > 0, or null for no bound")
-        _check_int("warmup_paired_steps", self.warmup_paired_steps, 0)
-        _check_int("paired_mix_every", self.paired_mix_every, 0)
+        check_int("warmup_paired_steps", self.warmup_paired_steps, 0)
+        check_int("paired_mix_every", self.paired_mix_every, 0)
         if isinstance(self.metrics, str):
             self.metrics = [m.strip() for m in self.metrics.split(",") if m.strip()]
         if not isinstance(self.metrics, (list, tuple)):
             raise ConfigError(f"metrics={self.metrics!r} must be a list, e.g. [exact_match, chrf]")
-        self.metrics = [_choice("metrics", m, CYCLE_METRICS) for m in self.metrics]
+        self.metrics = [choice("metrics", m, CYCLE_METRICS) for m in self.metrics]
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             raise ConfigError("CycleTrainingArguments needs max_steps > 0 or num_train_epochs > 0")
 
@@ -209,14 +209,14 @@ CYCLE_TASKS = ("demo", "translation", "ner", "unpaired")
 class CycleDataSection:
     """What the two models learn from."""
 
-    task: str = _arg("demo", "demo (number words <-> digits), translation, ner, or unpaired (your own files).")
-    source: str | None = _arg(None, "translation / ner: the paired dataset (file, directory or Hub name).")
-    split: str = _arg("train", "translation / ner: the split of `source` to read.")
-    options: dict[str, Any] = _arg({}, "Fields of the task's config: DemoConfig, TranslationConfig or NERConfig.")
-    train_A: str | None = _arg(None, "unpaired: file(s) of domain-A texts (txt, json, jsonl, csv, parquet).")
-    train_B: str | None = _arg(None, "unpaired: file(s) of domain-B texts.")
-    paired_train: str | None = _arg(None, "unpaired: optional paired file (text_A, text_B) for supervised steps.")
-    paired_eval: str | None = _arg(None, "unpaired: optional paired file (text_A, text_B) for metrics.")
+    task: str = arg("demo", "demo (number words <-> digits), translation, ner, or unpaired (your own files).")
+    source: str | None = arg(None, "translation / ner: the paired dataset (file, directory or Hub name).")
+    split: str = arg("train", "translation / ner: the split of `source` to read.")
+    options: dict[str, Any] = arg({}, "Fields of the task's config: DemoConfig, TranslationConfig or NERConfig.")
+    train_A: str | None = arg(None, "unpaired: file(s) of domain-A texts (txt, json, jsonl, csv, parquet).")
+    train_B: str | None = arg(None, "unpaired: file(s) of domain-B texts.")
+    paired_train: str | None = arg(None, "unpaired: optional paired file (text_A, text_B) for supervised steps.")
+    paired_eval: str | None = arg(None, "unpaired: optional paired file (text_A, text_B) for metrics.")
 
     def __post_init__(self) -> None:
         if self.task not in CYCLE_TASKS:

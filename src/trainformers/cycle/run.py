@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from ..config import DataSection, ModelSection, RunConfig, _Dumper, _merge, _read_yaml, parse_overrides
+from ..config import DataSection, ModelSection, RunConfig, YamlDumper, merge_sections, parse_overrides, read_yaml
 from ..errors import ConfigError
 from .config import CYCLE_SECTIONS, CycleDataSection, CycleTrainingArguments
 from .tasks import CycleTaskData
@@ -51,7 +51,7 @@ class CycleRunConfig:
         return out
 
     def to_yaml(self) -> str:
-        return yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False, allow_unicode=True)
+        return yaml.dump(self.to_dict(), Dumper=YamlDumper, sort_keys=False, allow_unicode=True)
 
 
 def load_cycle_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> CycleRunConfig:
@@ -62,9 +62,9 @@ def load_cycle_config(path: str | Path | None, overrides: list[str] | tuple[str,
     """
     merged: dict[str, dict[str, Any]] = {name: {} for name in CYCLE_SECTIONS}
     if path is not None:
-        _merge(merged, _read_yaml(path), f"'{path}'", CYCLE_SECTIONS)
+        merge_sections(merged, read_yaml(path), f"'{path}'", CYCLE_SECTIONS)
     raw_overrides = parse_overrides(overrides)
-    _merge(merged, raw_overrides, "the command line", CYCLE_SECTIONS)
+    merge_sections(merged, raw_overrides, "the command line", CYCLE_SECTIONS)
     training = dict(merged["training"])
     training.setdefault("output_dir", "runs/cycle")
     return CycleRunConfig(
