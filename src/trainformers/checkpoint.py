@@ -225,7 +225,7 @@ def save_model_files(
     """Save weights in HF format: `save_pretrained` when the model has it, safetensors otherwise."""
     out_dir = Path(out_dir)
     if hasattr(model, "save_pretrained"):
-        with _quiet_progress():
+        with quiet_hf_progress():
             model.save_pretrained(out_dir, state_dict=state_dict, is_main_process=is_main)
         return
     if is_main:
@@ -239,7 +239,7 @@ def save_model_files(
 
 
 @contextmanager
-def _quiet_progress() -> Iterator[None]:
+def quiet_hf_progress() -> Iterator[None]:
     """transformers draws a one-shard progress bar per save; in a training loop it is noise."""
     from transformers.utils import logging as hf_logging
 

@@ -408,7 +408,7 @@ def _model_dir(checkpoint: str, markers: Sequence[str] = ("config.json",)) -> Pa
 def _load_for_generation(path: Path) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .checkpoint import _quiet_progress
+    from .checkpoint import quiet_hf_progress
     from .errors import CheckpointError
 
     try:
@@ -423,7 +423,7 @@ def _load_for_generation(path: Path) -> tuple[Any, Any]:
             f"no usable tokenizer in {str(path)!r} ({first_line}); save one there with tokenizer.save_pretrained"
         ) from None
     try:
-        with _quiet_progress():  # a weight-loading bar for a local model is noise here
+        with quiet_hf_progress():  # a weight-loading bar for a local model is noise here
             model = AutoModelForCausalLM.from_pretrained(path)
     except (OSError, ValueError, KeyError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -16,8 +16,9 @@ from typing import Any
 
 from datasets import Dataset
 
+from ..config import arg
 from ..errors import ConfigError, DataError
-from .tasks import CycleTaskData, _arg, _ConfigMixin
+from .tasks import ConfigMixin, CycleTaskData
 
 __all__ = [
     "CycleDemoData",
@@ -134,16 +135,16 @@ def exact_match(predictions: list[str], references: list[str]) -> float:
 
 
 @dataclass
-class DemoConfig(_ConfigMixin):
+class DemoConfig(ConfigMixin):
     """Sizes and seed of the number-words ↔ digits demo."""
 
-    n_paired_train: int = _arg(64, "Tiny paired training set (supervised warm-up).")
-    n_unpaired_A: int = _arg(2000, "Unpaired domain-A strings (number words).")
-    n_unpaired_B: int = _arg(2000, "Unpaired domain-B strings (digits).")
-    n_eval: int = _arg(200, "Held-out paired pairs for exact-match accuracy.")
-    max_number: int = _arg(9999, f"Numbers are drawn from 0..max_number (at most {MAX_SUPPORTED}).")
-    seed: int = _arg(0, "Seed for drawing and shuffling.")
-    text_field: str = _arg("text", "Output column; paired sets use <text_field>_A and <text_field>_B.")
+    n_paired_train: int = arg(64, "Tiny paired training set (supervised warm-up).")
+    n_unpaired_A: int = arg(2000, "Unpaired domain-A strings (number words).")
+    n_unpaired_B: int = arg(2000, "Unpaired domain-B strings (digits).")
+    n_eval: int = arg(200, "Held-out paired pairs for exact-match accuracy.")
+    max_number: int = arg(9999, f"Numbers are drawn from 0..max_number (at most {MAX_SUPPORTED}).")
+    seed: int = arg(0, "Seed for drawing and shuffling.")
+    text_field: str = arg("text", "Output column; paired sets use <text_field>_A and <text_field>_B.")
 
     def __post_init__(self) -> None:
         for name in (

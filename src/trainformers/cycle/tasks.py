@@ -30,6 +30,7 @@ from typing import Any
 
 from datasets import Dataset, DatasetDict
 
+from ..config import arg
 from ..errors import ConfigError, DataError, did_you_mean
 
 __all__ = [
@@ -43,12 +44,6 @@ __all__ = [
     "format_entities",
     "parse_entities",
 ]
-
-
-def _arg(default: Any, help: str) -> Any:
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -70,7 +65,7 @@ class CycleTaskData:
 # ---------------------------------------------------------------------------------------------
 
 
-class _ConfigMixin:
+class ConfigMixin:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> Any:
         """Build the config from a run-file mapping; unknown keys raise `ConfigError`."""
@@ -218,38 +213,38 @@ def _make_split(
 
 
 @dataclass
-class SplitConfig(_ConfigMixin):
+class SplitConfig(ConfigMixin):
     """The split settings every task shares: how paired rows become unpaired A/B sets."""
 
-    seed: int = _arg(0, "Seed for the eval split, the A/B coin flips and the two shuffles.")
-    eval_size: int | float = _arg(
+    seed: int = arg(0, "Seed for the eval split, the A/B coin flips and the two shuffles.")
+    eval_size: int | float = arg(
         0.1,
         "Held-out paired rows: a count (int) or a fraction (float in (0,1)); unused when eval_split exists.",
     )
-    eval_split: str | None = _arg(
+    eval_split: str | None = arg(
         "validation",
         "With a DatasetDict: the split used as the paired eval set if present (else split off train).",
     )
-    paired_train_size: int = _arg(0, "Pairs kept paired for a supervised warm-up (taken before the unpaired split).")
-    disjoint: bool = _arg(
+    paired_train_size: int = arg(0, "Pairs kept paired for a supervised warm-up (taken before the unpaired split).")
+    disjoint: bool = arg(
         True, "Coin-flip each pair to A or B so no pair is in both sets; False uses every pair on both sides."
     )
-    text_field: str = _arg("text", "Output column; paired sets use <text_field>_A and <text_field>_B.")
+    text_field: str = arg("text", "Output column; paired sets use <text_field>_A and <text_field>_B.")
 
 
 @dataclass
 class TranslationConfig(SplitConfig):
     """How a parallel corpus becomes two unpaired language sets."""
 
-    lang_A: str | None = _arg(
+    lang_A: str | None = arg(
         None,
         "Domain A: a column name, or a key of the HF `translation` column (e.g. 'en').",
     )
-    lang_B: str | None = _arg(
+    lang_B: str | None = arg(
         None,
         "Domain B: a column name, or a key of the HF `translation` column (e.g. 'de').",
     )
-    translation_column: str = _arg("translation", "Column holding {lang: text} dicts (HF translation format).")
+    translation_column: str = arg("translation", "Column holding {lang: text} dicts (HF translation format).")
 
     def __post_init__(self) -> None:
         for name in ("lang_A", "lang_B"):
@@ -428,8 +423,8 @@ def entity_f1(pred_texts: Sequence[str], ref_texts: Sequence[str], **parse_kwarg
 class NERConfig(SplitConfig):
     """How CoNLL-style NER rows become sentences (A) and 'entity | type' sequences (B)."""
 
-    tokens_column: str = _arg("tokens", "Column with the list of tokens per sentence.")
-    tags_column: str = _arg(
+    tokens_column: str = arg("tokens", "Column with the list of tokens per sentence.")
+    tags_column: str = arg(
         "ner_tags",
         "Column with BIO tags per token: strings, or ints indexing label_names.",
     )
@@ -440,9 +435,9 @@ class NERConfig(SplitConfig):
             "read from a ClassLabel feature when omitted."
         },
     )
-    entity_sep: str = _arg(_ENTITY_SEP, "Separator between entities in domain B.")
-    type_sep: str = _arg(_TYPE_SEP, "Separator between an entity's text and its type in domain B.")
-    empty_token: str = _arg(_EMPTY, "Domain-B text of a sentence without entities.")
+    entity_sep: str = arg(_ENTITY_SEP, "Separator between entities in domain B.")
+    type_sep: str = arg(_TYPE_SEP, "Separator between an entity's text and its type in domain B.")
+    empty_token: str = arg(_EMPTY, "Domain-B text of a sentence without entities.")
 
     def __post_init__(self) -> None:
         self._check_common()

@@ -848,7 +848,7 @@ class CycleTrainer:
         if self.macct:
             model = self._bare(self.sides["A"])
             if main:
-                with ckpt._quiet_progress():
+                with ckpt.quiet_hf_progress():
                     model.save_pretrained(str(directory), selected_adapters=list(SIDES))
         else:
             for s in SIDES:

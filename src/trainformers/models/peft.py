@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import _quiet_progress
+from ..checkpoint import quiet_hf_progress
 from ..errors import CheckpointError, ConfigError, did_you_mean
 
 __all__ = [
@@ -321,7 +321,7 @@ def merge_and_save(
             "pass the base model's directory or Hub name (--base)"
         )
     try:
-        with _quiet_progress():
+        with quiet_hf_progress():
             model = load_pretrained(base, dtype=dtype)
     except (OSError, ValueError) as err:
         raise CheckpointError(
@@ -336,7 +336,7 @@ def merge_and_save(
     merged = adapted.merge_and_unload()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with _quiet_progress():
+    with quiet_hf_progress():
         merged.save_pretrained(out)
     if any((source / name).is_file() for name in _TOKENIZER_FILES):
         from transformers import AutoTokenizer
