@@ -20,8 +20,12 @@ def _lock_module():
     return module
 
 
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
 def _requirements() -> list[Requirement]:
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    pyproject = _pyproject()
     project, build = pyproject["project"], pyproject["build-system"]["requires"]
     extras = project["optional-dependencies"]
     return [Requirement(r) for r in project["dependencies"] + extras["dev"] + extras["tensorboard"] + build]
@@ -67,7 +71,7 @@ def test_floors_pin_every_runtime_dependency_at_its_lower_bound_but_torch(tmp_pa
     lock = _lock_module()
     lock.floors(tmp_path / "floors.txt")
     pins = lock.read_lock(tmp_path / "floors.txt")
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    project = _pyproject()["project"]
     names = {lock.canonical(Requirement(r).name) for r in project["dependencies"]}
     assert set(pins) == names - {"torch"}
     for requirement in map(Requirement, project["dependencies"]):
