@@ -394,7 +394,7 @@ def test_cycle_command_runs_a_run_file_and_rejects_bad_input(tmp_path, capsys):
     assert "eval_A_to_B_exact_match" in out and "seed: 3" in out
     run = tmp_path / "run"
     assert (run / "final" / "A" / "model.safetensors").is_file() and (run / "final" / "B" / "config.json").is_file()
-    assert (run / "checkpoint-4" / "cycle_state.json").is_file() and (run / "log.jsonl").is_file()
+    assert (run / "checkpoint-4" / "loop_state_0.json").is_file() and (run / "log.jsonl").is_file()
     # bad input: one line, exit 2, the finished run untouched
     assert main(["cycle", str(path), "--training.cycle_directions", "C"]) == 2
     assert main(["cycle", str(path), "--data.task", "translate"]) == 2

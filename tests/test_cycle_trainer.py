@@ -242,7 +242,7 @@ def test_resume_equals_uninterrupted(tmp_path, macct):
         "optimizer_A.pt",
         "optimizer_B.pt",
         "scheduler_A.pt",
-        "cycle_state.json",
+        "loop_state_0.json",
         "trainer_state.json",
         "rng_state_0.pth",
     }

@@ -95,6 +95,13 @@ def make_trainer(tmp_path, **overrides):
     return Trainer(model=tiny_llama(), args=args, train_dataset=lm_rows(16), data_collator=PadCollator())
 
 
+def pusher_of(trainer):
+    """The `HubPusher` of the trainer's `HubCallback` (the callback that carries its uploads)."""
+    from trainformers.callbacks import HubCallback
+
+    return next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, HubCallback)).pusher
+
+
 def assert_repo_created_once(fake):
     assert fake.repos == [{"repo_id": "run", "token": TOKEN, "private": None, "exist_ok": True}]
     assert set(fake.api_tokens) == {TOKEN}
@@ -189,7 +196,7 @@ def test_slow_uploads_do_not_block_training_and_blocking_push_waits(tmp_path, mo
     assert finished_before_release == [0] and out.global_step == 6
     # at most one upload runs; a queued one is replaced by a newer checkpoint; the latest always runs,
     # and train() returns only after it has finished
-    pusher = trainer._hub
+    pusher = pusher_of(trainer)
     assert len(fake.uploads) + pusher.skipped == 6 and len(fake.uploads) <= 2
     assert fake.uploads[-1]["commit_message"] == "Training in progress, step 6"
 
@@ -211,7 +218,7 @@ def test_failed_background_upload_warns_and_training_finishes(tmp_path, monkeypa
     trainer = make_trainer(tmp_path, hub_strategy="checkpoint")
     with caplog.at_level(logging.WARNING, logger="trainformers.hub"):
         out = trainer.train()
-    assert out.global_step == 4 and trainer._hub.failed == 2
+    assert out.global_step == 4 and pusher_of(trainer).failed == 2
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 2 and all("Hub upload failed" in m for m in warned)
     assert TOKEN not in caplog.text and "<HUB_TOKEN>" in caplog.text  # the error quoted the token: masked

@@ -84,3 +84,62 @@ def test_the_cycle_finder_finds_one():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert find_cycle(graph) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for target in graph[todo.pop()] - seen:
+            seen.add(target)
+            todo.append(target)
+    return seen
+
+
+def test_the_trainer_reaches_hub_report_and_card_only_through_callbacks():
+    """trainer.py imports none of the HF-facing extras nor the cycle or command layers: the Hub uploads
+    and the model card hang off `HubCallback`, the report off `ReportCallback`. The two drivers it
+    starts itself (`hyperparameter_search`, `learning_rate='auto'`) run a Trainer and sit below it."""
+    graph = import_graph()
+    direct = graph["trainformers.trainer"]
+    extras = {
+        "trainformers.report",
+        "trainformers.hub",
+        "trainformers.modelcard",
+        "trainformers.run",
+        "trainformers.cli",
+    }
+    assert not direct & extras, sorted(direct & extras)
+    assert not [m for m in direct if m.startswith("trainformers.cycle")]
+    for driver in ("trainformers.search", "trainformers.lr_finder"):
+        above = {m for m in _reachable(graph, driver) if m in {"trainformers.trainer", "trainformers.run"}}
+        assert not above, f"{driver} imports {sorted(above)}"
+
+
+def test_no_class_borrows_another_class_methods():
+    """`log = Trainer.log` in a class body hides a dependency that mypy and readers can't follow."""
+    borrowed = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            for statement in node.body:
+                value = getattr(statement, "value", None)
+                if isinstance(statement, (ast.Assign, ast.AnnAssign)) and isinstance(value, ast.Attribute):
+                    owner = value.value
+                    if isinstance(owner, ast.Name) and owner.id[:1].isupper():
+                        borrowed.append(f"{path.name}: {node.name}.{ast.unparse(statement)}")
+    assert not borrowed, borrowed
+
+
+def test_no_private_name_is_imported_across_modules():
+    imported = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("trainformers")):
+                imported += [f"{path.name}: {a.name}" for a in node.names if a.name.startswith("_")]
+    assert not imported, imported
+
+
+def test_no_source_file_is_much_over_800_lines():
+    sizes = {path.name: len(path.read_text(encoding="utf-8").splitlines()) for path in PACKAGE.rglob("*.py")}
+    assert max(sizes.values()) <= 820, sorted(sizes.items(), key=lambda item: -item[1])[:3]

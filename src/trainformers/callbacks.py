@@ -19,6 +19,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .errors import ConfigError
+from .events import TrainerCallback
+from .hub import HubCallback
+from .report import ReportCallback
 from .state import ExportableState, TrainerControl, TrainerState, atomic_write_text, json_default
 
 logger = logging.getLogger(__name__)
@@ -27,9 +30,11 @@ __all__ = [
     "CallbackHandler",
     "DefaultFlowCallback",
     "EarlyStoppingCallback",
+    "HubCallback",
     "JsonlLoggerCallback",
     "PrinterCallback",
     "ProgressCallback",
+    "ReportCallback",
     "TrackerCallback",
     "TrainerCallback",
 ]
@@ -39,102 +44,6 @@ __all__ = [
 Args = Any
 # A logged row or a metrics dict: name -> value (numbers mostly, strings allowed).
 Row = dict[str, Any]
-
-
-class TrainerCallback:
-    """Base class: override the events you need; each does nothing by default.
-
-    Every event is called as `event(args, state, control, **kwargs)` with:
-
-    - `args`: the training arguments; `state`: the `TrainerState`;
-    - `control`: the `TrainerControl`. Set its flags to steer the loop; return it (or nothing,
-      the object is shared) — a returned `TrainerControl` replaces the loop's.
-
-    and these keyword arguments (take the ones you need, keep `**kwargs` for the rest):
-
-    - `model`: the model being trained;
-    - `processing_class`: the tokenizer/processor, also passed as `tokenizer` for old callbacks;
-    - `optimizer`, `lr_scheduler`: may be None before training starts;
-    - `train_dataloader`, `eval_dataloader`: the current ones, or None;
-    - `metrics`: the evaluation/prediction metrics, in `on_evaluate` and `on_predict` only;
-    - `logs`: the row being logged, in `on_log` only. Don't modify it; copy it first.
-    """
-
-    def on_init_end(
-        self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl | None:
-        """At the end of the trainer's `__init__`."""
-
-    def on_train_begin(
-        self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl | None:
-        """At the start of `train()`, after the state is set up (or restored from a checkpoint)."""
-
-    def on_train_end(
-        self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl | None:
-        """At the end of `train()`."""
-
-    def on_epoch_begin(
-        self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl | None:
-        """At the start of an epoch."""
-
-    def on_epoch_end(
-        self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl | None:
-        """At the end of an epoch."""
-
-    def on_step_begin(
-        self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl | None:
-        """At the start of an optimizer step (before its first micro-batch)."""
-
-    def on_pre_optimizer_step(
-        self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl | None:
-        """After gradient clipping, before `optimizer.step()`: gradients can be inspected."""
-
-    def on_optimizer_step(
-        self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl | None:
-        """After `optimizer.step()`, before the gradients are zeroed."""
-
-    def on_substep_end(
-        self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl | None:
-        """After each micro-batch of a step but the last (gradient accumulation)."""
-
-    def on_step_end(
-        self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl | None:
-        """At the end of an optimizer step; `state.global_step` already counts it."""
-
-    def on_evaluate(
-        self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl | None:
-        """After an evaluation; `metrics` holds its results."""
-
-    def on_predict(
-        self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl | None:
-        """After a successful `predict()`; `metrics` holds its results."""
-
-    def on_save(self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any) -> TrainerControl | None:
-        """After a checkpoint is saved."""
-
-    def on_log(self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any) -> TrainerControl | None:
-        """After a row is logged; `logs` holds it."""
-
-    def on_prediction_step(
-        self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl | None:
-        """After each batch of an evaluation or prediction loop."""
-
-    def on_push_begin(
-        self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl | None:
-        """Before pushing the model to the Hugging Face Hub."""
 
 
 class CallbackHandler(TrainerCallback):
@@ -193,6 +102,14 @@ class CallbackHandler(TrainerCallback):
             if isinstance(callback, type) and isinstance(cb, callback) or cb is callback:
                 return self.callbacks.pop(i)
         return None
+
+    def find_or_add(self, kind: type[TrainerCallback]) -> Any:
+        """The first callback of class `kind`; one is added when a user removed it."""
+        found = next((cb for cb in self.callbacks if isinstance(cb, kind)), None)
+        if found is None:
+            found = kind()
+            self.callbacks.append(found)
+        return found
 
     def remove_callback(self, callback: TrainerCallback | type[TrainerCallback]) -> None:
         """Remove the first callback of that class, or that very instance; no-op if absent."""
@@ -635,10 +552,13 @@ class EarlyStoppingCallback(TrainerCallback, ExportableState):
 
 def default_callbacks(args: Args, accelerator: Any) -> list[Any]:
     """The callbacks every trainer starts with: flow (log/eval/save/stop on schedule), progress bar
-    (or plain printing with `disable_tqdm`), the log.jsonl writer and the Accelerate trackers."""
+    (or plain printing with `disable_tqdm`), the log.jsonl writer, the Accelerate trackers, the Hub
+    uploads (idle unless asked) and the run report (`report_at_end`)."""
     return [
         DefaultFlowCallback,
         PrinterCallback if args.disable_tqdm else ProgressCallback,
         JsonlLoggerCallback,
         TrackerCallback(accelerator),
+        HubCallback(),
+        ReportCallback(),
     ]

@@ -1,5 +1,8 @@
 """Checkpoints: written atomically, read back without pickle, rotated without losing the best.
 
+What a checkpoint holds is defined once, by `save_checkpoint` / `load_checkpoint`, for one model
+or a pair (see `Resumable`).
+
 A checkpoint is a directory `checkpoint-N/` written first as `checkpoint-N.tmp/` and renamed when
 every file is in place, so a crash mid-save never leaves something that looks complete. Model
 weights are in HF format (safetensors + config.json, or a PEFT adapter); optimizer, scheduler,
@@ -13,8 +16,9 @@ import os
 import random
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +36,25 @@ ARGS_NAME = "training_args.json"
 OPTIMIZER_NAME = "optimizer.pt"
 SCHEDULER_NAME = "scheduler.pt"
 SCALER_NAME = "scaler.pt"
+LOOP_STATE_NAME = "loop_state_{rank}.json"  # the meter's unlogged sums, data positions: one per rank
+# the files of a checkpoint that resume training, as opposed to the model files a user loads
+TRAINING_STATE_FILES = (
+    "optimizer*.pt",
+    "scheduler*.pt",
+    SCALER_NAME,
+    "rng_state_*.pth",
+    "loop_state_*.json",
+    STATE_NAME,
+)
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
 _CKPT_RE = re.compile(rf"^{PREFIX}-(\d+)$")
+
+
+def is_training_state(name: str) -> bool:
+    """True for a checkpoint file that only resuming needs (optimizer, scheduler, scaler, RNG, loop and trainer state)."""
+    import fnmatch
+
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in TRAINING_STATE_FILES)
 
 
 def checkpoint_dir(output_dir: str | os.PathLike, step: int) -> Path:
@@ -401,3 +422,154 @@ def restore_rng(path: Path, rank: int, world: int) -> None:
         set_rng_state(load_state(rng_file))
     elif world > 1:
         warnings.warn(f"{rng_file} missing: this rank's random state is not restored", stacklevel=3)
+
+
+# ---- the checkpoint, defined once -----------------------------------------------------------
+
+
+@dataclass
+class Resumable:
+    """Everything a loop hands to `save_checkpoint` / `load_checkpoint`.
+
+    The layout is the same for one model or two:
+
+        checkpoint-N/
+          <model files>           save_models(dir): one model at the top, a pair under A/ and B/
+          optimizer.pt            one per optimizer: key "" -> optimizer.pt, key "A" -> optimizer_A.pt
+          scheduler.pt            likewise (scheduler_A.pt, ...)
+          scaler.pt               the fp16 gradient scaler, when there is one
+          rng_state_<rank>.pth    every RNG of each rank
+          loop_state_<rank>.json  each `stateful` item's state_dict() (the meter, data positions)
+          training_args.json
+          trainer_state.json      written last: the completion marker inside
+
+    Adding a resumable item is one entry in `stateful` (anything with JSON-able
+    `state_dict()` / `load_state_dict()`). Optimizer states are written by the main process: the
+    sharded engines (FSDP, DeepSpeed) will write theirs per rank, as RNG and loop state already are.
+
+    Attributes:
+        state: The run's `TrainerState`.
+        save_models: Writes the model files into a directory.
+        load_models: Reads them back from a checkpoint directory into the live models.
+        optimizers / schedulers: By model key ("" for a trainer's one model).
+        stateful: Loop state by name, saved per rank as JSON.
+        optional: Names in `stateful` a checkpoint may lack (one written by an older release or by
+            Hugging Face's Trainer); the others are required to resume.
+        callbacks: The callbacks whose `ExportableState` goes into trainer_state.json.
+        restore_callbacks: Give them their saved state back on load
+            (`args.restore_callback_states_from_checkpoint`).
+    """
+
+    state: Any
+    save_models: Callable[[Path], None]
+    load_models: Callable[[Path], None]
+    optimizers: Mapping[str, Any]
+    schedulers: Mapping[str, Any]
+    stateful: Mapping[str, Any] = field(default_factory=dict)
+    optional: frozenset[str] = frozenset()
+    callbacks: Sequence[Any] = ()
+    restore_callbacks: bool = True
+
+
+class StateDicts:
+    """Several stateful objects as one `stateful` item: {name: obj.state_dict()}; all are required back."""
+
+    def __init__(self, items: Mapping[str, Any], what: str) -> None:
+        self.items, self.what = items, what
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: item.state_dict() for name, item in self.items.items()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for name, item in self.items.items():
+            if name not in state:
+                raise CheckpointError(f"the checkpoint has no {self.what} for '{name}'; resume with the same settings")
+            item.load_state_dict(state[name])
+
+
+def _keyed(filename: str, key: str) -> str:
+    """optimizer.pt for the key "", optimizer_A.pt for "A"."""
+    stem, dot, suffix = filename.rpartition(".")
+    return f"{stem}_{key}{dot}{suffix}" if key else filename
+
+
+def save_checkpoint(run: Resumable, args: Any, accel: Any) -> Path:
+    """Write checkpoint-<global_step> of `run` atomically, then rotate old checkpoints; every rank calls it.
+
+    Returns:
+        The checkpoint directory.
+    """
+    state = run.state
+    final = checkpoint_dir(args.output_dir, state.global_step)
+    if state.best_global_step == state.global_step:
+        state.best_model_checkpoint = str(final)
+    state.stateful_callbacks = callback_states(run.callbacks)
+    main = accel.is_main_process
+    loop_state = {name: item.state_dict() for name, item in run.stateful.items()}
+    with atomic_checkpoint(final, is_main=main, barrier=accel.wait_for_everyone) as tmp:
+        run.save_models(tmp)
+        if not args.save_only_model:
+            save_state(rng_state(), tmp / f"rng_state_{accel.process_index}.pth")
+            write_json(loop_state, tmp / LOOP_STATE_NAME.format(rank=accel.process_index))
+            if main:
+                for key, optimizer in run.optimizers.items():
+                    save_state(optimizer.state_dict(), tmp / _keyed(OPTIMIZER_NAME, key))
+                for key, scheduler in run.schedulers.items():
+                    save_state(scheduler.state_dict(), tmp / _keyed(SCHEDULER_NAME, key))
+                if accel.scaler is not None:
+                    save_state(accel.scaler.state_dict(), tmp / SCALER_NAME)
+        if main:
+            write_json(args.to_dict(), tmp / ARGS_NAME)
+            state.save_to_json(tmp / STATE_NAME)  # written last: the completion marker inside
+    if main:
+        rotate_checkpoints(args.output_dir, args.save_total_limit, state.best_model_checkpoint)
+    return final
+
+
+def load_checkpoint(path: Path, run: Resumable, accel: Any) -> Any:
+    """Restore everything `save_checkpoint` wrote into `run`'s live objects, so the run continues bit for bit.
+
+    Returns:
+        The saved `TrainerState` (with this run's process flags and resolved intervals).
+
+    Raises:
+        CheckpointError: the checkpoint lacks an optimizer, scheduler or required loop state
+            (saved with save_only_model=True, or by a run with other settings).
+    """
+    needed = [_keyed(OPTIMIZER_NAME, k) for k in run.optimizers] + [_keyed(SCHEDULER_NAME, k) for k in run.schedulers]
+    missing = [name for name in needed if not (path / name).is_file()]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint '{path}' lacks {missing} (saved with save_only_model=True, or by a run with other models "
+            "or cycle_directions?); it can be loaded as a model but not resumed"
+        )
+    run.load_models(path)
+    for key, optimizer in run.optimizers.items():
+        optimizer.load_state_dict(load_state(path / _keyed(OPTIMIZER_NAME, key)))
+    for key, scheduler in run.schedulers.items():
+        scheduler.load_state_dict(load_state(path / _keyed(SCHEDULER_NAME, key)))
+    if accel.scaler is not None and (path / SCALER_NAME).is_file():
+        accel.scaler.load_state_dict(load_state(path / SCALER_NAME))
+    loop_state = _read_loop_state(path, accel.process_index)
+    for name, item in run.stateful.items():
+        if name in loop_state:
+            item.load_state_dict(loop_state[name])
+        elif name not in run.optional:
+            raise CheckpointError(
+                f"checkpoint '{path}' has no saved {name} (loop_state_<rank>.json); it can be loaded as a model "
+                "but not resumed"
+            )
+    loaded = restore_trainer_state(path, run.state, run.callbacks if run.restore_callbacks else ())
+    restore_rng(path, accel.process_index, accel.num_processes)
+    return loaded
+
+
+def _read_loop_state(path: Path, rank: int) -> dict[str, Any]:
+    """This rank's loop state (rank 0's when the run had fewer ranks); {} when there is none."""
+    for candidate in (path / LOOP_STATE_NAME.format(rank=rank), path / LOOP_STATE_NAME.format(rank=0)):
+        if candidate.is_file():
+            try:
+                return json.loads(candidate.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as err:
+                raise CheckpointError(f"checkpoint file '{candidate}' is unreadable ({err})") from None
+    return {}

@@ -517,14 +517,7 @@ def _export(args: argparse.Namespace) -> int:
         merge_and_save(source, out, base_model=args.base)
         what = "merged model (adapter folded into its base)"
     else:
-        state = (
-            ckpt.STATE_NAME,
-            ckpt.ARGS_NAME,
-            ckpt.OPTIMIZER_NAME,
-            ckpt.SCHEDULER_NAME,
-            ckpt.SCALER_NAME,
-            "rng_state_*.pth",
-        )
+        state = (*ckpt.TRAINING_STATE_FILES, ckpt.ARGS_NAME)
         shutil.copytree(source, out, ignore=shutil.ignore_patterns(*state), dirs_exist_ok=True)
         what = "adapter" if is_adapter else "model"
     print(f"exported the {what} from {source} to {out} in {time.perf_counter() - start:.1f}s")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -269,3 +269,22 @@ def _prediction(preds: Any, labels: Any, inputs: Any, losses: Any) -> EvalPredic
     if losses is not None:
         kwargs["losses"] = losses
     return EvalPrediction(**kwargs)
+
+
+def prediction_outputs(
+    outputs: Any, inputs: Mapping[str, Any], label_names: Sequence[str] | None, ignore_keys: Sequence[str]
+) -> tuple[Any, Any]:
+    """(logits, labels) of one evaluated batch, as HF's `prediction_step` returns them.
+
+    Logits are every tensor of the outputs but the loss and `ignore_keys` (one tensor, or a tuple);
+    labels are the batch's `label_names` values (one, or a tuple), None without labels.
+    """
+    if isinstance(outputs, Mapping):
+        logits = tuple(v for k, v in outputs.items() if k not in set(ignore_keys) | {"loss"} and torch.is_tensor(v))
+    else:
+        logits = tuple(outputs[1:] if label_names else outputs)
+    logits = logits[0] if len(logits) == 1 else logits
+    labels = tuple(inputs.get(name) for name in label_names) if label_names else None
+    if labels is not None and len(labels) == 1:
+        labels = labels[0]
+    return logits, labels

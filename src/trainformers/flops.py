@@ -200,3 +200,15 @@ def peak_tflops(device: torch.device, dtype: torch.dtype, user: float | None = N
     except OSError:
         pass
     return Peak(value, "measured", label)
+
+
+def flops_row(flops: float, seconds: float, world: int, peak: Peak | None, prefix: str = "") -> dict[str, float]:
+    """Achieved model TFLOP/s (all `world` ranks) and MFU (per device, against `peak`) of `flops`
+    done by one rank in `seconds`; {} without FLOPs."""
+    if not flops:
+        return {}
+    achieved = flops / seconds / 1e12
+    row = {f"{prefix}tflops": float(f"{achieved * world:.4g}")}
+    if peak is not None:
+        row[f"{prefix}mfu"] = float(f"{achieved / peak.tflops:.4g}")
+    return row

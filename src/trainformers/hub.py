@@ -13,27 +13,20 @@ import os
 import shutil
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import (
-    OPTIMIZER_NAME,
-    PREFIX,
-    SCALER_NAME,
-    SCHEDULER_NAME,
-    STATE_NAME,
-    TMP_SUFFIX,
-)
+from .checkpoint import PREFIX, TMP_SUFFIX, is_training_state
+from .events import TrainerCallback
 
 logger = logging.getLogger(__name__)
 
 # never uploaded with the output_dir: checkpoints, half-written checkpoints, staging folders
 END_IGNORE = ["_*", f"{PREFIX}-*/", f"*{TMP_SUFFIX}", f"*{TMP_SUFFIX}/"]
-# a checkpoint's training state: uploaded with the checkpoint folder, never to the repo root
-_TRAINING_STATE = {OPTIMIZER_NAME, SCHEDULER_NAME, SCALER_NAME, STATE_NAME}
 
 
 def _api(token: str | None) -> Any:
@@ -44,9 +37,8 @@ def _api(token: str | None) -> Any:
 
 
 def _is_model_file(relative: Path) -> bool:
-    """Files a checkpoint pushes to the repo root: all but optimizer, scheduler, scaler, RNG, trainer state."""
-    name = relative.parts[0]
-    return name not in _TRAINING_STATE and not (name.startswith("rng_state") and name.endswith(".pth"))
+    """Files a checkpoint pushes to the repo root: all but its training state (uploaded with the checkpoint folder)."""
+    return not is_training_state(relative.parts[0])
 
 
 def _link_tree(src: Path, dst: Path, keep: Callable[[Path], bool] = lambda _: True) -> Path:
@@ -226,3 +218,53 @@ class HubPusher:
             revision=self.revision,
             ignore_patterns=ignore_patterns,
         )
+
+
+class HubCallback(TrainerCallback):
+    """A `Trainer`'s Hub uploads, as callback events: the loop itself knows nothing of the Hub.
+
+    With `args.push_to_hub`: the repository is created when training begins (a bad token fails
+    before the first step), each saved checkpoint is uploaded in the background (`hub_strategy`),
+    and training ends only after the uploads did. `push_model` is what `Trainer.push_to_hub`
+    calls (with or without `args.push_to_hub`, as in HF); `write_model_card` is
+    `Trainer.create_model_card`.
+    """
+
+    def __init__(self) -> None:
+        self.pusher: HubPusher | None = None
+
+    def pusher_for(self, args: Any) -> HubPusher:
+        """This run's `HubPusher`, created with its repository on first use (main process only)."""
+        if self.pusher is None:
+            self.pusher = HubPusher.from_args(args)
+            self.pusher.create_repo()
+        return self.pusher
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if args.push_to_hub and state.is_world_process_zero:
+            self.pusher_for(args)
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if args.push_to_hub and args.hub_strategy != "end" and state.is_world_process_zero:
+            # the pusher snapshots the checkpoint (hard links) and uploads it in the background
+            folder = Path(args.output_dir) / f"{PREFIX}-{state.global_step}"
+            self.pusher_for(args).on_checkpoint(folder, f"Training in progress, step {state.global_step}")
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.pusher is not None:
+            self.pusher.wait()  # the last checkpoint's background upload ends before train() returns
+
+    def write_model_card(self, trainer: Any, **card: Any) -> Path:
+        """Write README.md (a model card) into the trainer's output_dir (`trainformers.modelcard`)."""
+        from .modelcard import create_model_card
+
+        return create_model_card(trainer, **card)
+
+    def push_model(self, trainer: Any, folder: Path, commit_message: str, blocking: bool = True, **card: Any) -> Any:
+        """Upload `folder` to the repository root, with a model card when it is the output_dir."""
+        if folder.resolve() == Path(trainer.args.output_dir).resolve():
+            try:
+                trainer.create_model_card(**card)
+            except Exception as exc:  # noqa: BLE001 - an optional extra: the model goes up without it
+                warnings.warn(f"model card not written ({type(exc).__name__}: {exc}); pushing without it", stacklevel=3)
+        return self.pusher_for(trainer.args).on_save_model(folder, commit_message, blocking)

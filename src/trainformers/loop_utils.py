@@ -1,14 +1,13 @@
-"""Small helpers of the training loop: model introspection, batch accounting, metrics rows.
+"""Small helpers of the training loops: model introspection, batch accounting, run length, metrics rows.
 
-Kept out of `trainer.py` so the loop reads top to bottom; each is a pure function of its inputs
-(except `_SinceLog`, the loop's accumulator since the last log row).
+Kept out of the trainers so their loops read top to bottom; each is a pure function of its inputs.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,66 +15,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-
-
-@dataclass
-class SinceLog:
-    """What the loop accumulated since the last training log row.
-
-    `loss` (and `seen`, non-padding tokens) stay device tensors so the hot path never syncs; they
-    are read when a row is logged or a checkpoint saved.
-    """
-
-    loss: torch.Tensor
-    steps: int = 0
-    micro: int = 0
-    tokens: int = 0
-    samples: int = 0
-    seen: Any = 0
-    start: float = 0.0
-    flops: float = 0.0  # model FLOPs of this rank's micro-batches (flops.py)
-    paused: float = 0.0  # seconds spent evaluating and saving: not training time
-
-    def elapsed(self) -> float:
-        """Training seconds since the last row (evaluation and checkpoint time left out)."""
-        return max(time.perf_counter() - self.start - self.paused, 1e-9)
-
-    def take_seen(self) -> int:
-        seen, self.seen = self.seen, 0
-        return int(seen.item()) if torch.is_tensor(seen) else int(seen)
-
-    def reset(self) -> None:
-        self.loss.zero_()
-        self.steps = self.micro = self.tokens = self.samples = 0
-        self.flops = self.paused = 0.0
-        self.start = time.perf_counter()
-
-
-class TermMeans:
-    """Running means of the extra loss terms a model reports (`outputs.loss_terms`).
-
-    Sums stay device tensors between log rows; `pop` reads them once (averaged over ranks).
-    """
-
-    def __init__(self) -> None:
-        self.sums: dict[str, torch.Tensor] = {}
-        self.count = 0
-
-    def add(self, terms: Mapping[str, torch.Tensor]) -> None:
-        for name, value in terms.items():
-            value = value.detach().float()
-            self.sums[name] = self.sums[name] + value if name in self.sums else value
-        self.count += 1
-
-    def pop(self, accel: Any) -> dict[str, float]:
-        if not self.count:
-            return {}
-        names = sorted(self.sums)
-        stacked = torch.stack([self.sums[n] for n in names]) / self.count
-        if accel.num_processes > 1:
-            stacked = accel.reduce(stacked, reduction="mean")
-        self.sums, self.count = {}, 0
-        return dict(zip(names, stacked.tolist()))
+from .state import TrainerState
 
 
 def seed_everything(args: Any) -> None:
@@ -85,6 +25,14 @@ def seed_everything(args: Any) -> None:
         enable_full_determinism(args.seed)
     else:
         set_seed(args.seed)
+
+
+def apply_log_level(args: Any) -> None:
+    """Set the transformers log verbosity from `args.log_level` ("passive" leaves it as it is)."""
+    if args.log_level != "passive":
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity(hf_logging.get_log_levels_dict()[args.log_level])
 
 
 def default_collator(processing_class: Any) -> Callable:
@@ -199,21 +147,52 @@ def update_best_metric(state: Any, args: Any, metrics: Mapping[str, float]) -> b
     return False
 
 
-def after_evaluation(state: Any, args: Any, metrics: Mapping[str, float], schedulers: Iterable[Any]) -> bool:
+def after_evaluation(state: Any, args: Any, metrics: Mapping[str, float], kernels: Iterable[Any]) -> bool:
     """What every loop does with an evaluation made during training.
 
-    Records the best-model metric in `state`, and steps each metric-driven scheduler (plateau,
-    greedy) with it; the others step every optimizer step and are left alone.
+    Records the best-model metric in `state`, and hands it to each step kernel
+    (`StepKernel.step_on_metric`: a plateau or greedy scheduler steps on it, the others ignore it).
 
     Returns:
         True when the best metric improved (a `save_strategy="best"` save is due).
     """
     improved = update_best_metric(state, args, metrics)
     key = best_metric_key(args)
-    for scheduler in schedulers:
-        if key and is_plateau(scheduler):
-            scheduler.step(metrics[key])
+    if key and key in metrics:
+        for kernel in kernels:
+            if kernel is not None:
+                kernel.step_on_metric(metrics[key])
     return improved
+
+
+def training_length(args: Any, micro_batches_per_epoch: int | None) -> tuple[int, int]:
+    """(optimizer steps, epochs) of a run: `max_steps` when set, else `num_train_epochs` epochs.
+
+    Args:
+        args: The training arguments.
+        micro_batches_per_epoch: This rank's micro-batches per epoch (None for a stream without a length).
+
+    Raises:
+        ConfigError: a stream without `max_steps`.
+    """
+    micro = micro_batches_per_epoch
+    per_epoch = math.ceil(micro / args.gradient_accumulation_steps) if micro else None
+    if args.max_steps > 0:
+        return args.max_steps, (math.ceil(args.max_steps / per_epoch) if per_epoch else 1 << 30)
+    if per_epoch:
+        return math.ceil(args.num_train_epochs * per_epoch), math.ceil(args.num_train_epochs)
+    raise ConfigError("training.max_steps must be set (> 0) for a dataset without a length (streaming)")
+
+
+def new_state(args: Any, max_steps: int, num_epochs: int, accel: Any) -> TrainerState:
+    """A fresh `TrainerState` for a run of `max_steps` steps, with its logging/eval/save intervals resolved."""
+    state = TrainerState(is_local_process_zero=accel.is_local_main_process, is_world_process_zero=accel.is_main_process)
+    state.max_steps, state.num_train_epochs = max_steps, num_epochs
+    state.train_batch_size = args.per_device_train_batch_size
+    state.logging_steps = args.resolve_steps(args.logging_steps, max_steps)
+    state.eval_steps = args.resolve_steps(args.eval_steps or args.logging_steps, max_steps)
+    state.save_steps = args.resolve_steps(args.save_steps, max_steps)
+    return state
 
 
 def scalar_config(args: Any) -> dict[str, Any]:
@@ -248,57 +227,3 @@ def prepare_model(model: nn.Module, args: Any, device: torch.device) -> None:
         config.use_cache = args.use_cache  # HF semantics; generate() keeps its own cache setting
     if getattr(model, "hf_device_map", None) is None and not getattr(model, "is_quantized", False):
         model.to(device)
-
-
-class OptimizerStep:
-    """Backward, clip, step and zero the gradients of one optimizer, past Accelerate's wrappers where they add nothing.
-
-    Accelerate's `AcceleratedOptimizer.step`/`zero_grad` and `Accelerator.clip_grad_norm_` look up
-    optional packages (`find_spec`, two per step), parse version strings and inspect signatures
-    on every call: about 1 ms per step on this CPU, 7% of a small model's step
-    (bench/step_overhead.py). `Accelerator.backward` rebuilds the state singletons (reading the
-    environment) and divides the loss by its accumulation count, 1 here (the loop weights
-    micro-batches itself): one more op in the graph, 3% of a nano model's step. Without a
-    gradient scaler (fp16), and outside DeepSpeed, FSDP and XLA, they end in exactly the torch
-    calls made here; in every other setting this defers to Accelerate.
-
-    Args:
-        accel: The run's `Accelerator`.
-        optimizer: The optimizer as returned by `accel.prepare` (an `AcceleratedOptimizer`).
-        params: The parameters to clip (all of the optimizer's, in practice the model's).
-    """
-
-    def __init__(self, accel: Any, optimizer: torch.optim.Optimizer, params: Any) -> None:
-        from accelerate.utils import DistributedType
-
-        self.accel, self.optimizer = accel, optimizer
-        self.params = list(params)  # frozen ones too: a callback may unfreeze them mid-run (grads of None are skipped)
-        plain = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
-        inner = getattr(optimizer, "optimizer", None)
-        direct = accel.scaler is None and accel.distributed_type in plain and isinstance(inner, torch.optim.Optimizer)
-        self.direct: torch.optim.Optimizer | None = inner if direct else None
-        self.direct_backward = direct and accel.gradient_accumulation_steps == 1
-
-    def backward(self, loss: torch.Tensor) -> None:
-        """`loss.backward()`, through Accelerate only where it scales or hands the loss on."""
-        if self.direct_backward:
-            loss.backward()
-        else:
-            self.accel.backward(loss)
-
-    def clip(self, max_norm: float) -> torch.Tensor:
-        """Clip the gradient norm to `max_norm`; returns the total norm before clipping (a tensor)."""
-        if self.direct is None:
-            return self.accel.clip_grad_norm_(self.params, max_norm)
-        return torch.nn.utils.clip_grad_norm_(self.params, max_norm)
-
-    def step(self) -> None:
-        (self.direct or self.optimizer).step()
-
-    def zero_grad(self) -> None:
-        (self.direct or self.optimizer).zero_grad(set_to_none=True)
-
-    @property
-    def skipped(self) -> bool:
-        """The step was skipped (fp16 overflow); never without a scaler."""
-        return self.direct is None and self.accel.optimizer_step_was_skipped

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .errors import TrainformersError
+
 IGNORE_INDEX = -100
 
 
@@ -152,3 +154,19 @@ def compute_router_auxiliary_loss(
         + z_loss_coef * terms["router_z_loss"]
     )
     return total, terms
+
+
+def model_output_loss(outputs: Any, label_names: Sequence[str]) -> torch.Tensor:
+    """The loss a model's forward returned (`outputs.loss`, or the first item of a tuple).
+
+    Raises:
+        TrainformersError: the outputs hold no loss.
+    """
+    loss = outputs.get("loss") if isinstance(outputs, Mapping) else (outputs[0] if isinstance(outputs, tuple) else None)
+    if loss is None:
+        got = list(outputs.keys()) if isinstance(outputs, Mapping) else type(outputs).__name__
+        raise TrainformersError(
+            f"the model's forward returned no loss (got {got}); put labels in the batch ({', '.join(label_names)}) "
+            "or pass compute_loss_func="
+        )
+    return loss

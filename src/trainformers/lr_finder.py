@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from accelerate.optimizer import AcceleratedOptimizer
 from accelerate.utils import DistributedType, broadcast_object_list, send_to_device
-from torch import nn
 
 from . import checkpoint as ckpt
 from .errors import ConfigError, DataError, TrainformersError
+from .step import StepKernel
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -228,54 +228,38 @@ def _range_test(
 ) -> _Curve:
     args, accel, model = trainer.args, trainer.accelerator, trainer.model
     # every rank runs the whole global window itself: the batch (and its gradient noise) of a
-    # real step, and no collective that ranks stopping at different steps could hang in
+    # real step, and no collective that ranks stopping at different steps could hang in; so the
+    # kernel sees one rank (no count over ranks, no DDP average to undo)
     micro_per_step = args.gradient_accumulation_steps * accel.num_processes
-    # training_step multiplies the backward by the world size when label counts are summed over
-    # ranks (DDP then averages); nothing is averaged here, so the count is scaled to cancel it
-    count_scale = accel.num_processes if trainer._tokens_across_ranks else 1
     bases = [float(group.get("initial_lr", group["lr"])) for group in optimizer.param_groups]
     reference = next((base for base in bases if base > 0), None)
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    scaler = accel.scaler
-    clip = args.max_grad_norm is not None and args.max_grad_norm > 0
+    kernel = StepKernel(
+        accel,
+        optimizer,
+        None,
+        params,
+        max_grad_norm=args.max_grad_norm,
+        ranks=1,
+        items_across_ranks=False,
+        always_count=trainer.compute_loss_func is not None,
+    )
     curve = _Curve(beta, diverge_factor)
     batches = _endless(trainer.get_train_dataloader(), accel.device)
     optimizer.zero_grad(set_to_none=True)  # gradients left from before are not the test's to apply
+    running, trainer.step_kernel = trainer.step_kernel, kernel  # training_step's backward goes through it
     try:
         for lr in lrs:
             for group, base in zip(optimizer.param_groups, bases):
                 _set_lr(group, lr * base / reference if reference else lr)
             window = [next(batches) for _ in range(micro_per_step)]
-            num_items = _window_items(trainer, window)
-            if num_items is not None:
-                num_items = num_items * count_scale
-            # with a count, each micro-batch returns its share of the window mean; without, its own mean
-            total = float(sum(trainer.training_step(model, batch, num_items).float() for batch in window))
-            loss = total * count_scale if num_items is not None else total / len(window)
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            if clip:
-                # the model is not prepared (no FSDP/DeepSpeed here): plain clipping is what Accelerate would do
-                nn.utils.clip_grad_norm_(params, args.max_grad_norm)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if curve.add(lr, loss):
+            step = kernel.run(model, window, lambda b, n: trainer.training_step(model, b, n), trainer.count_items)
+            if curve.add(lr, float(step.loss)):
                 break
     finally:
+        trainer.step_kernel = running
         batches.close()
     return curve
-
-
-def _window_items(trainer: Trainer, window: list[dict[str, Any]]) -> torch.Tensor | None:
-    """Label items in this rank's window (`Trainer._window_items` without the sum over ranks)."""
-    try:
-        return sum(trainer._micro_items(batch) for batch in window)
-    except ValueError:
-        return None  # no labels: the model's forward makes the loss
 
 
 def _endless(dataloader: Any, device: torch.device) -> Iterator[Any]:
@@ -350,7 +334,7 @@ class _Snapshot:
         ]
         self.attributes = {k: v for k, v in vars(optimizer).items() if k not in ("state", "param_groups")}
         self.rng = ckpt.rng_state()
-        self.loss_terms = copy.deepcopy(trainer._loss_terms)
+        self.meter = copy.deepcopy(trainer.meter)
         scaler = trainer.accelerator.scaler
         self.scaler = copy.deepcopy(scaler.state_dict()) if scaler is not None else None
 
@@ -375,7 +359,7 @@ class _Snapshot:
         for name, value in self.attributes.items():
             setattr(optimizer, name, value)
         ckpt.set_rng_state(self.rng)
-        self.trainer._loss_terms = self.loss_terms
+        self.trainer.meter = self.meter
         if self.scaler:  # a disabled scaler's state is {} and can't be loaded
             self.trainer.accelerator.scaler.load_state_dict(self.scaler)
 
@@ -431,3 +415,24 @@ def _plot(result: LRFinderResult, path: Path) -> Path:
     ax.legend()
 
     return save_png(fig, path)
+
+
+def use_suggested_learning_rate(trainer: Trainer) -> float:
+    """`learning_rate: auto`: run the range test on `trainer`, then set its suggestion as args.learning_rate.
+
+    Raises:
+        ConfigError: the trainer was given an optimizer (its learning rates are fixed).
+    """
+    if trainer.optimizer is not None:
+        raise ConfigError("training.learning_rate='auto' can't be used with optimizers=(...) given; set a number")
+    main = trainer.is_world_process_zero()
+    trainer.args.learning_rate = 1.0  # a placeholder: the range test scales every group by the same factor
+    plot = Path(trainer.args.output_dir) / "lr_find.png"
+    if main:
+        plot.parent.mkdir(parents=True, exist_ok=True)
+    result = find_lr(trainer, plot_path=plot if main else None)
+    trainer.args.learning_rate = float(result.suggestion)
+    trainer.optimizer = None  # rebuilt with the suggested learning rate (its state was never changed)
+    if main:
+        print(f"learning_rate: auto -> {result.suggestion:.3g} (LR range test, plot in {plot})")
+    return trainer.args.learning_rate

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainformers.errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError
+from .events import TrainerCallback
 
 __all__ = [
     "COMPARE_FILE",
@@ -337,21 +338,23 @@ def write_report(
     return png, md
 
 
-def report_at_end(trainer: Any) -> Path | None:
-    """Write `report.png`/`report.md` into a trainer's output directory after `train()`.
+class ReportCallback(TrainerCallback):
+    """Writes `report.png`/`report.md` into the output directory when training ends (`args.report_at_end`)."""
 
-    Called by `Trainer.train()` (and `CycleTrainer.train()`) when `args.report_at_end` is set.
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if getattr(args, "report_at_end", False) and state.is_world_process_zero:
+            report_run(args)
+
+
+def report_run(args: Any) -> Path | None:
+    """Write the report of the run in `args.output_dir` (when it has a `log.jsonl`).
+
     Never raises: a report is a convenience, so a failure is logged as a warning.
 
     Returns:
-        The PNG's path, or None (not the main process, no `log.jsonl`, or the report failed).
+        The PNG's path, or None (no `log.jsonl`, or the report failed).
     """
     try:
-        args = trainer.args
-        if not getattr(args, "report_at_end", True):
-            return None
-        if hasattr(trainer, "is_world_process_zero") and not trainer.is_world_process_zero():
-            return None
         run_dir = Path(args.output_dir)
         if not (run_dir / LOG_FILE).is_file():
             return None
@@ -359,6 +362,22 @@ def report_at_end(trainer: Any) -> Path | None:
     except Exception as err:  # noqa: BLE001 - the run itself finished; only its report failed
         logger.warning("no run report written: %s: %s", type(err).__name__, err)
         return None
+
+
+def report_at_end(trainer: Any) -> Path | None:
+    """Write `report.png`/`report.md` into a trainer's output directory (the command layer calls it
+    again after the final evaluation, so the report shows it).
+
+    Returns:
+        The PNG's path, or None (`report_at_end` off, not the main process, no `log.jsonl`, or the
+        report failed: it never raises).
+    """
+    args = trainer.args
+    if not getattr(args, "report_at_end", True):
+        return None
+    if hasattr(trainer, "is_world_process_zero") and not trainer.is_world_process_zero():
+        return None
+    return report_run(args)
 
 
 def _default_labels(dirs: list[Path]) -> list[str]:

@@ -1,7 +1,7 @@
 """Run state shared by the training loops, the callbacks and the checkpoints.
 
 `TrainerState` holds the counters and history that a checkpoint saves as `trainer_state.json`
-(the Hugging Face fields, plus the data position and pending loss that exact resume needs);
+(the Hugging Face fields, plus the data position that exact resume needs);
 `TrainerControl` holds the switches callbacks flip to ask the loop to log, evaluate, save or stop.
 """
 
@@ -82,7 +82,8 @@ class TrainerState:
 
     A "step" is one optimizer update: with `gradient_accumulation_steps=n`, one step consumes
     `n` micro-batches. The fields up to `stateful_callbacks` are those of Hugging Face's
-    `TrainerState`; the last four are ours and make a resumed run identical to one never stopped.
+    `TrainerState`; the last two are ours: with the meter's unlogged sums (`loop_state_<rank>.json`) they make a
+    resumed run identical to one never stopped.
 
     Attributes:
         epoch: Epochs done, the fraction being the share of the current epoch completed.
@@ -111,8 +112,6 @@ class TrainerState:
             steps, plus the passes of an unfinished step).
         epoch_step: Micro-batches of the current epoch already consumed; a resumed run skips
             this many batches of the epoch's (seeded) sampler order.
-        pending_loss: Sum of training losses since the last logged row (a Python float).
-        pending_loss_steps: Number of losses summed in `pending_loss`.
     """
 
     epoch: float | None = 0.0
@@ -138,8 +137,6 @@ class TrainerState:
     # Ours: what exact resume needs beyond the Hugging Face fields.
     micro_step: int = 0
     epoch_step: int = 0
-    pending_loss: float = 0.0
-    pending_loss_steps: int = 0
 
     def __post_init__(self) -> None:
         # Same conveniences as Hugging Face: None means empty, and the trainer may hand over

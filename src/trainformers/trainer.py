@@ -12,7 +12,6 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -20,38 +19,39 @@ import numpy as np
 import torch
 from accelerate.optimizer import AcceleratedOptimizer
 from torch import nn
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 from transformers.trainer_utils import EvalPrediction, PredictionOutput, TrainOutput
 
 from . import checkpoint as ckpt
 from .accel import build_accelerator
-from .callbacks import CallbackHandler, TrainerCallback, default_callbacks
+from .callbacks import CallbackHandler, HubCallback, TrainerCallback, default_callbacks
 from .config import TrainingArguments
-from .errors import CheckpointError, ConfigError, DataError, TrainformersError
-from .evaluation import EvalAccumulator
-from .flops import Peak, model_flops, peak_tflops
+from .dataloaders import check_train_inputs, make_dataloader, remove_unused_columns, train_dataloader
+from .errors import ConfigError, DataError
+from .evaluation import EvalAccumulator, prediction_outputs
+from .flops import Peak, flops_row, model_flops, peak_tflops
 from .loop_utils import (
-    OptimizerStep,
-    SinceLog,
-    TermMeans,
     after_evaluation,
+    apply_log_level,
     batch_size_info,
     default_collator,
-    is_plateau,
     loss_shifts_labels,
+    new_state,
     prepare_model,
-    row_lengths,
     safe_len,
     scalar_config,
     seed_everything,
     speed_metrics,
     take,
+    training_length,
     unwrap_peft,
 )
-from .losses import count_label_items, lm_loss, window_share
-from .optim import create_optimizer, create_scheduler
-from .sampling import EpochSampler, IndexedDataset, SeededCollate, skip_first_batches
+from .losses import count_label_items, lm_loss, model_output_loss, window_share
+from .meter import Meter, add_loss_terms, loss_term_means
+from .optim import create_optimizer, create_scheduler, describe_param_groups
+from .sampling import EpochSampler, skip_first_batches
 from .state import TrainerControl, TrainerState
+from .step import StepKernel
 
 
 class Trainer:
@@ -60,14 +60,12 @@ class Trainer:
     The loop, in pseudocode (`_train_loop`):
 
         for epoch in epochs:                          # resumed runs start mid-epoch by index
-            for window in batches of `gradient_accumulation_steps` micro-batches:
-                n = label items in the whole window (all ranks)      # the one normaliser
-                for micro in window:                   # no DDP sync until the last one
-                    loss = compute_loss(micro) * share  # sum over the window == mean over n
-                    backward(loss)
-                clip; optimizer.step(); scheduler.step(); zero_grad
+            for micro_batches in groups of `gradient_accumulation_steps`:
+                step_kernel.run(micro_batches, training_step)  # trainformers.step: count label
+                    # items (all ranks), forward/backward each (no DDP sync until the last),
+                    # clip, optimizer.step(), scheduler.step(), zero_grad
                 global_step += 1
-                callbacks decide: log / evaluate / save / stop
+                callbacks decide: log / evaluate / save / stop (meter -> log row; checkpoint.save_checkpoint)
 
     Args mirror `transformers.Trainer`: model, args, data_collator, train_dataset,
     eval_dataset (one or a dict), processing_class (alias `tokenizer`), model_init,
@@ -98,10 +96,7 @@ class Trainer:
             warnings.warn("Trainer(tokenizer=...) is deprecated; use processing_class=", FutureWarning, stacklevel=2)
             processing_class = processing_class if processing_class is not None else tokenizer
         seed_everything(self.args)
-        if self.args.log_level != "passive":
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.set_verbosity(hf_logging.get_log_levels_dict()[self.args.log_level])
+        apply_log_level(self.args)
         self.accelerator = build_accelerator(self.args)
         if model is None and model_init is None:
             raise ConfigError("Trainer needs a model: pass model=... or model_init=...")
@@ -117,8 +112,8 @@ class Trainer:
         self.preprocess_logits_for_metrics = preprocess_logits_for_metrics
         self.optimizer, self.lr_scheduler = optimizers
         self.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
-        self._loss_terms = TermMeans()
-        self._stepper: OptimizerStep | None = None  # the running train()'s backward/clip/step path
+        self.meter = Meter(self.accelerator.device)  # what the running train() accumulates between log rows
+        self.step_kernel: StepKernel | None = None  # the running train()'s backward/clip/step path
         self.state = TrainerState(
             is_local_process_zero=self.is_local_process_zero(), is_world_process_zero=self.is_world_process_zero()
         )
@@ -158,7 +153,8 @@ class Trainer:
 
         self.label_names = self.args.label_names or find_labels(unwrapped.__class__) or ["labels"]
         self._flops = model_flops(unwrapped)
-        self._peak: Peak | None | bool = False  # looked up at the first log row (may measure once)
+        self._peak: Peak | None = None  # looked up at the first log row (may measure once)
+        self._peak_looked_up = False
 
     @property
     def tokenizer(self) -> Any:
@@ -189,64 +185,35 @@ class Trainer:
 
     def peak_flops(self) -> Peak | None:
         """The peak TFLOP/s of one device for this run's precision (flops.peak_tflops), looked up once."""
-        if self._peak is False:
+        if not self._peak_looked_up:
             dtype = torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else torch.float32
             if self.accelerator.mixed_precision == "no":
                 dtype = torch.float32  # bf16 asked for but not available: training runs in fp32
             self._peak = peak_tflops(self.accelerator.device, dtype, self.args.peak_tflops)
+            self._peak_looked_up = True
         return self._peak
 
     # ---- data -------------------------------------------------------------------------------
 
     def _remove_unused_columns(self, dataset: Any, description: str) -> Any:
-        if not self.args.remove_unused_columns or not hasattr(dataset, "column_names"):
+        if not self.args.remove_unused_columns:
             return dataset
         forward = inspect.signature(unwrap_peft(self.model).forward).parameters
-        keep = set(forward) | set(self.label_names) | {"label", "label_ids", "labels"}
-        columns = dataset.column_names
-        if isinstance(columns, dict):  # a DatasetDict slipped through
-            raise DataError(f"{description} is a DatasetDict; pass one split, e.g. dataset['{next(iter(columns))}']")
-        unused = [c for c in columns if c not in keep]
-        if unused and len(unused) == len(columns):
-            raise DataError(
-                f"{description} has no column the model's forward takes (columns {columns}); tokenize it first, "
-                "or set remove_unused_columns=False with a collator that builds the inputs"
-            )
-        return dataset.remove_columns(unused) if unused else dataset
+        return remove_unused_columns(dataset, description, set(forward) | set(self.label_names))
 
     def get_train_dataloader(self) -> DataLoader:
         """The training DataLoader (not yet prepared by Accelerate)."""
         if self.train_dataset is None:
             raise DataError("Trainer.train() needs a train_dataset; pass train_dataset=... to Trainer")
         dataset = self._remove_unused_columns(self.train_dataset, "train_dataset")
-        sampler = None
-        if not isinstance(dataset, IterableDataset):
-            if len(dataset) == 0:
-                raise DataError("train_dataset is empty (0 rows); check the data source and any filtering")
-            lengths = None
-            if self.args.group_by_length:
-                lengths = row_lengths(dataset, self.args.length_column_name)
-            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            sampler = EpochSampler(
-                len(dataset),
-                seed,
-                shuffle=getattr(self.args, "train_sampling_strategy", "random") != "sequential",
-                lengths=lengths,
-                batch_size=self.args.per_device_train_batch_size * self.accelerator.num_processes,
-            )
-            dataset, collate = IndexedDataset(dataset), SeededCollate(self.data_collator, seed)
-        else:
-            collate = self.data_collator
-        return self._dataloader(
-            dataset, self.args.per_device_train_batch_size, sampler, self.args.dataloader_drop_last, collate
-        )
+        return train_dataloader(dataset, self.args, self.data_collator, self.accelerator.num_processes)
 
     def get_eval_dataloader(self, eval_dataset: Any = None) -> DataLoader:
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         if dataset is None:
             raise DataError("evaluate() needs an eval_dataset; pass eval_dataset=... to Trainer or evaluate()")
         dataset = self._remove_unused_columns(dataset, "eval_dataset")
-        loader = self._dataloader(dataset, self.args.per_device_eval_batch_size, None, False)
+        loader = make_dataloader(dataset, self.args, self.args.per_device_eval_batch_size, self.data_collator)
         accel = self.accelerator
         # uneven shards: no rank evaluates padded duplicates, so sums and outputs stay exact
         even, accel.even_batches = accel.even_batches, False
@@ -257,25 +224,6 @@ class Trainer:
 
     def get_test_dataloader(self, test_dataset: Any) -> DataLoader:
         return self.get_eval_dataloader(test_dataset)
-
-    def _dataloader(
-        self, dataset: Any, batch_size: int, sampler: Any, drop_last: bool, collate: Callable | None = None
-    ) -> DataLoader:
-        workers = self.args.dataloader_num_workers
-        generator = torch.Generator()
-        generator.manual_seed(self.args.seed)  # worker seeds without drawing on the global RNG
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            collate_fn=collate or self.data_collator,
-            drop_last=drop_last,
-            num_workers=workers,
-            pin_memory=self.args.dataloader_pin_memory,
-            persistent_workers=self.args.dataloader_persistent_workers and workers > 0,
-            prefetch_factor=self.args.dataloader_prefetch_factor if workers > 0 else None,
-            generator=generator,
-        )
 
     # ---- optimizer --------------------------------------------------------------------------
 
@@ -316,7 +264,7 @@ class Trainer:
         outputs = model(**model_inputs)
         terms = outputs.get("loss_terms") if isinstance(outputs, Mapping) else None
         if terms and model.training:
-            self._loss_terms.add(terms)  # e.g. MoE router losses: logged beside the loss
+            add_loss_terms(self.meter, terms)  # e.g. MoE router losses: logged beside the loss
         if labels is not None and self.compute_loss_func is not None:
             loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch)
         elif labels is not None:
@@ -329,21 +277,13 @@ class Trainer:
                 label_smoothing=self.args.label_smoothing_factor,
             )
         else:
-            loss = (
-                outputs.get("loss")
-                if isinstance(outputs, Mapping)
-                else (outputs[0] if isinstance(outputs, tuple) else None)
-            )
-            if loss is None:
-                raise TrainformersError(
-                    f"the model's forward returned no loss (got keys {list(outputs.keys()) if isinstance(outputs, Mapping) else type(outputs).__name__}); "
-                    f"put labels in the batch ({', '.join(self.label_names)}) or pass compute_loss_func="
-                )
+            loss = model_output_loss(outputs, self.label_names)
             if num_items_in_batch is not None:
-                loss = window_share(loss, self._micro_items(inputs), num_items_in_batch)
+                loss = window_share(loss, self.count_items(inputs), num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
 
-    def _micro_items(self, inputs: Mapping[str, Any]) -> torch.Tensor:
+    def count_items(self, inputs: Mapping[str, Any]) -> torch.Tensor:
+        """The label items of one micro-batch: what its mean loss averages over (`losses.count_label_items`)."""
         return count_label_items(inputs, shift=self._shift_labels, label_names=self.label_names)
 
     def _compute_loss_is_overridden(self) -> bool:
@@ -352,7 +292,9 @@ class Trainer:
     def training_step(
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Forward and backward of one micro-batch; returns its detached share of the window loss."""
+        """Forward and backward of one micro-batch; returns its detached loss (a share of the window
+        loss when `num_items_in_batch` is given, its mean otherwise). The running step kernel
+        scales the backward (`trainformers.step`)."""
         if not (model.training and self.model.training):
             model.train()  # after evaluation or a callback's eval(); HF calls it every micro-step (~0.3 ms)
         with self.accelerator.autocast():
@@ -360,33 +302,17 @@ class Trainer:
                 # a subclass returns its micro-batch mean (its num_items_in_batch may be ignored);
                 # weighting it here keeps accumulation exact for seed-era overrides too.
                 # Counted first: overrides often pop "labels" from inputs.
-                n_micro = self._micro_items(inputs) if num_items_in_batch is not None else None
+                n_micro = self.count_items(inputs) if num_items_in_batch is not None else None
                 loss = self.compute_loss(model, inputs)
                 if n_micro is not None:
                     loss = window_share(loss, n_micro, num_items_in_batch)
             else:
                 loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
-        # each rank holds its sum / the global count; DDP averages gradients, so undo the 1/W.
-        # Without labels to count (the model's own mean loss) DDP's average is already right.
-        scale = self.accelerator.num_processes if self._tokens_across_ranks and num_items_in_batch is not None else 1
-        backward = self._stepper.backward if self._stepper is not None else self.accelerator.backward
-        backward(loss * scale if scale != 1 else loss)
+        if self.step_kernel is not None:
+            self.step_kernel.backward(loss)
+        else:  # called outside train()
+            self.accelerator.backward(loss)
         return loss.detach()
-
-    @property
-    def _tokens_across_ranks(self) -> bool:
-        return self.accelerator.num_processes > 1 and self.args.average_tokens_across_devices
-
-    def _window_items(self, window: list[dict[str, Any]]) -> torch.Tensor | None:
-        """Label items in the whole accumulation window, summed over ranks (tensor, no host sync)."""
-        try:
-            total = sum(self._micro_items(b) for b in window)
-        except ValueError:
-            return None  # no labels at all: the model (or compute_loss) must produce the loss itself
-        total = torch.as_tensor(total, device=self.accelerator.device)
-        if self._tokens_across_ranks:
-            total = self.accelerator.reduce(total, reduction="sum")
-        return total
 
     # ---- training ---------------------------------------------------------------------------
 
@@ -408,19 +334,10 @@ class Trainer:
             raise ConfigError(f"Trainer.train() got unknown arguments {sorted(kwargs)}")
         if resume_from_checkpoint is None:
             resume_from_checkpoint = self.args.resume_from_checkpoint
-        resume = self._resolve_resume(resume_from_checkpoint)
+        resume = ckpt.resolve_resume(resume_from_checkpoint, self.args.output_dir)
         output_dir = Path(self.args.output_dir)
         ckpt.check_output_dir(output_dir, resuming=resume is not None, overwrite=self.args.overwrite_output_dir)
-        if self.train_dataset is None:
-            raise DataError("Trainer.train() needs a train_dataset; pass train_dataset=... to Trainer")
-        if hasattr(self.train_dataset, "__len__") and not isinstance(self.train_dataset, IterableDataset):
-            if len(self.train_dataset) == 0:
-                raise DataError("train_dataset is empty (0 rows); check the data source and any filtering")
-        if self.args.eval_strategy != "no" and self.eval_dataset is None:
-            raise DataError(
-                f"training.eval_strategy='{self.args.eval_strategy}' but Trainer has no eval_dataset; "
-                "pass eval_dataset=... or set eval_strategy='no'"
-            )
+        check_train_inputs(self.args, self.train_dataset, self.eval_dataset)
         if resume is None and self.args.overwrite_output_dir and self.is_world_process_zero():
             ckpt.clear_run(output_dir)  # only after every check passed: an error destroys nothing
         if self.model_init is not None:
@@ -432,7 +349,9 @@ class Trainer:
             self.optimizer = self.lr_scheduler = None
         self._ignore_keys_for_eval = ignore_keys_for_eval
         if self.args.learning_rate == "auto":
-            self._auto_learning_rate()
+            from .lr_finder import use_suggested_learning_rate
+
+            use_suggested_learning_rate(self)
         if self.args.auto_find_batch_size:
             from accelerate.utils import find_executable_batch_size
 
@@ -444,29 +363,73 @@ class Trainer:
             return find_executable_batch_size(attempt, starting_batch_size=self.args.per_device_train_batch_size)()
         return self._train_loop(resume)
 
-    def _auto_learning_rate(self) -> None:
-        """`learning_rate: auto`: run the LR range test, then train with its suggestion."""
-        from .lr_finder import find_lr
-
-        if self.optimizer is not None:
-            raise ConfigError("training.learning_rate='auto' can't be used with optimizers=(...) given; set a number")
-        self.args.learning_rate = 1.0  # a placeholder: the range test scales every group by the same factor
-        plot = Path(self.args.output_dir) / "lr_find.png"
-        if self.is_world_process_zero():
-            plot.parent.mkdir(parents=True, exist_ok=True)
-        result = find_lr(self, plot_path=plot if self.is_world_process_zero() else None)
-        self.args.learning_rate = float(result.suggestion)
-        self.optimizer = None  # rebuilt with the suggested learning rate (its state was never changed)
-        if self.is_world_process_zero():
-            print(f"learning_rate: auto -> {result.suggestion:.3g} (LR range test, plot in {plot})")
-
-    def _resolve_resume(self, value: str | bool | None) -> Path | None:
-        return ckpt.resolve_resume(value, self.args.output_dir)
-
     def _train_loop(self, resume: Path | None) -> TrainOutput:
+        args, handler = self.args, self.callback_handler
+        model, dataloader, micro_per_epoch = self._start_run(resume)
+        state, meter, kernel = self.state, self.meter, self.step_kernel
+        ga = args.gradient_accumulation_steps
+        steps_per_epoch = math.ceil(micro_per_epoch / ga) if micro_per_epoch else None
+        start_epoch = state.global_step // steps_per_epoch if steps_per_epoch else 0
+        skip = state.epoch_step if not args.ignore_data_skip else 0
+        self.control = handler.on_train_begin(args, state, self.control)
+        if args.eval_on_start and state.global_step == 0:
+            self._evaluate_during_training()
+        start_time = time.perf_counter()
+        meter.start_clock()  # set-up and the first evaluation are not training time
+        self._paused, flops_at_start, self._run_tokens, start_step = 0.0, state.total_flos, 0, state.global_step
+
+        def micro_step(batch: dict[str, Any], num_items: torch.Tensor | None) -> torch.Tensor:
+            return self.training_step(model, batch, num_items)
+
+        def before_step() -> None:
+            self.control = handler.on_pre_optimizer_step(args, state, self.control)
+
+        def after_step() -> None:
+            self.control = handler.on_optimizer_step(args, state, self.control)
+
+        for epoch in range(start_epoch, state.num_train_epochs):
+            iterator = iter(self._epoch_batches(dataloader, epoch, skip))
+            skip = 0
+            self.control = handler.on_epoch_begin(args, state, self.control)
+            while state.global_step < state.max_steps:
+                micro_batches = take(iterator, ga - (state.epoch_step % ga))
+                if not micro_batches:
+                    break
+                self.control = handler.on_step_begin(args, state, self.control)
+                done = kernel.run(
+                    model,
+                    micro_batches,
+                    micro_step,
+                    self.count_items,
+                    on_micro=self._record_micro_batch,
+                    before_step=before_step,
+                    after_step=after_step,
+                )
+                if done.grad_norm is not None:
+                    meter.set("grad_norm", done.grad_norm)
+                state.global_step += 1
+                meter.add("steps", 1)
+                state.epoch = epoch + state.epoch_step / micro_per_epoch if micro_per_epoch else float(epoch)
+                self.control = handler.on_step_end(args, state, self.control)
+                if self.control.should_log:
+                    self._log_training()
+                self._maybe_evaluate_and_save()
+                if self.control.should_epoch_stop or self.control.should_training_stop:
+                    break
+            self.control = handler.on_epoch_end(args, state, self.control)
+            if self.control.should_log and meter.get("steps"):
+                self._log_training()
+            self._maybe_evaluate_and_save()
+            if self.control.should_training_stop or state.global_step >= state.max_steps:
+                break
+        return self._end_run(model, time.perf_counter() - start_time, state.global_step - start_step, flops_at_start)
+
+    def _start_run(self, resume: Path | None) -> tuple[nn.Module, DataLoader, int | None]:
+        """Everything before the first step: dataloader, optimizer, Accelerate, scheduler, state,
+        step kernel and meter (restored from `resume`), trackers. Returns (the prepared model, the
+        dataloader, micro-batches per epoch or None for a stream)."""
         args, accel = self.args, self.accelerator
         dataloader = self.get_train_dataloader()
-        sampler = dataloader.sampler if isinstance(dataloader.sampler, EpochSampler) else None
         model = self.model
         # a second train() reuses the optimizer (HF semantics); never wrap Accelerate's wrapper twice
         if isinstance(self.optimizer, AcceleratedOptimizer):
@@ -474,264 +437,170 @@ class Trainer:
         if self.optimizer is None:
             self.create_optimizer()
             if self.is_world_process_zero():  # the effective groups: pattern, tensors, parameters, lr, decay
-                from .optim import describe_param_groups
-
                 print(describe_param_groups(self.optimizer.param_groups, model))
         model, self.optimizer, dataloader = accel.prepare(model, self.optimizer, dataloader)
         self.model_wrapped = model
-        ga = args.gradient_accumulation_steps
         micro_per_epoch = safe_len(dataloader)
-        steps_per_epoch = math.ceil(micro_per_epoch / ga) if micro_per_epoch else None
-        if args.max_steps > 0:
-            max_steps = args.max_steps
-            num_epochs = math.ceil(max_steps / steps_per_epoch) if steps_per_epoch else 1 << 30
-        elif steps_per_epoch:
-            max_steps = math.ceil(args.num_train_epochs * steps_per_epoch)
-            num_epochs = math.ceil(args.num_train_epochs)
-        else:
-            raise ConfigError("training.max_steps must be set (> 0) for a dataset without a length (streaming)")
-        # on the torch optimizer: OptimizerStep may step it past Accelerate's wrapper, and the
+        max_steps, num_epochs = training_length(args, micro_per_epoch)
+        # on the torch optimizer: the step kernel may step it past Accelerate's wrapper, and the
         # scheduler must see those steps (torch tracks them through the optimizer it was given)
         self.create_scheduler(max_steps, getattr(self.optimizer, "optimizer", self.optimizer))
-
-        state = self.state = TrainerState(
-            is_local_process_zero=self.is_local_process_zero(), is_world_process_zero=self.is_world_process_zero()
-        )
-        state.max_steps, state.num_train_epochs = max_steps, num_epochs
-        state.train_batch_size = args.per_device_train_batch_size
-        state.logging_steps = args.resolve_steps(args.logging_steps, max_steps)
-        state.eval_steps = args.resolve_steps(args.eval_steps or args.logging_steps, max_steps)
-        state.save_steps = args.resolve_steps(args.save_steps, max_steps)
+        self.state = new_state(args, max_steps, num_epochs, accel)
+        self.meter = Meter(accel.device)
         if resume is not None:
-            self._load_checkpoint(resume)
-            state = self.state
-        since = SinceLog(torch.tensor(state.pending_loss, device=accel.device), state.pending_loss_steps)
-        start_epoch = state.global_step // steps_per_epoch if steps_per_epoch else 0
-        if micro_per_epoch and state.epoch_step >= micro_per_epoch:
-            state.epoch_step = 0  # saved at the end of an epoch: the next one starts from its beginning
+            self.state = ckpt.load_checkpoint(resume, self._resumable(), accel)
+        if micro_per_epoch and self.state.epoch_step >= micro_per_epoch:
+            self.state.epoch_step = 0  # saved at the end of an epoch: the next one starts from its beginning
+        self.step_kernel = StepKernel(
+            accel,
+            self.optimizer,
+            self.lr_scheduler,
+            model.parameters(),
+            max_grad_norm=args.max_grad_norm,
+            ranks=accel.num_processes,
+            items_across_ranks=args.average_tokens_across_devices,
+            # a window of one micro-batch on one rank needs no count (its mean is the window's):
+            # tensor ops and a graph node per step, 2% of a nano model's step (bench/step_overhead.py)
+            always_count=self.compute_loss_func is not None,
+        )
         handler = self.callback_handler
         handler.model, handler.optimizer, handler.lr_scheduler = self.model, self.optimizer, self.lr_scheduler
         handler.train_dataloader = dataloader
-        if state.global_step == 0 and accel.trackers == [] and args.report_to:
+        if self.state.global_step == 0 and accel.trackers == [] and args.report_to:
             accel.init_trackers(args.run_name or "trainformers", config=scalar_config(args))
-        if args.push_to_hub and self.is_world_process_zero():
-            self._hub_pusher()  # creates the repository before the first step: a bad token fails now
-        self.control = handler.on_train_begin(args, state, self.control)
-        if args.eval_on_start and state.global_step == 0:
-            self._evaluate_during_training()
-        start_time = since.start = time.perf_counter()
-        self._paused, flops_at_start, run_tokens = 0.0, state.total_flos, 0
-        grad_norm: torch.Tensor | None = None
-        start_step = state.global_step
-        skip = state.epoch_step if not args.ignore_data_skip else 0
-        opt_step = self._stepper = OptimizerStep(accel, self.optimizer, model.parameters())
-        step_scheduler = not is_plateau(self.lr_scheduler)
-        # a window of one micro-batch on one rank: its mean is the window's mean, nothing to count
-        # (tensor ops and a graph node per step, 2% of a nano model's step; bench/step_overhead.py)
-        always_count = self._tokens_across_ranks or self.compute_loss_func is not None
+        return model, dataloader, micro_per_epoch
 
-        for epoch in range(start_epoch, num_epochs):
-            # Accelerate's loader re-applies its own epoch counter to the sampler on every iter();
-            # set it there (it forwards to our sampler, and a skipping copy inherits it)
-            if hasattr(dataloader, "set_epoch"):
-                dataloader.set_epoch(epoch)
-            elif sampler is not None:
-                sampler.set_epoch(epoch)
-            batches = skip_first_batches(accel, dataloader, skip) if skip else dataloader  # jumps there
-            if not skip:
-                state.epoch_step = 0
-            skip = 0
-            self.control = handler.on_epoch_begin(args, state, self.control)
-            iterator = iter(batches)
-            while state.global_step < max_steps:
-                window = take(iterator, ga - (state.epoch_step % ga))
-                if not window:
-                    break
-                num_items = self._window_items(window) if always_count or len(window) > 1 else None
-                self.control = handler.on_step_begin(args, state, self.control)
-                for i, batch in enumerate(window):
-                    last = i == len(window) - 1
-                    with accel.no_sync(model) if not last else nullcontext():
-                        step_loss = self.training_step(model, batch, num_items)
-                    share = step_loss if num_items is not None or len(window) == 1 else step_loss / len(window)
-                    if num_items is None and self._tokens_across_ranks:
-                        share = share / accel.num_processes  # rank means: the log sums ranks
-                    if args.logging_nan_inf_filter:
-                        # a NaN/inf micro-step is logged as the window's running average (HF semantics), on device
-                        share = torch.where(torch.isfinite(share), share, since.loss / max(since.micro, 1))
-                    since.loss += share
-                    since.micro += 1
-                    tokens, samples, seq_len = batch_size_info(batch)
-                    since.tokens += tokens
-                    run_tokens += tokens
-                    since.samples += samples
-                    flops = self._flops.per_batch(tokens, seq_len)
-                    since.flops += flops
-                    state.total_flos += flops
-                    if args.include_num_input_tokens_seen == "non_padding" and "attention_mask" in batch:
-                        since.seen = since.seen + batch["attention_mask"].sum()  # device tensor, read when logging
-                    elif args.include_num_input_tokens_seen:
-                        state.num_input_tokens_seen += tokens
-                    state.micro_step += 1
-                    state.epoch_step += 1
-                    if not last:
-                        self.control = handler.on_substep_end(args, state, self.control)
-                if args.max_grad_norm and args.max_grad_norm > 0:
-                    grad_norm = opt_step.clip(args.max_grad_norm)
-                self.control = handler.on_pre_optimizer_step(args, state, self.control)
-                opt_step.step()
-                self.control = handler.on_optimizer_step(args, state, self.control)
-                if not opt_step.skipped and step_scheduler:
-                    self.lr_scheduler.step()
-                opt_step.zero_grad()
-                state.global_step += 1
-                since.steps += 1
-                state.epoch = epoch + state.epoch_step / micro_per_epoch if micro_per_epoch else float(epoch)
-                self.control = handler.on_step_end(args, state, self.control)
-                if self.control.should_log:
-                    self._log_training(since, grad_norm)
-                self._maybe_evaluate_and_save(since)
-                if self.control.should_epoch_stop or self.control.should_training_stop:
-                    break
-            self.control = handler.on_epoch_end(args, state, self.control)
-            if self.control.should_log and since.steps:
-                self._log_training(since, grad_norm)
-            self._maybe_evaluate_and_save(since)
-            if self.control.should_training_stop or state.global_step >= max_steps:
-                break
+    def _epoch_batches(self, dataloader: DataLoader, epoch: int, skip: int) -> Any:
+        """The batches of `epoch`, from its start or (resuming) after the first `skip` micro-batches."""
+        # Accelerate's loader re-applies its own epoch counter to the sampler on every iter();
+        # set it there (it forwards to our sampler, and a skipping copy inherits it)
+        if hasattr(dataloader, "set_epoch"):
+            dataloader.set_epoch(epoch)
+        elif isinstance(dataloader.sampler, EpochSampler):
+            dataloader.sampler.set_epoch(epoch)
+        if not skip:
+            self.state.epoch_step = 0
+            return dataloader
+        return skip_first_batches(self.accelerator, dataloader, skip)  # jumps there
 
-        runtime = time.perf_counter() - start_time
+    def _record_micro_batch(self, batch: dict[str, Any], loss_share: torch.Tensor, last: bool) -> None:
+        """What the loop counts per micro-batch: its loss share, tokens, samples, FLOPs, progress."""
+        args, state, meter = self.args, self.state, self.meter
+        if args.logging_nan_inf_filter:
+            # a NaN/inf micro-step is logged as the row's running average (HF semantics), on device
+            average = meter.get("loss") / max(meter.get("micro_batches"), 1)
+            loss_share = torch.where(torch.isfinite(loss_share), loss_share, average)
+        meter.add("loss", loss_share)
+        meter.add("micro_batches", 1)
+        tokens, samples, seq_len = batch_size_info(batch)
+        flops = self._flops.per_batch(tokens, seq_len)
+        meter.add("tokens", tokens)
+        meter.add("samples", samples)
+        meter.add("flops", flops)
+        self._run_tokens += tokens
+        state.total_flos += flops
+        if args.include_num_input_tokens_seen == "non_padding" and "attention_mask" in batch:
+            meter.add("input_tokens_seen", batch["attention_mask"].sum())  # device tensor, read when logging
+        elif args.include_num_input_tokens_seen:
+            state.num_input_tokens_seen += tokens
+        state.micro_step += 1
+        state.epoch_step += 1
+        if not last:
+            self.control = self.callback_handler.on_substep_end(args, state, self.control)
+
+    def _end_run(self, model: nn.Module, runtime: float, steps_done: int, flops_at_start: float) -> TrainOutput:
+        """After the last step: the best model back if asked, the train_* metrics row, on_train_end."""
+        args, accel, state = self.args, self.accelerator, self.state
         if args.load_best_model_at_end and state.best_model_checkpoint is not None:
             ckpt.load_model_files(accel.unwrap_model(model), state.best_model_checkpoint)
         losses = [row["loss"] for row in state.log_history if "loss" in row]
-        if not losses and since.steps:
-            losses = [since.loss.item() / since.steps]
-        done = state.global_step - start_step
+        if not losses and self.meter.get("steps"):
+            losses = [self.meter.read("loss") / self.meter.read("steps")]
+        training_seconds = max(runtime - self._paused, 1e-9)
+        samples = steps_done * args.gradient_accumulation_steps * args.per_device_train_batch_size
         metrics = {
             "train_runtime": round(runtime, 4),
-            "train_samples_per_second": round(
-                done * ga * args.per_device_train_batch_size * accel.num_processes / max(runtime, 1e-9), 3
-            ),
-            "train_steps_per_second": round(done / max(runtime, 1e-9), 3),
+            "train_samples_per_second": round(samples * accel.num_processes / max(runtime, 1e-9), 3),
+            "train_steps_per_second": round(steps_done / max(runtime, 1e-9), 3),
             "total_flos": state.total_flos,
-            "train_tokens_per_second": round(run_tokens * accel.num_processes / max(runtime - self._paused, 1e-9), 2),
-            **self._flops_row(state.total_flos - flops_at_start, max(runtime - self._paused, 1e-9), "train_"),
+            "train_tokens_per_second": round(self._run_tokens * accel.num_processes / training_seconds, 2),
+            **self._flops_row(state.total_flos - flops_at_start, training_seconds, "train_"),
             "train_loss": float(np.mean(losses)) if losses else float("nan"),
             "epoch": state.epoch,
         }
         self.log(metrics)
-        if getattr(self, "_hub", None) is not None:
-            self._hub.wait()  # the last checkpoint's background upload ends before train() returns
-        self.control = handler.on_train_end(args, state, self.control)
-        if args.report_at_end:
-            from .report import report_at_end
-
-            report_at_end(self)  # report.png + report.md; a failed plot only warns
+        self.step_kernel = None  # training_step outside train() backpropagates unscaled again
+        self.control = self.callback_handler.on_train_end(args, state, self.control)
         return TrainOutput(state.global_step, metrics["train_loss"], metrics)
 
-    def _log_training(self, since: SinceLog, grad_norm: torch.Tensor | None) -> None:
+    def _log_training(self) -> None:
         """Build and emit a training log row: the only place the loop syncs with the host."""
-        accel, world = self.accelerator, self.accelerator.num_processes
-        loss = accel.reduce(since.loss.clone(), reduction="sum") if world > 1 else since.loss
-        if world > 1 and not self._tokens_across_ranks:
-            loss = loss / world
-        logs: dict[str, float] = {"loss": loss.item() / max(since.steps, 1)}
-        if grad_norm is not None:
-            logs["grad_norm"] = float(grad_norm)
+        accel, meter, world = self.accelerator, self.meter, self.accelerator.num_processes
+        loss = torch.as_tensor(meter.get("loss"), dtype=torch.float32, device=accel.device)
+        if world > 1:  # each rank holds its part of the mean: the parts sum to it
+            loss = accel.reduce(loss.clone(), reduction="sum")
+        logs: dict[str, float] = {"loss": loss.item() / max(meter.read("steps"), 1)}
+        if meter.get("grad_norm", None) is not None:
+            logs["grad_norm"] = meter.read("grad_norm")
         logs["learning_rate"] = self.optimizer.param_groups[0]["lr"]
-        elapsed = since.elapsed()
-        logs["tokens_per_second"] = round(since.tokens * world / elapsed, 2)
-        logs["samples_per_second"] = round(since.samples * world / elapsed, 3)
-        logs.update(self._flops_row(since.flops, elapsed))
+        elapsed = meter.elapsed()
+        logs["tokens_per_second"] = round(meter.read("tokens") * world / elapsed, 2)
+        logs["samples_per_second"] = round(meter.read("samples") * world / elapsed, 3)
+        logs.update(self._flops_row(meter.read("flops"), elapsed))
         if self.args.include_num_input_tokens_seen:
-            self.state.num_input_tokens_seen += since.take_seen()
+            self.state.num_input_tokens_seen += int(meter.pop("input_tokens_seen"))
             logs["num_input_tokens_seen"] = self.state.num_input_tokens_seen * world
-        logs.update(self._loss_terms.pop(accel))
-        since.reset()
+        logs.update(loss_term_means(meter, accel))
+        meter.reset()
         self.log(logs)
 
     def _flops_row(self, flops: float, seconds: float, prefix: str = "") -> dict[str, float]:
-        """Achieved model TFLOP/s (all ranks) and MFU (per device) of `flops` done by this rank in `seconds`."""
-        if not flops:
-            return {}
-        achieved = flops / seconds / 1e12
-        row = {f"{prefix}tflops": float(f"{achieved * self.accelerator.num_processes:.4g}")}
-        peak = self.peak_flops()
-        if peak is not None:
-            row[f"{prefix}mfu"] = float(f"{achieved / peak.tflops:.4g}")
-        return row
+        return flops_row(flops, seconds, self.accelerator.num_processes, self.peak_flops() if flops else None, prefix)
 
-    def _maybe_evaluate_and_save(self, since: SinceLog) -> None:
+    def _maybe_evaluate_and_save(self) -> None:
         if not (self.control.should_evaluate or self.control.should_save):
             return
         start = time.perf_counter()
-        self._evaluate_and_save(since)
-        pause = time.perf_counter() - start
-        since.paused += pause
-        self._paused += pause
-
-    def _evaluate_and_save(self, since: SinceLog) -> None:
         if self.control.should_evaluate:
             self._evaluate_during_training()
         if self.control.should_save:
-            self.state.pending_loss = float(since.loss.item())
-            self.state.pending_loss_steps = since.steps
-            self.state.num_input_tokens_seen += since.take_seen()
+            self.state.num_input_tokens_seen += int(self.meter.pop("input_tokens_seen"))
             self._save_checkpoint()
+            if self.args.push_to_hub and self.args.hub_strategy != "end":
+                self.callback_handler.on_push_begin(self.args, self.state, self.control)  # HubCallback uploads on_save
             self.control = self.callback_handler.on_save(self.args, self.state, self.control)
             self.control.should_save = False
+        pause = time.perf_counter() - start
+        self.meter.pause(pause)
+        self._paused += pause
 
     def _evaluate_during_training(self) -> dict[str, float]:
         metrics = self.evaluate(ignore_keys=getattr(self, "_ignore_keys_for_eval", None))
-        if after_evaluation(self.state, self.args, metrics, [self.lr_scheduler]) and self.args.save_strategy == "best":
+        if after_evaluation(self.state, self.args, metrics, [self.step_kernel]) and self.args.save_strategy == "best":
             self.control.should_save = True
         self.control.should_evaluate = False
         return metrics
 
-    # ---- checkpoints --------------------------------------------------------------------
+    # ---- checkpoints (what one holds: checkpoint.Resumable) ---------------------------------
+
+    def _resumable(self) -> ckpt.Resumable:
+        """This trainer's part of a checkpoint: one model at the top, its optimizer and scheduler, the meter."""
+        return ckpt.Resumable(
+            state=self.state,
+            save_models=lambda directory: self._save(directory, _internal_call=True),
+            load_models=lambda directory: ckpt.load_model_files(
+                self.accelerator.unwrap_model(self.model_wrapped), directory
+            ),
+            optimizers={"": self.optimizer},
+            schedulers={"": self.lr_scheduler},
+            stateful={"meter": self.meter},
+            optional=frozenset({"meter"}),  # a checkpoint of an older release or of HF's Trainer resumes too
+            callbacks=self.callback_handler.callbacks,
+            restore_callbacks=self.args.restore_callback_states_from_checkpoint,
+        )
 
     def _save_checkpoint(self) -> Path:
-        state, accel = self.state, self.accelerator
-        final = ckpt.checkpoint_dir(self.args.output_dir, state.global_step)
-        if state.best_global_step == state.global_step:
-            state.best_model_checkpoint = str(final)
-        state.stateful_callbacks = ckpt.callback_states(self.callback_handler.callbacks)
-        main = self.is_world_process_zero()
-        with ckpt.atomic_checkpoint(final, is_main=main, barrier=accel.wait_for_everyone) as tmp:
-            self._save(tmp, _internal_call=True)
-            if not self.args.save_only_model:
-                ckpt.save_state(ckpt.rng_state(), tmp / f"rng_state_{accel.process_index}.pth")
-                if main:
-                    ckpt.save_state(self.optimizer.state_dict(), tmp / ckpt.OPTIMIZER_NAME)
-                    ckpt.save_state(self.lr_scheduler.state_dict(), tmp / ckpt.SCHEDULER_NAME)
-                    if accel.scaler is not None:
-                        ckpt.save_state(accel.scaler.state_dict(), tmp / ckpt.SCALER_NAME)
-            if main:
-                ckpt.write_json(self.args.to_dict(), tmp / ckpt.ARGS_NAME)
-                state.save_to_json(tmp / ckpt.STATE_NAME)  # written last: the completion marker inside
-        if main:
-            if self.args.push_to_hub and self.args.hub_strategy != "end":
-                # before rotation; the pusher snapshots the checkpoint (hard links) and uploads in the background
-                self.callback_handler.on_push_begin(self.args, state, self.control)
-                self._hub_pusher().on_checkpoint(final, f"Training in progress, step {state.global_step}")
-            ckpt.rotate_checkpoints(self.args.output_dir, self.args.save_total_limit, state.best_model_checkpoint)
-        return final
-
-    def _load_checkpoint(self, path: Path) -> None:
-        """Restore everything `_save_checkpoint` wrote, so the run continues bit for bit."""
-        if not (path / ckpt.OPTIMIZER_NAME).is_file():
-            raise CheckpointError(
-                f"checkpoint '{path}' holds no optimizer state (saved with save_only_model=True?); it can be loaded "
-                "as a model but not resumed"
-            )
-        accel = self.accelerator
-        ckpt.load_model_files(accel.unwrap_model(self.model_wrapped), path)
-        self.optimizer.load_state_dict(ckpt.load_state(path / ckpt.OPTIMIZER_NAME))
-        self.lr_scheduler.load_state_dict(ckpt.load_state(path / ckpt.SCHEDULER_NAME))
-        if accel.scaler is not None and (path / ckpt.SCALER_NAME).is_file():
-            accel.scaler.load_state_dict(ckpt.load_state(path / ckpt.SCALER_NAME))
-        self.state = ckpt.restore_trainer_state(path, self.state, self.callback_handler.callbacks)
-        ckpt.restore_rng(path, accel.process_index, accel.num_processes)
+        return ckpt.save_checkpoint(self._resumable(), self.args, self.accelerator)
 
     # ---- experiments: search, model card (trainformers.search, trainformers.modelcard) -----
 
@@ -771,10 +640,8 @@ class Trainer:
         dataset: str | list[str] | None = None,
         dataset_args: str | list[str] | None = None,
     ) -> Path:
-        """Write README.md (a model card) into args.output_dir. See `trainformers.modelcard`."""
-        from .modelcard import create_model_card
-
-        return create_model_card(
+        """Write README.md (a model card) into args.output_dir (`HubCallback.write_model_card`)."""
+        return self.callback_handler.find_or_add(HubCallback).write_model_card(
             self,
             language=language,
             license=license,
@@ -837,24 +704,11 @@ class Trainer:
         return self._push_to_hub(output_dir, commit_message, blocking, **kwargs)
 
     def _push_to_hub(self, folder: Path, commit_message: str, blocking: bool = True, **card_kwargs: Any) -> Any:
-        """Write the model card (when `folder` is the output_dir) and upload `folder` to the repository root."""
+        """Upload `folder` to the repository root (`HubCallback.push_model`; with a model card for the output_dir)."""
         self.callback_handler.on_push_begin(self.args, self.state, self.control)
-        make_card = getattr(self, "create_model_card", None)
-        if make_card is not None and folder.resolve() == Path(self.args.output_dir).resolve():
-            try:
-                make_card(**card_kwargs)
-            except Exception as exc:  # noqa: BLE001 - an optional extra: the model goes up without it
-                warnings.warn(f"model card not written ({type(exc).__name__}: {exc}); pushing without it", stacklevel=3)
-        return self._hub_pusher().on_save_model(folder, commit_message, blocking)
-
-    def _hub_pusher(self) -> Any:
-        """The `HubPusher` of this trainer, created with its repository on first use (main process only)."""
-        if getattr(self, "_hub", None) is None:
-            from .hub import HubPusher
-
-            self._hub = HubPusher.from_args(self.args)
-            self._hub.create_repo()
-        return self._hub
+        return self.callback_handler.find_or_add(HubCallback).push_model(
+            self, folder, commit_message, blocking, **card_kwargs
+        )
 
     # ---- logging ------------------------------------------------------------------------
 
@@ -930,7 +784,7 @@ class Trainer:
             n_items = None
             if loss is not None:
                 try:
-                    n_items = self._micro_items(inputs)
+                    n_items = self.count_items(inputs)
                 except ValueError:
                     n_items = None
             if logits is not None and self.preprocess_logits_for_metrics is not None:
@@ -954,12 +808,4 @@ class Trainer:
                 loss, outputs = None, model(**inputs)
         if prediction_loss_only:
             return loss, None, None
-        if isinstance(outputs, Mapping):
-            logits = tuple(v for k, v in outputs.items() if k not in set(ignore_keys) | {"loss"} and torch.is_tensor(v))
-        else:
-            logits = tuple(outputs[1:] if has_labels else outputs)
-        logits = logits[0] if len(logits) == 1 else logits
-        labels = tuple(inputs.get(name) for name in self.label_names) if has_labels else None
-        if labels is not None and len(labels) == 1:
-            labels = labels[0]
-        return loss, logits, labels
+        return loss, *prediction_outputs(outputs, inputs, self.label_names if has_labels else None, ignore_keys)

@@ -33,6 +33,7 @@ FSDP_OPTIONS = (
 )  # fmt: skip
 DDP_BACKENDS = ("nccl", "gloo", "mpi", "ccl", "hccl", "cncl", "mccl")
 METRIC_INPUTS = ("inputs", "loss")
+ACCELERATOR_CONFIG_KEYS = ("split_batches", "even_batches", "non_blocking")  # what accel.py carries out
 TOKENS_SEEN_MODES = ("all", "non_padding")
 MODEL_DTYPES = ("float32", "bfloat16", "float16", "auto")
 TRAINING_MODES = ("pretraining", "instruction")

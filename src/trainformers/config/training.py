@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .fields import (
+    ACCELERATOR_CONFIG_KEYS,
     AUTO_TRACKERS,
     DDP_BACKENDS,
     FSDP_OPTIONS,
@@ -217,7 +218,9 @@ class TrainingArguments:
         False, "On resume, start the data from the beginning instead of skipping the batches already seen."
     )
     restore_callback_states_from_checkpoint: bool = arg(
-        False, "On resume, restore the state of callbacks saved in the checkpoint."
+        True,
+        "On resume, restore the state of callbacks saved in the checkpoint (e.g. early stopping's patience). On by "
+        "default here (transformers: off) because a resumed run must equal one that never stopped.",
     )
     # --- distributed (handed to Accelerate) ---
     ddp_find_unused_parameters: bool | None = arg(None, "DDP find_unused_parameters; None lets the trainer decide.")
@@ -249,7 +252,9 @@ class TrainingArguments:
     hub_revision: str | None = arg(None, "Hub branch or revision to push to.")
     # --- misc ---
     local_rank: int = arg(-1, "Set by the launcher; -1 outside distributed runs.")
-    skip_memory_metrics: bool = arg(True, "Skip the memory profiling metrics (they slow training down).")
+    skip_memory_metrics: bool = arg(
+        True, "Skip the memory profiling metrics; they are not reported here (false is refused)."
+    )
     # --- accepted other spellings, mapped in __post_init__ and then reset to None ---
     evaluation_strategy: str | None = alias("eval_strategy", "Deprecated: use eval_strategy.")
     warmup_ratio: float | None = alias("warmup_steps", "Deprecated: use warmup_steps with a fraction below 1.")
@@ -338,6 +343,17 @@ class TrainingArguments:
         self.lr_scheduler_kwargs = dict(self.lr_scheduler_kwargs or {})
         for name in ("fsdp_config", "accelerator_config"):
             setattr(self, name, json_dict(name, getattr(self, name), allow_path=True))
+        unknown = sorted(set(self.accelerator_config or {}) - set(ACCELERATOR_CONFIG_KEYS))
+        if unknown:
+            raise ConfigError(
+                f"accelerator_config keys {unknown} are not supported; the ones carried out are "
+                f"{', '.join(ACCELERATOR_CONFIG_KEYS)}"
+            )
+        if not self.skip_memory_metrics:
+            raise ConfigError(
+                "skip_memory_metrics=False: memory metrics are not reported by trainformers; leave it True "
+                "(the log has tokens/s and TFLOP/s; measure memory with torch.cuda.max_memory_allocated)"
+            )
         if isinstance(self.deepspeed, str):
             if self.deepspeed.lstrip().startswith("{"):
                 self.deepspeed = json_dict("deepspeed", self.deepspeed, allow_path=False)

@@ -24,13 +24,51 @@ CYCLE_DIRECTIONS = ("both", "A", "B")
 # accepts and what to do instead: a setting is honoured or refused, never accepted and then ignored.
 NOT_IN_CYCLE: dict[str, tuple[Any, str]] = {
     "push_to_hub": (False, "push the saved A/ and B/ folders with huggingface_hub"),
+    "hub_strategy": ("every_save", "push_to_hub is not available in cycle runs"),
+    "hub_token": (None, "push_to_hub is not available in cycle runs"),
+    "hub_private_repo": (None, "push_to_hub is not available in cycle runs"),
+    "hub_revision": (None, "push_to_hub is not available in cycle runs"),
     "auto_find_batch_size": (False, "set per_device_train_batch_size"),
+    # rows come from one seeded stream per domain (cycle.streams), not from a DataLoader
     "group_by_length": (False, "each domain stream is reshuffled every epoch"),
+    "length_column_name": ("length", "it only serves group_by_length"),
     "train_sampling_strategy": ("random", "each domain stream is reshuffled every epoch"),
+    "dataloader_drop_last": (True, "each domain stream takes whole windows and skips an epoch's short tail"),
+    "dataloader_num_workers": (0, "rows are read in the main process"),
+    "dataloader_pin_memory": (False, "the cycle has no DataLoader to pin for"),
+    "dataloader_persistent_workers": (False, "the cycle has no DataLoader workers"),
+    "dataloader_prefetch_factor": (None, "the cycle has no DataLoader workers"),
+    "accelerator_config": ({}, "its settings configure DataLoaders, and the cycle has none"),
+    "ignore_data_skip": (False, "a resumed cycle run continues each domain stream where it stopped"),
+    "remove_unused_columns": (True, "the cycle reads text_field_A/B or paired_field_A/B by name"),
+    "label_names": (None, "the cycle builds its own labels from the target texts"),
+    # evaluation generates and scores texts (reconstruction loss, task metrics), it keeps no logits
+    "prediction_loss_only": (False, "the cycle's evaluate computes the metrics asked for by metrics="),
+    "eval_accumulation_steps": (None, "cycle evaluation keeps no logits"),
+    "include_for_metrics": ([], "compute_metrics gets the generated and reference texts"),
+    "batch_eval_metrics": (False, "compute_metrics is called once per direction"),
+    "bf16_full_eval": (False, "evaluation runs in the training precision"),
+    "fp16_full_eval": (False, "evaluation runs in the training precision"),
     "include_num_input_tokens_seen": (False, "the log counts rows per direction instead"),
+    "peak_tflops": (None, "the cycle log shows generation and training seconds, not MFU"),
     "logging_nan_inf_filter": (False, "CycleTrainer logs each loss as it is, NaN and inf included"),
+    # every rank must agree on skipping a window whose rows were all dropped: the count is global
+    "average_tokens_across_devices": (True, "the cycle loss is normalised by the label tokens of all ranks"),
 }
 CYCLE_METRICS = ("exact_match", "bleu", "chrf")
+
+
+def cycle_args_from(args: TrainingArguments) -> CycleTrainingArguments:
+    """A plain `TrainingArguments` as `CycleTrainingArguments`: the fields set away from the
+    `TrainingArguments` defaults carry over, the others take the cycle's defaults.
+
+    Raises:
+        ConfigError: a carried-over setting the cycle refuses (see NOT_IN_CYCLE).
+    """
+    given = args.to_dict()
+    defaults = TrainingArguments(output_dir=args.output_dir).to_dict()
+    changed = {k: v for k, v in given.items() if k == "output_dir" or v != defaults.get(k)}
+    return CycleTrainingArguments(**changed)
 
 
 def resolve_callable(name: str, value: Any) -> Callable | None:
@@ -119,14 +157,28 @@ class CycleTrainingArguments(TrainingArguments):
     logging_nan_inf_filter: bool = arg(
         False, "Not available in cycle runs (each loss is logged as it is, NaN and inf included); true is refused."
     )
+    dataloader_drop_last: bool = arg(
+        True,
+        "Cycle runs take whole windows from each domain stream (an epoch's short tail is skipped); false is refused.",
+    )
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        if self.hub_token == "<HUB_TOKEN>":
+            self.hub_token = None  # the mask to_dict() writes, read back from a saved config
+        # before the base class turns one field into another (train_sampling_strategy='group_by_length'
+        # becomes group_by_length=True): the refusal names the field the user set
         for name, (accepted, instead) in NOT_IN_CYCLE.items():
-            if getattr(self, name) != accepted:
+            value = getattr(self, name)
+            if value != accepted and not (accepted == {} and value is None):
                 raise ConfigError(
-                    f"{name}={getattr(self, name)!r} is not supported by CycleTrainer; leave it at {accepted!r} ({instead})"
+                    f"{name}={value!r} is not supported by CycleTrainer; leave it at {accepted!r} ({instead})"
                 )
+        if self.learning_rate == "auto":
+            raise ConfigError(
+                "learning_rate='auto' is not supported by CycleTrainer (the LR range test trains one model); run "
+                "`trainformers lr-find` on one direction's model and set learning_rate to a number"
+            )
+        super().__post_init__()
         self.cycle_directions = choice("cycle_directions", self.cycle_directions, CYCLE_DIRECTIONS)
         if self.use_macct is not None and not isinstance(self.use_macct, bool):
             raise ConfigError(f"use_macct={self.use_macct!r} must be true, false or null (decide from the models)")

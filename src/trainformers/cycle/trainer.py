@@ -23,8 +23,6 @@ the `TrainerState` (`callbacks`, `state`).
 
 from __future__ import annotations
 
-import copy
-import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -40,35 +38,32 @@ from transformers.trainer_utils import EvalPrediction, TrainOutput
 
 from .. import checkpoint as ckpt
 from ..accel import build_accelerator
-from ..callbacks import CallbackHandler, TrainerCallback, default_callbacks
+from ..callbacks import CallbackHandler, HubCallback, TrainerCallback, default_callbacks
 from ..config import TrainingArguments
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import ConfigError, DataError
 from ..loop_utils import (
-    OptimizerStep,
     after_evaluation,
-    is_plateau,
+    apply_log_level,
+    new_state,
     prepare_model,
     scalar_config,
     seed_everything,
     unwrap_peft,
 )
 from ..losses import IGNORE_INDEX, count_label_items, lm_loss
+from ..meter import Meter
 from ..optim import create_optimizer, create_scheduler
 from ..state import TrainerControl, TrainerState
-from .config import CycleTrainingArguments, resolve_callable
+from ..step import StepKernel, WindowStep
+from .config import CycleTrainingArguments, cycle_args_from, resolve_callable
+from .datasets import as_dataset, check_datasets, get_rows, row_texts
 from .generation import generate_ids
 from .inputs import CycleBatch, CycleBatchBuilder, tokenizers_compatible
 from .metrics import text_metrics
+from .models import SIDES, other, resolve_models, resolve_tokenizers
 from .streams import DomainStream, rank_rows
 
 __all__ = ["CycleTrainer"]
-
-SIDES = ("A", "B")
-CYCLE_STATE_NAME = "cycle_state.json"
-
-
-def other(side: str) -> str:
-    return "B" if side == "A" else "A"
 
 
 @dataclass
@@ -89,161 +84,7 @@ class CycleSide:
     scheduler: Any = None
     wrapped: nn.Module | None = None  # after accelerator.prepare (DDP)
     params: list[nn.Parameter] = field(default_factory=list)
-    stepper: OptimizerStep | None = None  # clip, step, zero_grad (after accelerator.prepare)
-
-
-def _is_peft_model(model: Any) -> bool:
-    return isinstance(getattr(model, "peft_config", None), Mapping) and hasattr(model, "set_adapter")
-
-
-def _load_model(name: str) -> nn.Module:
-    """A model name or path: seq2seq or causal, decided by its config."""
-    from transformers import AutoConfig, AutoModelForSeq2SeqLM
-
-    from ..models.loading import load_pretrained
-
-    try:
-        config = AutoConfig.from_pretrained(name)
-    except (OSError, ValueError) as err:
-        raise ConfigError(
-            f"models={name!r} cannot be loaded ({str(err).splitlines()[0]}); give a local path or a model object"
-        ) from None
-    if getattr(config, "is_encoder_decoder", False):
-        return AutoModelForSeq2SeqLM.from_pretrained(name)
-    return load_pretrained(name)
-
-
-def _peft_config_for(peft_configs: Any, side: str) -> Any:
-    if isinstance(peft_configs, Mapping) and (set(peft_configs) & set(SIDES)):
-        if set(peft_configs) != set(SIDES):
-            raise ConfigError(
-                f"peft_configs as a dict per adapter must have exactly the keys 'A' and 'B', got {sorted(peft_configs)}; "
-                "or pass one config for both"
-            )
-        return peft_configs[side]
-    return peft_configs
-
-
-def resolve_models(models: Any, peft_configs: Any, use_macct: bool | None) -> tuple[dict[str, nn.Module], bool]:
-    """The two models ({'A', 'B'}) and whether they are one MACCT `PeftModel` with adapters A and B.
-
-    Raises:
-        ConfigError: for every contradiction (see the CycleTrainer docstring).
-    """
-    from ..models.peft import apply_peft
-
-    if models is None:
-        raise ConfigError(
-            "CycleTrainer needs models=: a dict {'A': model_A_to_B, 'B': model_B_to_A}, one model, or a path"
-        )
-    if isinstance(models, Mapping):
-        if set(models) != set(SIDES):
-            raise ConfigError(
-                f"models dict must have exactly the keys 'A' and 'B', got {sorted(map(str, models))}; "
-                "write models={'A': model_A_to_B, 'B': model_B_to_A}"
-            )
-        if use_macct:
-            raise ConfigError(
-                "use_macct=True needs ONE base model, but models is a dict of two; pass models=base_model with "
-                "peft_configs, or set use_macct=False"
-            )
-        pair = {s: _load_model(m) if isinstance(m, str) else m for s, m in models.items()}
-        if pair["A"] is pair["B"]:
-            raise ConfigError("models['A'] and models['B'] are the same object; pass one model to get two copies")
-        if peft_configs is not None:
-            pair = {s: apply_peft(m, _peft_config_for(peft_configs, s), echo=None) for s, m in pair.items()}
-        return pair, False
-    model = _load_model(models) if isinstance(models, str) else models
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"models must be a model, a dict of two or a path, got {type(model).__name__}")
-    if _is_peft_model(model):
-        names = list(model.peft_config)
-        if set(SIDES) <= set(names):
-            if use_macct is False:
-                raise ConfigError(
-                    "use_macct=False but models is one PeftModel with adapters 'A' and 'B'; drop use_macct"
-                )
-            if peft_configs is not None:
-                raise ConfigError("the PeftModel already has adapters 'A' and 'B'; drop peft_configs")
-            return {"A": model, "B": model}, True
-        if use_macct:
-            raise ConfigError(
-                f"use_macct=True but the PeftModel's adapters are {names}, not 'A' and 'B'; add them "
-                "(model.add_adapter('A', config), ...) or pass the base model with peft_configs"
-            )
-    if peft_configs is not None and use_macct is not False:
-        peft_model = apply_peft(model, _peft_config_for(peft_configs, "A"), adapter_name="A", echo=None)
-        apply_peft(peft_model, _peft_config_for(peft_configs, "B"), adapter_name="B", echo=None)
-        return {"A": peft_model, "B": peft_model}, True
-    if use_macct:
-        raise ConfigError(
-            "use_macct=True needs peft_configs (the LoRA settings of adapters A and B) or a PeftModel with adapters "
-            "'A' and 'B'"
-        )
-    copy_b = copy.deepcopy(model)
-    if peft_configs is not None:
-        return {
-            s: apply_peft(m, _peft_config_for(peft_configs, s), echo=None) for s, m in (("A", model), ("B", copy_b))
-        }, False
-    return {"A": model, "B": copy_b}, False
-
-
-def resolve_tokenizers(tokenizers: Any, models: Any) -> dict[str, Any]:
-    """{'A', 'B'} tokenizers; one without a pad token gets its EOS as pad (the usual choice for
-    decoder-only models; pads are always masked out of the loss).
-
-    Raises:
-        ConfigError: no tokenizer, wrong dict keys, or a tokenizer with neither pad nor EOS token.
-    """
-    from transformers import AutoTokenizer
-
-    if tokenizers is None:
-        names = models if isinstance(models, Mapping) else {"A": models, "B": models}
-        if not all(isinstance(names.get(s), str) for s in SIDES):
-            raise ConfigError("CycleTrainer needs tokenizers= (one shared tokenizer or {'A': ..., 'B': ...})")
-        tokenizers = {s: names[s] for s in SIDES}
-    if isinstance(tokenizers, Mapping):
-        if set(tokenizers) != set(SIDES):
-            raise ConfigError(
-                f"tokenizers dict must have exactly the keys 'A' and 'B', got {sorted(map(str, tokenizers))}; "
-                "or pass one shared tokenizer"
-            )
-        pair = dict(tokenizers)
-    else:
-        pair = {"A": tokenizers, "B": tokenizers}
-    pair = {s: AutoTokenizer.from_pretrained(t) if isinstance(t, str) else t for s, t in pair.items()}
-    for side, tok in pair.items():
-        if tok.pad_token_id is None:
-            if tok.eos_token_id is None:
-                raise ConfigError(
-                    f"tokenizer {side} has neither a pad nor an EOS token; add one, e.g. "
-                    "tokenizer.add_special_tokens({'eos_token': '</s>'}) (and resize the model's embeddings)"
-                )
-            tok.pad_token = tok.eos_token  # documented: pad = EOS, masked out of every loss
-    return pair
-
-
-def _as_dataset(data: Any, column: str) -> Any:
-    """A plain list of strings becomes a one-column `datasets.Dataset`; anything else is kept."""
-    if isinstance(data, (list, tuple)) and data and all(isinstance(t, str) for t in data):
-        from datasets import Dataset
-
-        return Dataset.from_dict({column: list(data)})
-    return data
-
-
-def _columns(dataset: Any) -> list[str] | None:
-    names = getattr(dataset, "column_names", None)
-    if isinstance(names, Mapping):
-        raise DataError(f"a DatasetDict was given where one split is needed; pass e.g. dataset['{next(iter(names))}']")
-    return list(names) if names is not None else None
-
-
-def _get_rows(dataset: Any, indices: Sequence[int]) -> list[Any]:
-    getitems = getattr(dataset, "__getitems__", None)
-    if getitems is not None:
-        return list(getitems(list(indices)))
-    return [dataset[i] for i in indices]
+    kernel: StepKernel | None = None  # backward, clip, step, schedule, zero_grad (after accelerator.prepare)
 
 
 class CycleTrainer:
@@ -302,7 +143,7 @@ class CycleTrainer:
         elif not isinstance(args, CycleTrainingArguments):
             if not isinstance(args, TrainingArguments):
                 raise ConfigError(f"args must be CycleTrainingArguments, got {type(args).__name__}")
-            args = CycleTrainingArguments(**args.to_dict())
+            args = cycle_args_from(args)
         self.args = args
         if model is not None:
             if models is not None:
@@ -313,6 +154,7 @@ class CycleTrainer:
                 raise ConfigError("pass tokenizers= or its alias tokenizer=, not both")
             tokenizers = tokenizer
         seed_everything(args)
+        apply_log_level(args)
         pair, self.macct = resolve_models(models, peft_configs, args.use_macct)
         toks = resolve_tokenizers(tokenizers, models)
         if self.macct and args.ddp_find_unused_parameters is None:
@@ -343,16 +185,24 @@ class CycleTrainer:
             )
         self.collators = {"A": data_collator_A, "B": data_collator_B}
         self.train_datasets = {
-            "A": _as_dataset(train_dataset_A, args.text_field_A),
-            "B": _as_dataset(train_dataset_B, args.text_field_B),
+            "A": as_dataset(train_dataset_A, args.text_field_A),
+            "B": as_dataset(train_dataset_B, args.text_field_B),
         }
         self.eval_datasets = {
-            "A": _as_dataset(eval_dataset_A, args.text_field_A),
-            "B": _as_dataset(eval_dataset_B, args.text_field_B),
+            "A": as_dataset(eval_dataset_A, args.text_field_A),
+            "B": as_dataset(eval_dataset_B, args.text_field_B),
         }
         self.paired_dataset, self.paired_eval_dataset = paired_dataset, paired_eval_dataset
         self.compute_metrics = compute_metrics
-        self._check_datasets()
+        check_datasets(
+            args,
+            self.train_datasets,
+            self.eval_datasets,
+            paired_dataset,
+            paired_eval_dataset,
+            self.collators,
+            self._needed_domains(),
+        )
         self.state = TrainerState(
             is_local_process_zero=self.accelerator.is_local_main_process,
             is_world_process_zero=self.accelerator.is_main_process,
@@ -369,51 +219,6 @@ class CycleTrainer:
     def _needed_domains(self) -> list[str]:
         """Training model T reads real texts of the other domain (its targets)."""
         return sorted({other(t) for t in self.trained})
-
-    def _check_datasets(self) -> None:
-        args, given = self.args, {s: d for s, d in self.train_datasets.items() if d is not None}
-        if given:
-            for domain in self._needed_domains():
-                if self.train_datasets[domain] is None:
-                    trainer = other(domain)
-                    raise DataError(
-                        f"train_dataset_{domain} is missing: model {trainer} trains on real domain-{domain} texts "
-                        f"(cycle_directions={args.cycle_directions!r}); pass train_dataset_{domain}=..."
-                    )
-        for kind, sets in (("train", self.train_datasets), ("eval", self.eval_datasets)):
-            for s, ds in sets.items():
-                if ds is None or self.collators[s] is not None:
-                    continue
-                cols, field_name = _columns(ds), getattr(args, f"text_field_{s}")
-                if cols is not None and field_name not in cols and "input_ids" not in cols:
-                    raise DataError(
-                        f"{kind}_dataset_{s} has no column '{field_name}' (columns {cols}); set text_field_{s}=, "
-                        f"tokenize it to input_ids, or pass data_collator_{s}"
-                    )
-                if hasattr(ds, "__len__") and len(ds) == 0:
-                    raise DataError(f"{kind}_dataset_{s} is empty (0 rows)")
-        for name, ds in (("paired_dataset", self.paired_dataset), ("paired_eval_dataset", self.paired_eval_dataset)):
-            cols = _columns(ds) if ds is not None else None
-            if cols is not None:
-                missing = [c for c in (args.paired_field_A, args.paired_field_B) if c not in cols]
-                if missing:
-                    raise DataError(
-                        f"{name} lacks column(s) {missing} (columns {cols}); set paired_field_A / paired_field_B"
-                    )
-        if (args.warmup_paired_steps or args.paired_mix_every) and self.paired_dataset is None:
-            raise ConfigError(
-                f"warmup_paired_steps={args.warmup_paired_steps} / paired_mix_every={args.paired_mix_every} need "
-                "paired_dataset=...; pass it or set both to 0"
-            )
-        if args.metrics and self.paired_eval_dataset is None:
-            raise ConfigError(f"metrics={args.metrics} need paired references: pass paired_eval_dataset=...")
-        if args.eval_strategy != "no" and not (
-            any(self.eval_datasets.values()) or self.paired_eval_dataset is not None
-        ):
-            raise DataError(
-                f"eval_strategy={args.eval_strategy!r} but there is nothing to evaluate; pass eval_dataset_A/B or "
-                "paired_eval_dataset, or set eval_strategy='no'"
-            )
 
     def _update_handler(self) -> None:
         handler = self.callback_handler
@@ -464,31 +269,9 @@ class CycleTrainer:
     # ---- texts in, batches out --------------------------------------------------------------
 
     def _texts(self, domain: str, rows: list[Any]) -> list[str]:
-        """The texts of domain rows: the collator's output, the text column, or decoded input_ids."""
-        tok = self.sides[domain].tokenizer
-        collate = self.collators[domain]
-        if collate is not None:
-            out = collate(rows)
-            if isinstance(out, (list, tuple)) and all(isinstance(t, str) for t in out):
-                return list(out)
-            if isinstance(out, Mapping) and "input_ids" in out:
-                ids, mask = out["input_ids"], out.get("attention_mask")
-                rows_ids = [
-                    (row[m.bool()] if mask is not None else row).tolist() if torch.is_tensor(row) else list(row)
-                    for row, m in zip(ids, mask if mask is not None else ids)
-                ]
-                return [tok.decode(r, skip_special_tokens=True) for r in rows_ids]
-            raise DataError(f"data_collator_{domain} must return a list of texts or a dict with input_ids")
+        """The texts of domain rows (`datasets.row_texts`)."""
         column = getattr(self.args, f"text_field_{domain}")
-        texts = []
-        for row in rows:
-            if isinstance(row, str):
-                texts.append(row)
-            elif column in row:
-                texts.append(str(row[column]))
-            else:
-                texts.append(tok.decode(list(row["input_ids"]), skip_special_tokens=True))
-        return texts
+        return row_texts(rows, column, self.sides[domain].tokenizer, self.collators[domain], f"data_collator_{domain}")
 
     def _generate(self, side: CycleSide, texts: list[str], *, evaluation: bool = False) -> list[list[int]]:
         """`side`'s translation of `texts`: new ids in its own vocabulary (EOS and specials removed)."""
@@ -568,47 +351,35 @@ class CycleTrainer:
         one = torch.tensor([[side.builder.eos_id]])
         return {"input_ids": one, "attention_mask": torch.ones_like(one), "labels": torch.full_like(one, IGNORE_INDEX)}
 
-    def _train_window(
-        self, side: CycleSide, batches: list[CycleBatch]
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Forward/backward every micro-batch of the window, then one optimizer step of `side`.
-
-        Returns (this rank's share of the window's mean loss, grad norm); (None, None) when no row
-        of the window survived (nothing to learn, no step taken)."""
-        accel, world = self.accelerator, self.accelerator.num_processes
-        device = accel.device
-        runs: list[Mapping[str, torch.Tensor]] = [b for b in batches if b["input_ids"].numel()]
-        if world > 1:
-            runs = [b if b["input_ids"].numel() else self._dummy_batch(side) for b in batches]
-        n_items = torch.zeros((), dtype=torch.long, device=device)
-        for b in runs:
-            n_items = n_items + count_label_items(b, shift=side.shift).to(device)
-        if world > 1:
-            n_items = accel.reduce(n_items, reduction="sum")
-        if int(n_items) == 0:
-            return None, None
+    def _train_window(self, side: CycleSide, batches: list[CycleBatch]) -> WindowStep:
+        """One optimizer step of `side` over the window's micro-batches (`StepKernel.run`); no step
+        (a `WindowStep` without loss) when no row of the window survived on any rank."""
+        accel, device = self.accelerator, self.accelerator.device
+        micro_batches: list[Mapping[str, torch.Tensor]] = [b for b in batches if b["input_ids"].numel()]
+        if accel.num_processes > 1:
+            micro_batches = [b if b["input_ids"].numel() else self._dummy_batch(side) for b in batches]
         model = side.wrapped
-        total = torch.zeros((), device=device)
+
+        def micro_step(batch: Mapping[str, torch.Tensor], num_items: torch.Tensor | None) -> torch.Tensor:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with accel.autocast():
+                loss = self._window_loss(side, model, batch, num_items)
+            side.kernel.backward(loss)
+            return loss.detach()
+
+        def count_micro_batch(batch: Mapping[str, Any], share: torch.Tensor, last: bool) -> None:
+            self.state.micro_step += 1
+
         with self._adapter(side):
             model.train()
-            for i, batch in enumerate(runs):
-                batch = {k: v.to(device) for k, v in batch.items()}
-                last = i == len(runs) - 1
-                with accel.no_sync(model) if not last else nullcontext():
-                    with accel.autocast():
-                        loss = self._window_loss(side, model, batch, n_items)
-                    # each rank holds its token sum / the global count; DDP averages, so undo the 1/W
-                    side.stepper.backward(loss * world if world > 1 else loss)
-                total += loss.detach()
-                self.state.micro_step += 1
-            grad_norm = None
-            if self.args.max_grad_norm and self.args.max_grad_norm > 0:
-                grad_norm = side.stepper.clip(self.args.max_grad_norm)
-            side.stepper.step()
-            if not side.stepper.skipped and not is_plateau(side.scheduler):
-                side.scheduler.step()
-            side.stepper.zero_grad()
-        return total, grad_norm
+            return side.kernel.run(
+                model,
+                micro_batches,
+                micro_step,
+                lambda batch: count_label_items(batch, shift=side.shift),
+                on_micro=count_micro_batch,
+                skip_empty=True,
+            )
 
     def _step_kind(self, step: int) -> str:
         args = self.args
@@ -618,25 +389,25 @@ class CycleTrainer:
             return "paired"
         return "cycle"
 
-    def _direction_step(self, trained: str, kind: str) -> dict[str, Any]:
-        """One optimizer step of model `trained`: draw its window, build the batches, train."""
+    def _direction_step(self, trained: str, kind: str) -> None:
+        """One optimizer step of model `trained`: draw its window, build the batches, train (into the meter)."""
         args, accel = self.args, self.accelerator
         side, generator = self.sides[trained], self.sides[other(trained)]
         batch_size, ga = args.per_device_train_batch_size, args.gradient_accumulation_steps
         stream = self._streams["paired" if kind == "paired" else other(trained)]
-        window = stream.next_window()
+        step_rows = stream.next_window()  # the global row indices of this optimizer step
         batches, gen_time, dropped, rows_used = [], 0.0, 0, 0
         for micro in range(ga):
-            rows_idx = rank_rows(window, micro, batch_size, accel.process_index, accel.num_processes)
+            rows_idx = rank_rows(step_rows, micro, batch_size, accel.process_index, accel.num_processes)
             if kind == "paired":
-                rows = _get_rows(self.paired_dataset, rows_idx)
+                rows = get_rows(self.paired_dataset, rows_idx)
                 src_field, tgt_field = (
                     getattr(args, f"paired_field_{trained}"),
                     getattr(args, f"paired_field_{other(trained)}"),
                 )
                 batch = self.build_batch(trained, [str(r[src_field]) for r in rows], [str(r[tgt_field]) for r in rows])
             else:
-                targets = self._texts(other(trained), _get_rows(self.train_datasets[other(trained)], rows_idx))
+                targets = self._texts(other(trained), get_rows(self.train_datasets[other(trained)], rows_idx))
                 start = time.perf_counter()
                 sources = self._generate(generator, targets)
                 gen_time += time.perf_counter() - start
@@ -645,15 +416,17 @@ class CycleTrainer:
             rows_used += len(batch.kept)
             batches.append(batch)
         start = time.perf_counter()
-        loss, grad_norm = self._train_window(side, batches)
-        return {
-            "loss": loss,
-            "grad_norm": grad_norm,
-            "gen_time": gen_time,
-            "train_time": time.perf_counter() - start,
-            "dropped": dropped,
-            "rows": rows_used,
-        }
+        step = self._train_window(side, batches)
+        meter = self.meter
+        if step.loss is not None:
+            meter.add(f"loss_{trained}", step.loss)
+            meter.add(f"loss_steps_{trained}", 1)
+            if step.grad_norm is not None:
+                meter.set(f"grad_norm_{trained}", step.grad_norm)
+        meter.add(f"dropped_{trained}", dropped)
+        meter.add("generation_seconds", gen_time)
+        meter.add("training_seconds", time.perf_counter() - start)
+        meter.add("rows", rows_used)
 
     # ---- training ---------------------------------------------------------------------------
 
@@ -690,7 +463,16 @@ class CycleTrainer:
                     side.wrapped = side.model  # only generates
         for s in self.trained:
             side = self.sides[s]
-            side.stepper = OptimizerStep(accel, side.optimizer, side.params)
+            side.kernel = StepKernel(
+                accel,
+                side.optimizer,
+                side.scheduler,
+                side.params,
+                max_grad_norm=self.args.max_grad_norm,
+                ranks=accel.num_processes,
+                items_across_ranks=self.args.average_tokens_across_devices,
+                always_count=True,
+            )
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> TrainOutput:
         """Run cycle training; resume from a checkpoint path, or the newest with True.
@@ -721,62 +503,57 @@ class CycleTrainer:
         return self._train_loop(resume)
 
     def _train_loop(self, resume: Path | None) -> TrainOutput:
-        args, accel = self.args, self.accelerator
-        window = args.gradient_accumulation_steps * args.per_device_train_batch_size * accel.num_processes
+        args, accel, handler = self.args, self.accelerator, self.callback_handler
+        rows_per_step = args.gradient_accumulation_steps * args.per_device_train_batch_size * accel.num_processes
         seed = args.data_seed if args.data_seed is not None else args.seed
         self._streams: dict[str, DomainStream] = {}
         for i, domain in enumerate(self._needed_domains()):
             self._streams[domain] = DomainStream(
-                len(self.train_datasets[domain]), seed + 1000 * i, window, f"train_dataset_{domain}"
+                len(self.train_datasets[domain]), seed + 1000 * i, rows_per_step, f"train_dataset_{domain}"
             )
         if self.paired_dataset is not None and (args.warmup_paired_steps or args.paired_mix_every):
-            self._streams["paired"] = DomainStream(len(self.paired_dataset), seed + 5000, window, "paired_dataset")
+            self._streams["paired"] = DomainStream(
+                len(self.paired_dataset), seed + 5000, rows_per_step, "paired_dataset"
+            )
         domain_streams = [self._streams[d] for d in self._needed_domains()]
         steps_per_epoch = max(s.windows_per_epoch for s in domain_streams)
         max_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
         self._create_optimizers(max_steps)
         self._prepare()
         self._update_handler()
-
-        state = self.state = TrainerState(
-            is_local_process_zero=accel.is_local_main_process, is_world_process_zero=accel.is_main_process
-        )
-        state.max_steps, state.num_train_epochs = max_steps, math.ceil(max_steps / steps_per_epoch)
-        state.train_batch_size = args.per_device_train_batch_size
-        state.logging_steps = args.resolve_steps(args.logging_steps, max_steps)
-        state.eval_steps = args.resolve_steps(args.eval_steps or args.logging_steps, max_steps)
-        state.save_steps = args.resolve_steps(args.save_steps, max_steps)
-        since = _Since(self.trained, accel.device)
+        state = self.state = new_state(args, max_steps, math.ceil(max_steps / steps_per_epoch), accel)
+        meter = self.meter = Meter(accel.device)
         if resume is not None:
-            self._load_checkpoint(resume, since)
-            state = self.state
-        handler = self.callback_handler
+            state = self.state = ckpt.load_checkpoint(resume, self._resumable(), accel)
         if state.global_step == 0 and accel.trackers == [] and args.report_to:
             accel.init_trackers(args.run_name or "trainformers-cycle", config=scalar_config(args))
         self.control = handler.on_train_begin(args, state, self.control)
         if args.eval_on_start and state.global_step == 0:
             self._evaluate_during_training()
-        start_time = since.start = time.perf_counter()
+        start_time = time.perf_counter()
+        meter.start_clock()
         start_step = state.global_step
         self.control = handler.on_epoch_begin(args, state, self.control)
         while state.global_step < max_steps:
             self.control = handler.on_step_begin(args, state, self.control)
             kind = self._step_kind(state.global_step)
             for s in self.trained:
-                since.add(s, self._direction_step(s, kind))
-            since.paired_steps += kind == "paired"
+                self._direction_step(s, kind)
+            meter.add("paired_steps", int(kind == "paired"))
+            meter.add("steps", 1)
             state.global_step += 1
-            since.steps += 1
             state.epoch = max(stream.progress for stream in domain_streams)
             self.control = handler.on_step_end(args, state, self.control)
             if self.control.should_log:
-                self._log_training(since)
+                self._log_training()
+            pause = time.perf_counter()
             if self.control.should_evaluate:
                 self._evaluate_during_training()
             if self.control.should_save:
-                self._save_checkpoint(since)
+                ckpt.save_checkpoint(self._resumable(), args, accel)
                 self.control = handler.on_save(args, state, self.control)
                 self.control.should_save = False
+            meter.pause(time.perf_counter() - pause)
             if self.control.should_training_stop:
                 break
         self.control = handler.on_epoch_end(args, state, self.control)
@@ -785,62 +562,71 @@ class CycleTrainer:
         runtime = time.perf_counter() - start_time
         done = state.global_step - start_step
         losses = [row["loss"] for row in state.log_history if "loss" in row and "eval_loss" not in row]
-        rows = done * len(self.trained) * window
         metrics = {
             "train_runtime": round(runtime, 4),
-            "train_samples_per_second": round(rows / max(runtime, 1e-9), 3),
+            "train_samples_per_second": round(done * len(self.trained) * rows_per_step / max(runtime, 1e-9), 3),
             "train_steps_per_second": round(done / max(runtime, 1e-9), 3),
             "train_loss": float(np.mean(losses)) if losses else float("nan"),
             "epoch": state.epoch,
         }
         self.log(metrics)
         self.control = handler.on_train_end(args, state, self.control)
-        if args.report_at_end:
-            from ..report import report_at_end
-
-            report_at_end(self)  # report.png + report.md; a failed plot only warns
         return TrainOutput(state.global_step, metrics["train_loss"], metrics)
 
-    def _log_training(self, since: _Since) -> None:
+    def _log_training(self) -> None:
         """One training log row: per-direction losses, learning rates, grad norms and timings."""
-        accel, world = self.accelerator, self.accelerator.num_processes
+        accel, meter, world = self.accelerator, self.meter, self.accelerator.num_processes
         logs: dict[str, float] = {}
         losses = []
         for s in self.trained:
-            total = accel.reduce(since.loss[s].clone(), reduction="sum") if world > 1 else since.loss[s]
-            if since.loss_steps[s]:
-                logs[f"loss_{s}"] = total.item() / since.loss_steps[s]
+            total = torch.as_tensor(meter.get(f"loss_{s}"), dtype=torch.float32, device=accel.device)
+            if world > 1:  # each rank holds its part of the mean: the parts sum to it
+                total = accel.reduce(total.clone(), reduction="sum")
+            if meter.get(f"loss_steps_{s}"):
+                logs[f"loss_{s}"] = total.item() / meter.read(f"loss_steps_{s}")
                 losses.append(logs[f"loss_{s}"])
         if losses:
             logs["loss"] = sum(losses) / len(losses)
-        side = self.sides[self.trained[0]]
-        logs["learning_rate"] = side.optimizer.param_groups[0]["lr"]
+        logs["learning_rate"] = self.sides[self.trained[0]].optimizer.param_groups[0]["lr"]
         for s in self.trained:
             logs[f"learning_rate_{s}"] = self.sides[s].optimizer.param_groups[0]["lr"]
-            if since.grad_norm[s] is not None:
-                logs[f"grad_norm_{s}"] = float(since.grad_norm[s])
-            logs[f"dropped_{s}"] = since.dropped[s]
-        elapsed = max(time.perf_counter() - since.start, 1e-9)
-        steps = max(since.steps, 1)
-        logs["generation_seconds_per_step"] = round(since.gen_time / steps, 4)
-        logs["training_seconds_per_step"] = round(since.train_time / steps, 4)
-        logs["generation_share"] = round(since.gen_time / elapsed, 3)
-        logs["samples_per_second"] = round(since.rows * world / elapsed, 3)
-        logs["steps_per_second"] = round(since.steps / elapsed, 3)
-        if since.paired_steps:
-            logs["paired_steps"] = since.paired_steps
-        since.reset()
+            if meter.get(f"grad_norm_{s}", None) is not None:
+                logs[f"grad_norm_{s}"] = meter.read(f"grad_norm_{s}")
+            logs[f"dropped_{s}"] = meter.read(f"dropped_{s}")
+        elapsed, steps = meter.elapsed(), max(meter.read("steps"), 1)
+        logs["generation_seconds_per_step"] = round(meter.read("generation_seconds") / steps, 4)
+        logs["training_seconds_per_step"] = round(meter.read("training_seconds") / steps, 4)
+        logs["generation_share"] = round(meter.read("generation_seconds") / elapsed, 3)
+        logs["samples_per_second"] = round(meter.read("rows") * world / elapsed, 3)
+        logs["steps_per_second"] = round(meter.read("steps") / elapsed, 3)
+        if meter.read("paired_steps"):
+            logs["paired_steps"] = meter.read("paired_steps")
+        meter.reset()
         self.log(logs)
 
     def _evaluate_during_training(self) -> dict[str, float]:
         metrics = self.evaluate()
-        schedulers = [side.scheduler for side in self.sides.values() if side.scheduler is not None]
-        if after_evaluation(self.state, self.args, metrics, schedulers) and self.args.save_strategy == "best":
+        kernels = [self.sides[s].kernel for s in self.trained]
+        if after_evaluation(self.state, self.args, metrics, kernels) and self.args.save_strategy == "best":
             self.control.should_save = True
         self.control.should_evaluate = False
         return metrics
 
-    # ---- checkpoints ------------------------------------------------------------------------
+    # ---- checkpoints (what one holds: checkpoint.Resumable) ---------------------------------
+
+    def _resumable(self) -> ckpt.Resumable:
+        """This trainer's part of a checkpoint: models under A/ and B/, an optimizer and scheduler
+        per trained model, the meter and the position of every data stream."""
+        return ckpt.Resumable(
+            state=self.state,
+            save_models=self._save_models,
+            load_models=self._load_models,
+            optimizers={s: self.sides[s].optimizer for s in self.trained},
+            schedulers={s: self.sides[s].scheduler for s in self.trained},
+            stateful={"meter": self.meter, "streams": ckpt.StateDicts(self._streams, "data position")},
+            callbacks=self.callback_handler.callbacks,
+            restore_callbacks=self.args.restore_callback_states_from_checkpoint,
+        )
 
     def _save_models(self, directory: Path) -> None:
         """A/ and B/: each a model (`save_pretrained`) or, in MACCT, a peft adapter, with its tokenizer."""
@@ -876,65 +662,10 @@ class CycleTrainer:
         for s in SIDES:
             ckpt.load_model_files(self._bare(self.sides[s]), directory / s)
 
-    def _save_checkpoint(self, since: _Since) -> Path:
-        state, accel, args = self.state, self.accelerator, self.args
-        final = ckpt.checkpoint_dir(args.output_dir, state.global_step)
-        if state.best_global_step == state.global_step:
-            state.best_model_checkpoint = str(final)
-        state.stateful_callbacks = ckpt.callback_states(self.callback_handler.callbacks)
-        main = self.is_world_process_zero()
-        pending = since.pending()
-        with ckpt.atomic_checkpoint(final, is_main=main, barrier=accel.wait_for_everyone) as tmp:
-            self._save_models(tmp)
-            if not args.save_only_model:
-                ckpt.save_state(ckpt.rng_state(), tmp / f"rng_state_{accel.process_index}.pth")
-                if main:
-                    for s in self.trained:
-                        ckpt.save_state(self.sides[s].optimizer.state_dict(), tmp / f"optimizer_{s}.pt")
-                        ckpt.save_state(self.sides[s].scheduler.state_dict(), tmp / f"scheduler_{s}.pt")
-                    if accel.scaler is not None:
-                        ckpt.save_state(accel.scaler.state_dict(), tmp / ckpt.SCALER_NAME)
-            if main:
-                cycle_state = {"streams": {k: v.state_dict() for k, v in self._streams.items()}, "pending": pending}
-                ckpt.write_json(cycle_state, tmp / CYCLE_STATE_NAME)
-                ckpt.write_json(args.to_dict(), tmp / ckpt.ARGS_NAME)
-                state.save_to_json(tmp / ckpt.STATE_NAME)  # written last: the completion marker inside
-        if main:
-            ckpt.rotate_checkpoints(args.output_dir, args.save_total_limit, state.best_model_checkpoint)
-        return final
-
-    def _load_checkpoint(self, path: Path, since: _Since) -> None:
-        """Restore everything `_save_checkpoint` wrote, so the run continues bit for bit."""
-        missing = [f"optimizer_{s}.pt" for s in self.trained if not (path / f"optimizer_{s}.pt").is_file()]
-        if missing or not (path / CYCLE_STATE_NAME).is_file():
-            raise CheckpointError(
-                f"checkpoint '{path}' lacks {missing or [CYCLE_STATE_NAME]} (saved with save_only_model=True, or by "
-                "another trainer or cycle_directions?); it can be loaded as models but not resumed"
-            )
-        accel = self.accelerator
-        self._load_models(path)
-        for s in self.trained:
-            self.sides[s].optimizer.load_state_dict(ckpt.load_state(path / f"optimizer_{s}.pt"))
-            self.sides[s].scheduler.load_state_dict(ckpt.load_state(path / f"scheduler_{s}.pt"))
-        if accel.scaler is not None and (path / ckpt.SCALER_NAME).is_file():
-            accel.scaler.load_state_dict(ckpt.load_state(path / ckpt.SCALER_NAME))
-        cycle_state = json.loads((path / CYCLE_STATE_NAME).read_text())
-        for name, stream in self._streams.items():
-            if name not in cycle_state["streams"]:
-                raise CheckpointError(
-                    f"checkpoint '{path}' has no position for the {name} data; resume with the same settings"
-                )
-            stream.load_state_dict(cycle_state["streams"][name])
-        since.restore(cycle_state.get("pending", {}))
-        self.state = ckpt.restore_trainer_state(path, self.state, self.callback_handler.callbacks)
-        ckpt.restore_rng(path, accel.process_index, accel.num_processes)
-
     def create_model_card(self, **card: Any) -> Path:
         """Write README.md (a model card) into args.output_dir; the keywords of
         `Trainer.create_model_card` (language, license, tags, ...). See `trainformers.modelcard`."""
-        from ..modelcard import create_model_card
-
-        return create_model_card(self, **card)
+        return self.callback_handler.find_or_add(HubCallback).write_model_card(self, **card)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Write `A/` and `B/` under `output_dir` (default args.output_dir): each a model plain
@@ -963,7 +694,7 @@ class CycleTrainer:
         indices = self._shard(len(dataset))
         model = self._bare(back)
         for start in range(0, len(indices), size):
-            texts = self._texts(domain, _get_rows(dataset, indices[start : start + size]))
+            texts = self._texts(domain, get_rows(dataset, indices[start : start + size]))
             synthetic = self._generate(forward, texts, evaluation=True)
             batch = self.build_batch(other(domain), synthetic, texts)
             dropped += batch.num_dropped
@@ -1009,7 +740,7 @@ class CycleTrainer:
         start = time.perf_counter()
         sets = {"A": eval_dataset_A, "B": eval_dataset_B}
         sets = {
-            s: _as_dataset(d, getattr(args, f"text_field_{s}")) if d is not None else self.eval_datasets[s]
+            s: as_dataset(d, getattr(args, f"text_field_{s}")) if d is not None else self.eval_datasets[s]
             for s, d in sets.items()
         }
         paired = paired_eval_dataset if paired_eval_dataset is not None else self.paired_eval_dataset
@@ -1032,7 +763,7 @@ class CycleTrainer:
         if paired is not None and (args.metrics or self.compute_metrics is not None):
             for s in SIDES:
                 src, tgt = getattr(args, f"paired_field_{s}"), getattr(args, f"paired_field_{other(s)}")
-                rows = _get_rows(paired, self._shard(len(paired)))
+                rows = get_rows(paired, self._shard(len(paired)))
                 preds = self.translate(s, [str(r[src]) for r in rows])
                 pairs = list(zip(preds, [str(r[tgt]) for r in rows]))
                 if self.accelerator.num_processes > 1:
@@ -1054,49 +785,3 @@ class CycleTrainer:
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(args, self.state, self.control, metrics=metrics)
         return metrics
-
-
-class _Since:
-    """What the loop accumulates between two log rows (losses stay on the device until logged)."""
-
-    def __init__(self, sides: Sequence[str], device: torch.device) -> None:
-        self.sides, self.device = list(sides), device
-        self.reset()
-        self.start = time.perf_counter()
-
-    def reset(self) -> None:
-        self.loss = {s: torch.zeros((), device=self.device) for s in self.sides}
-        self.loss_steps = dict.fromkeys(self.sides, 0)
-        self.grad_norm: dict[str, Any] = dict.fromkeys(self.sides)
-        self.dropped = dict.fromkeys(self.sides, 0)
-        self.gen_time = self.train_time = 0.0
-        self.rows = self.steps = self.paired_steps = 0
-        self.start = time.perf_counter()
-
-    def add(self, side: str, out: Mapping[str, Any]) -> None:
-        if out["loss"] is not None:
-            self.loss[side] += out["loss"]
-            self.loss_steps[side] += 1
-            self.grad_norm[side] = out["grad_norm"]
-        self.dropped[side] += out["dropped"]
-        self.gen_time += out["gen_time"]
-        self.train_time += out["train_time"]
-        self.rows += out["rows"]
-
-    def pending(self) -> dict[str, Any]:
-        """The unlogged sums, as plain values (a resumed run logs the same rows)."""
-        return {
-            "loss": {s: float(v.item()) for s, v in self.loss.items()},
-            "loss_steps": self.loss_steps,
-            "dropped": self.dropped,
-            "steps": self.steps,
-            "paired_steps": self.paired_steps,
-        }
-
-    def restore(self, pending: Mapping[str, Any]) -> None:
-        for s in self.sides:
-            self.loss[s] = torch.tensor(pending.get("loss", {}).get(s, 0.0), device=self.device)
-            self.loss_steps[s] = int(pending.get("loss_steps", {}).get(s, 0))
-            self.dropped[s] = int(pending.get("dropped", {}).get(s, 0))
-        self.steps = int(pending.get("steps", 0))
-        self.paired_steps = int(pending.get("paired_steps", 0))

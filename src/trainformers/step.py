@@ -1,0 +1,219 @@
+"""The step kernel: one optimizer step over a window of micro-batches, the same for every loop.
+
+`Trainer`, each direction of `CycleTrainer` and the LR range test call `StepKernel.run`. It is the
+only place that counts label items over the window (and the ranks), skips the gradient all-reduce
+on every micro-batch but the last, scales the backward, clips, steps the optimizer and the
+scheduler (a plateau scheduler on evaluations, `step_on_metric`) and zeroes the gradients.
+
+The arithmetic, for a window of k micro-batches on W ranks whose gradients DDP averages:
+
+- With a label count n (`count_items`), each micro-batch's loss is its token-sum / n
+  (`losses.window_share`, or `lm_loss(num_items_in_batch=n)`), so a rank's k losses sum to its
+  part of the window mean. When n counts every rank's items, those parts sum to the mean over all
+  ranks, and the backward is multiplied by W to undo DDP's average.
+- Without a count (no labels: the model's own mean loss), each micro-batch weighs 1/k, and DDP's
+  average over ranks is the right one.
+
+`WindowStep.loss` is always this rank's part of the window's mean loss: summed over the ranks
+(`accelerator.reduce(..., "sum")`) it is the mean a log row shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .loop_utils import is_plateau
+
+Batch = Any  # one micro-batch, as the loop's micro-step function takes it
+MicroStep = Callable[[Batch, "torch.Tensor | None"], torch.Tensor]  # (batch, window items) -> detached loss
+CountItems = Callable[[Batch], torch.Tensor]  # label items of one micro-batch; ValueError: no labels
+
+
+@dataclass
+class WindowStep:
+    """What one `StepKernel.run` did.
+
+    Attributes:
+        loss: This rank's part of the window's mean loss (detached); None when the window was skipped.
+        grad_norm: The gradient norm before clipping (a tensor), or None without clipping.
+        num_items: The label items the window's losses were divided by, or None (not counted).
+    """
+
+    loss: torch.Tensor | None
+    grad_norm: torch.Tensor | None
+    num_items: torch.Tensor | None
+
+
+class StepKernel:
+    """Backward, clip, step and zero the gradients of one optimizer, for windows of micro-batches.
+
+    The micro-step function given to `run` does the forward and calls `kernel.backward(loss)`, which
+    applies this window's scale; `Trainer.training_step` is one such function, so a subclass that
+    overrides it keeps exact accumulation.
+
+    Where Accelerate's wrappers add nothing (no fp16 scaler; no DeepSpeed, FSDP or XLA), the kernel
+    makes the torch calls they would end in: `AcceleratedOptimizer.step`/`zero_grad` and
+    `Accelerator.clip_grad_norm_` look up optional packages, parse versions and inspect signatures
+    on every call (about 1 ms per step on this CPU, 7% of a small model's step), and
+    `Accelerator.backward` reads the environment and divides by its accumulation count, 1 here
+    (bench/step_overhead.py). In every other setting it defers to Accelerate.
+
+    Args:
+        accel: The run's `Accelerator`.
+        optimizer: The optimizer (as `accel.prepare` returned it, or a plain torch optimizer).
+        scheduler: The LR scheduler stepped after each optimizer step; a plateau scheduler steps
+            only on `step_on_metric`. None for none.
+        params: The parameters to clip (frozen ones too: a callback may unfreeze them mid-run).
+        max_grad_norm: Clip the gradient norm to this; None or <= 0 for no clipping.
+        ranks: Processes whose gradients the model wrapper averages (1 when each rank steps alone).
+        items_across_ranks: Sum the label count over the ranks (`average_tokens_across_devices`).
+        always_count: Count label items even for a window of one micro-batch on one rank (whose
+            mean needs no count), e.g. because a `compute_loss_func` wants `num_items_in_batch`.
+    """
+
+    def __init__(
+        self,
+        accel: Any,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        params: Iterable[torch.nn.Parameter],
+        *,
+        max_grad_norm: float | None,
+        ranks: int,
+        items_across_ranks: bool,
+        always_count: bool = False,
+    ) -> None:
+        from accelerate.utils import DistributedType
+
+        self.accel, self.optimizer, self.scheduler = accel, optimizer, scheduler
+        self.params = list(params)
+        self.max_grad_norm = max_grad_norm if max_grad_norm and max_grad_norm > 0 else None
+        self.ranks = ranks
+        self.items_across_ranks = items_across_ranks and ranks > 1
+        self.always_count = always_count or self.items_across_ranks
+        inner = getattr(optimizer, "optimizer", None)
+        # a torch optimizer with a scaler that Accelerate does not manage (the LR range test under fp16)
+        self.scaler = accel.scaler if inner is None else None
+        plain = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+        if inner is None:
+            self.direct: torch.optim.Optimizer | None = optimizer if self.scaler is None else None
+        else:
+            direct = (
+                accel.scaler is None and accel.distributed_type in plain and isinstance(inner, torch.optim.Optimizer)
+            )
+            self.direct = inner if direct else None
+        self.direct_backward = self.direct is not None and accel.gradient_accumulation_steps == 1
+        self.scale = 1.0  # the current window's backward multiplier (see the module docstring)
+        self.skipped = False  # the last step was skipped (fp16 overflow); never without a scaler
+
+    # ---- the window -------------------------------------------------------------------------
+
+    def count_items(self, window: Sequence[Batch], count: CountItems) -> torch.Tensor | None:
+        """Label items in the whole window, summed over the ranks when asked (a tensor, no host sync).
+
+        Returns None when the batches hold no labels (the model or `compute_loss` makes the loss).
+        """
+        try:
+            total = sum(count(batch) for batch in window)
+        except ValueError:
+            return None
+        total = torch.as_tensor(total, device=self.accel.device)
+        if self.items_across_ranks:
+            total = self.accel.reduce(total, reduction="sum")
+        return total
+
+    def run(
+        self,
+        model: torch.nn.Module,
+        window: Sequence[Batch],
+        micro_step: MicroStep,
+        count: CountItems,
+        *,
+        on_micro: Callable[[Batch, torch.Tensor, bool], None] | None = None,
+        before_step: Callable[[], None] | None = None,
+        after_step: Callable[[], None] | None = None,
+        skip_empty: bool = False,
+    ) -> WindowStep:
+        """One optimizer step over `window`: forward/backward each micro-batch, clip, step, schedule, zero.
+
+        Args:
+            model: The (wrapped) model: `no_sync(model)` skips the all-reduce of non-final micro-batches.
+            window: The micro-batches of this optimizer step, on this rank.
+            micro_step: `fn(batch, num_items) -> detached loss`: the forward, then `self.backward(loss)`.
+            count: Label items of one micro-batch (`losses.count_label_items`).
+            on_micro: Called after each micro-batch with (batch, its share of the logged loss, last).
+            before_step / after_step: Called around the optimizer step (callback events).
+            skip_empty: Take no step when the window has no label item on any rank (one host sync).
+        """
+        k = len(window)
+        items = self.count_items(window, count) if self.always_count or k > 1 or skip_empty else None
+        if skip_empty and items is not None and int(items) == 0:
+            return WindowStep(None, None, items)
+        global_count = items is not None and self.items_across_ranks
+        self.scale = float(self.ranks) if global_count else (1.0 / k if items is None and k > 1 else 1.0)
+        share = (1.0 if global_count or self.ranks == 1 else 1.0 / self.ranks) * (1.0 / k if items is None else 1.0)
+        total: torch.Tensor | None = None
+        for i, batch in enumerate(window):
+            last = i == k - 1
+            with self.accel.no_sync(model) if not last else nullcontext():
+                loss = micro_step(batch, items)
+            part = loss * share if share != 1.0 else loss
+            total = part if total is None else total + part
+            if on_micro is not None:
+                on_micro(batch, part, last)
+        grad_norm = self.clip() if self.max_grad_norm is not None else None
+        if before_step is not None:
+            before_step()
+        self.step()
+        if after_step is not None:
+            after_step()
+        self.zero_grad()
+        return WindowStep(total, grad_norm, items)
+
+    # ---- the pieces -------------------------------------------------------------------------
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """`loss.backward()` with this window's scale, through Accelerate only where it scales or hands on."""
+        if self.scale != 1.0:
+            loss = loss * self.scale
+        if self.direct_backward:
+            loss.backward()
+        elif self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            self.accel.backward(loss)
+
+    def clip(self) -> torch.Tensor:
+        """Clip the gradient norm to `max_grad_norm`; returns the total norm before clipping (a tensor)."""
+        max_norm = self.max_grad_norm or 0.0  # run() only clips when it is set
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.direct is None and self.scaler is None:
+            return self.accel.clip_grad_norm_(self.params, max_norm)
+        return torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+
+    def step(self) -> None:
+        """The optimizer step, then the scheduler's (unless the step was skipped or it is a plateau one)."""
+        if self.scaler is not None:
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.skipped = self.scaler.get_scale() < scale
+        else:
+            (self.direct or self.optimizer).step()
+            self.skipped = self.direct is None and self.accel.optimizer_step_was_skipped
+        if self.scheduler is not None and not self.skipped and not is_plateau(self.scheduler):
+            self.scheduler.step()
+
+    def zero_grad(self) -> None:
+        (self.direct or self.optimizer).zero_grad(set_to_none=True)
+
+    def step_on_metric(self, value: float) -> None:
+        """Step a plateau (metric-driven) scheduler with an evaluation result; others ignore it."""
+        if self.scheduler is not None and is_plateau(self.scheduler):
+            self.scheduler.step(value)
