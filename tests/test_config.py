@@ -20,10 +20,11 @@ from trainformers.config import (
     load_config,
     parse_overrides,
 )
+from trainformers.config.fields import is_alias
 from trainformers.errors import ConfigError
 
 HF_FIELDS = {f.name: f for f in dataclasses.fields(transformers.TrainingArguments)}
-ALIASES = {f.name for f in dataclasses.fields(TrainingArguments) if "alias_of" in f.metadata}
+ALIASES = {f.name for f in dataclasses.fields(TrainingArguments) if is_alias(f)}
 
 
 def _default(f: dataclasses.Field):
@@ -155,7 +156,7 @@ def test_unknown_keyword_is_a_config_error_with_suggestion():
     assert str(info.value) == ("TrainingArguments got an unknown field 'lerning_rate' (did you mean 'learning_rate'?)")
 
 
-@pytest.mark.parametrize("name", ["use_liger_kernel", "neftune_noise_alpha"])
+@pytest.mark.parametrize("name", ["use_liger_kernel", "torch_empty_cache_steps"])
 def test_unsupported_transformers_field_says_so(name):
     with pytest.raises(ConfigError) as info:
         TrainingArguments(**{name: 1})
@@ -413,7 +414,7 @@ def test_yaml_booleans_and_floats_follow_yaml_1_2(tmp_path):
         ("trainig:\n  seed: 1\n", "unknown section 'trainig' in "),
         ("training:\n  lerning_rate: 1\n", "unknown key 'training.lerning_rate' in "),
         ("model:\n  hiden_size: 1\n", "(did you mean 'model.hidden_size'?)"),
-        ("training:\n  neftune_noise_alpha: 5\n", "'neftune_noise_alpha' is a transformers option"),
+        ("training:\n  torch_empty_cache_steps: 5\n", "'torch_empty_cache_steps' is a transformers option"),
         ("- a\n- b\n", "must be a mapping of sections"),
         ("training: 3\n", "section 'training'"),
         ("training:\n  learning_rate: fast\n", "learning_rate must be a number, got 'fast'"),

@@ -35,7 +35,7 @@ import pytest
 
 import trainformers
 from trainformers.config import TrainingArguments
-from trainformers.config.fields import is_alias
+from trainformers.config.fields import alias_target, is_alias
 from trainformers.cycle.config import NOT_IN_CYCLE, CycleTrainingArguments
 from trainformers.errors import ConfigError
 
@@ -49,6 +49,7 @@ SHARED_MODULES = (
     "accel",
     "callbacks",
     "checkpoint",
+    "config.process",
     "config.training",
     "events",
     "hub",
@@ -181,7 +182,12 @@ HONOURED: dict[str, str] = {
     "paired_mix_every": "cycle.trainer.CycleTrainer._step_kind",
     "metrics": "cycle.trainer.CycleTrainer.evaluate",
     "prepare_cycle_inputs": "cycle.trainer.CycleTrainer.__init__",
-    "log_level": "loop_utils.apply_log_level",
+    "log_level": "config.process.ProcessInfo.get_process_log_level",
+    "log_level_replica": "config.process.ProcessInfo.get_process_log_level",
+    "log_on_each_node": "config.process.ProcessInfo.should_log",
+    "local_rank": "config.process.ProcessInfo.local_process_index",  # the launcher's LOCAL_RANK comes first
+    "neftune_noise_alpha": "cycle.trainer.CycleTrainer.train",
+    "enable_jit_checkpoint": "cycle.trainer.CycleTrainer.__init__",
     "restore_callback_states_from_checkpoint": "cycle.trainer.CycleTrainer._resumable",
 }
 
@@ -190,8 +196,9 @@ METADATA: dict[str, str] = {
     "do_train": "informational flag for scripts (its help: 'The Trainer ignores it')",
     "do_eval": "informational flag for scripts; __post_init__ sets it when eval_strategy is not 'no'",
     "do_predict": "informational flag for scripts (its help: 'The Trainer ignores it')",
-    "local_rank": "written by a launcher; Accelerate takes the process's rank from the environment (LOCAL_RANK)",
     "skip_memory_metrics": "True is the only value TrainingArguments accepts: no trainer reports memory metrics",
+    "debug": "only empty is accepted: transformers' debug options are not carried out by any trainer",
+    "save_on_each_node": "only False is accepted: rank 0 saves, to a filesystem every machine shares",
 }
 
 # Older spellings: TrainingArguments.__post_init__ moves the value onto the target and resets the alias to None.
@@ -247,6 +254,8 @@ ALTERNATIVES: dict[str, tuple[Any, ...]] = {
     "fp16_full_eval": (True,),
     "include_num_input_tokens_seen": (True, "all", "non_padding"),
     "peak_tflops": (100.0,),
+    "eval_do_concat_batches": (False,),
+    "eval_use_gather_object": (True,),
     "logging_nan_inf_filter": (True,),
     "average_tokens_across_devices": (False,),
 }
@@ -334,7 +343,7 @@ class _ArgsReads(ast.NodeVisitor):
             isinstance(node, ast.Name)
             and node.id == "self"
             and bool(self.classes)
-            and (self.classes[-1].endswith("TrainingArguments"))
+            and (self.classes[-1].endswith("TrainingArguments") or self.classes[-1] == "ProcessInfo")
         )
 
     def _read(self, name: str) -> None:
@@ -471,7 +480,7 @@ def test_refused_field_raises_one_line_error_naming_it(name: str, value: Any, tm
 
 
 def test_aliases_match_the_source() -> None:
-    source = {f.name: f.metadata["alias_of"] for f in dataclasses.fields(CycleTrainingArguments) if is_alias(f)}
+    source = {f.name: alias_target(f) for f in dataclasses.fields(CycleTrainingArguments) if is_alias(f)}
     assert ALIASES == source
 
 

@@ -108,3 +108,20 @@ def check_train_inputs(args: Any, train_dataset: Any, eval_dataset: Any) -> None
             f"training.eval_strategy='{args.eval_strategy}' but Trainer has no eval_dataset; "
             "pass eval_dataset=... or set eval_strategy='no'"
         )
+
+
+def named_eval_set(eval_dataset: Any, which: Any) -> Any:
+    """The eval set to use: `which` itself (a dataset), the Trainer's set of that name, or the Trainer's own.
+
+    Raises:
+        DataError: no eval set, or no set of that name.
+    """
+    if isinstance(which, str):
+        if not isinstance(eval_dataset, dict) or which not in eval_dataset:
+            names = sorted(eval_dataset) if isinstance(eval_dataset, dict) else []
+            raise DataError(f"evaluate({which!r}): the Trainer has no eval set of that name (its eval sets: {names})")
+        return eval_dataset[which]
+    dataset = which if which is not None else eval_dataset
+    if dataset is None:
+        raise DataError("evaluate() needs an eval_dataset; pass eval_dataset=... to Trainer or evaluate()")
+    return dataset

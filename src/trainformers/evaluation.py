@@ -164,6 +164,7 @@ class EvalAccumulator:
     include_losses: bool = False
     batch_metrics: Callable | None = None
     accumulation_steps: int | None = None
+    concat_batches: bool = True  # eval_do_concat_batches: False keeps a list of per-batch arrays
     loss_sum: torch.Tensor | None = None
     item_sum: torch.Tensor | None = None
     num_samples: int = 0
@@ -251,7 +252,8 @@ class EvalAccumulator:
             self.batches.clear()
             if compute_metrics is None:
                 columns[2:] = [[], []]  # inputs and losses only ever go to compute_metrics
-            preds, labels, inputs, losses = (concat_outputs(c) if c else None for c in columns)
+            join = concat_outputs if self.concat_batches else list
+            preds, labels, inputs, losses = (join(c) if c else None for c in columns)
             if compute_metrics is not None and preds is not None and labels is not None:
                 metrics.update(compute_metrics(_prediction(preds, labels, inputs, losses)) or {})
         out = {}

@@ -28,11 +28,11 @@ def seed_everything(args: Any) -> None:
 
 
 def apply_log_level(args: Any) -> None:
-    """Set the transformers log verbosity from `args.log_level` ("passive" leaves it as it is)."""
-    if args.log_level != "passive":
-        from transformers.utils import logging as hf_logging
+    """Set the transformers log verbosity of this process: `log_level` where `args.should_log`,
+    `log_level_replica` elsewhere ("passive" leaves it as it is)."""
+    from transformers.utils import logging as hf_logging
 
-        hf_logging.set_verbosity(hf_logging.get_log_levels_dict()[args.log_level])
+    hf_logging.set_verbosity(args.get_process_log_level())
 
 
 def default_collator(processing_class: Any) -> Callable:

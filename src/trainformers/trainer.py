@@ -20,15 +20,14 @@ import torch
 from accelerate.optimizer import AcceleratedOptimizer
 from torch import nn
 from torch.utils.data import DataLoader
-from transformers.trainer_utils import EvalPrediction, PredictionOutput, TrainOutput
+from transformers.trainer_utils import EvalPrediction, TrainOutput
 
 from . import checkpoint as ckpt
 from .accel import build_accelerator
 from .callbacks import CallbackHandler, HubCallback, TrainerCallback, default_callbacks
 from .config import TrainingArguments
-from .dataloaders import check_train_inputs, make_dataloader, remove_unused_columns, train_dataloader
+from .dataloaders import check_train_inputs, remove_unused_columns, train_dataloader
 from .errors import ConfigError, DataError
-from .evaluation import EvalAccumulator, prediction_outputs
 from .flops import Peak, flops_row, model_flops, peak_tflops
 from .loop_utils import (
     after_evaluation,
@@ -41,20 +40,23 @@ from .loop_utils import (
     safe_len,
     scalar_config,
     seed_everything,
-    speed_metrics,
     take,
     training_length,
     unwrap_peft,
 )
 from .losses import count_label_items, lm_loss, model_output_loss, window_share
 from .meter import Meter, add_loss_terms, loss_term_means
+from .neftune import neftune_noise
 from .optim import create_optimizer, create_scheduler, describe_param_groups
+from .preemption import SigtermCheckpoint
+from .results import format_metrics_block, metrics_format, save_metrics
 from .sampling import EpochSampler, skip_first_batches
 from .state import TrainerControl, TrainerState
 from .step import StepKernel
+from .trainer_evaluation import EvaluationMethods
 
 
-class Trainer:
+class Trainer(EvaluationMethods):
     """Train, evaluate and predict with any model whose forward returns a loss.
 
     The loop, in pseudocode (`_train_loop`):
@@ -114,6 +116,8 @@ class Trainer:
         self.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
         self.meter = Meter(self.accelerator.device)  # what the running train() accumulates between log rows
         self.step_kernel: StepKernel | None = None  # the running train()'s backward/clip/step path
+        self._sigterm = SigtermCheckpoint(self.args.enable_jit_checkpoint)
+        self._eval_dataloaders: dict[str, DataLoader] = {}  # kept only with persistent workers
         self.state = TrainerState(
             is_local_process_zero=self.is_local_process_zero(), is_world_process_zero=self.is_world_process_zero()
         )
@@ -207,23 +211,6 @@ class Trainer:
             raise DataError("Trainer.train() needs a train_dataset; pass train_dataset=... to Trainer")
         dataset = self._remove_unused_columns(self.train_dataset, "train_dataset")
         return train_dataloader(dataset, self.args, self.data_collator, self.accelerator.num_processes)
-
-    def get_eval_dataloader(self, eval_dataset: Any = None) -> DataLoader:
-        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
-        if dataset is None:
-            raise DataError("evaluate() needs an eval_dataset; pass eval_dataset=... to Trainer or evaluate()")
-        dataset = self._remove_unused_columns(dataset, "eval_dataset")
-        loader = make_dataloader(dataset, self.args, self.args.per_device_eval_batch_size, self.data_collator)
-        accel = self.accelerator
-        # uneven shards: no rank evaluates padded duplicates, so sums and outputs stay exact
-        even, accel.even_batches = accel.even_batches, False
-        try:
-            return accel.prepare(loader)
-        finally:
-            accel.even_batches = even
-
-    def get_test_dataloader(self, test_dataset: Any) -> DataLoader:
-        return self.get_eval_dataloader(test_dataset)
 
     # ---- optimizer --------------------------------------------------------------------------
 
@@ -352,16 +339,17 @@ class Trainer:
             from .lr_finder import use_suggested_learning_rate
 
             use_suggested_learning_rate(self)
-        if self.args.auto_find_batch_size:
-            from accelerate.utils import find_executable_batch_size
+        with neftune_noise([self.model], self.args.neftune_noise_alpha), self._sigterm:
+            if self.args.auto_find_batch_size:
+                from accelerate.utils import find_executable_batch_size
 
-            def attempt(batch_size: int) -> TrainOutput:
-                self.args.per_device_train_batch_size = batch_size
-                self.optimizer = self.lr_scheduler = None
-                return self._train_loop(resume)
+                def attempt(batch_size: int) -> TrainOutput:
+                    self.args.per_device_train_batch_size = batch_size
+                    self.optimizer = self.lr_scheduler = None
+                    return self._train_loop(resume)
 
-            return find_executable_batch_size(attempt, starting_batch_size=self.args.per_device_train_batch_size)()
-        return self._train_loop(resume)
+                return find_executable_batch_size(attempt, starting_batch_size=self.args.per_device_train_batch_size)()
+            return self._train_loop(resume)
 
     def _train_loop(self, resume: Path | None) -> TrainOutput:
         args, handler = self.args, self.callback_handler
@@ -411,6 +399,7 @@ class Trainer:
                 meter.add("steps", 1)
                 state.epoch = epoch + state.epoch_step / micro_per_epoch if micro_per_epoch else float(epoch)
                 self.control = handler.on_step_end(args, state, self.control)
+                self._sigterm.stop_if_requested(self.control)
                 if self.control.should_log:
                     self._log_training()
                 self._maybe_evaluate_and_save()
@@ -710,102 +699,32 @@ class Trainer:
             self, folder, commit_message, blocking, **card_kwargs
         )
 
+    # ---- results, as HF's example scripts save them (trainformers.results) ------------------
+
+    def metrics_format(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        return metrics_format(metrics)
+
+    def log_metrics(self, split: str, metrics: dict[str, Any]) -> None:
+        """Print the `***** {split} metrics *****` block (main process)."""
+        if self.is_world_process_zero():
+            print(format_metrics_block(split, metrics))
+
+    def save_metrics(self, split: str, metrics: dict[str, Any], combined: bool = True) -> None:
+        """Write `{split}_results.json` (and update `all_results.json`) in args.output_dir (main process)."""
+        if self.is_world_process_zero():
+            save_metrics(self.args.output_dir, split, metrics, combined)
+
+    def save_state(self) -> None:
+        """Write `trainer_state.json` into args.output_dir (main process)."""
+        if self.is_world_process_zero():
+            Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
+            self.state.save_to_json(Path(self.args.output_dir) / ckpt.STATE_NAME)
+
+    def get_num_trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
     # ---- logging ------------------------------------------------------------------------
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Record a row in `state.log_history` and hand it to the callbacks (progress, JSONL, trackers)."""
         self.control = self.callback_handler.log(self.args, self.state, self.control, logs)
-
-    # ---- evaluation ---------------------------------------------------------------------
-
-    def evaluate(
-        self, eval_dataset: Any = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"
-    ) -> dict[str, float]:
-        """Evaluate on `eval_dataset` (or the Trainer's); a dict of sets is evaluated set by set."""
-        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
-        if isinstance(dataset, dict):
-            metrics: dict[str, float] = {}
-            for name, subset in dataset.items():
-                metrics.update(self.evaluate(subset, ignore_keys, f"{metric_key_prefix}_{name}"))
-            return metrics
-        dataloader = self.get_eval_dataloader(dataset)
-        start = time.perf_counter()
-        output = self.evaluation_loop(dataloader, "Evaluation", None, ignore_keys, metric_key_prefix)
-        output.metrics.update(speed_metrics(metric_key_prefix, start, output.num_samples, safe_len(dataloader)))
-        if self.state.epoch is not None:
-            output.metrics["epoch"] = self.state.epoch  # HF returns it with the metrics
-        self.log(output.metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=output.metrics)
-        return output.metrics
-
-    def predict(
-        self, test_dataset: Any, ignore_keys: list[str] | None = None, metric_key_prefix: str = "test"
-    ) -> PredictionOutput:
-        """Predictions (and metrics when labels are present) over `test_dataset`."""
-        dataloader = self.get_test_dataloader(test_dataset)
-        start = time.perf_counter()
-        output = self.evaluation_loop(dataloader, "Prediction", False, ignore_keys, metric_key_prefix)
-        output.metrics.update(speed_metrics(metric_key_prefix, start, output.num_samples, safe_len(dataloader)))
-        self.control = self.callback_handler.on_predict(self.args, self.state, self.control, metrics=output.metrics)
-        return PredictionOutput(predictions=output.predictions, label_ids=output.label_ids, metrics=output.metrics)
-
-    def evaluation_loop(
-        self,
-        dataloader: DataLoader,
-        description: str,
-        prediction_loss_only: bool | None = None,
-        ignore_keys: list[str] | None = None,
-        metric_key_prefix: str = "eval",
-    ) -> Any:
-        """Run `prediction_step` over a dataloader; keep logits only when something will use them."""
-        args, accel = self.args, self.accelerator
-        if prediction_loss_only is None:
-            prediction_loss_only = args.prediction_loss_only
-        keep_outputs = not prediction_loss_only and (self.compute_metrics is not None or description == "Prediction")
-        # the bare model: ranks may run different numbers of batches, and a DDP forward would
-        # wait on the others (buffer broadcast); evaluation needs no gradient sync
-        model = accel.unwrap_model(getattr(self, "model_wrapped", self.model), keep_torch_compile=True)
-        model.eval()
-        if (args.bf16_full_eval or args.fp16_full_eval) and not args.do_train and not hasattr(self, "model_wrapped"):
-            # as in HF: a one-way cast, only for evaluation-only use (it would cost a trained
-            # model its fp32 bits)
-            model = model.to(torch.bfloat16 if args.bf16_full_eval else torch.float16)
-        acc = EvalAccumulator(
-            world_size=accel.num_processes,
-            keep_outputs=keep_outputs,
-            include_inputs="inputs" in args.include_for_metrics,
-            include_losses="loss" in args.include_for_metrics,
-            batch_metrics=self.compute_metrics if args.batch_eval_metrics else None,
-            accumulation_steps=args.eval_accumulation_steps,
-        )
-        self.callback_handler.eval_dataloader = dataloader
-        for inputs in dataloader:
-            loss, logits, labels = self.prediction_step(model, inputs, not keep_outputs, ignore_keys)
-            n_items = None
-            if loss is not None:
-                try:
-                    n_items = self.count_items(inputs)
-                except ValueError:
-                    n_items = None
-            if logits is not None and self.preprocess_logits_for_metrics is not None:
-                logits = self.preprocess_logits_for_metrics(logits, labels)
-            acc.add(inputs, loss, n_items, logits, labels)
-            self.control = self.callback_handler.on_prediction_step(args, self.state, self.control)
-        return acc.finish(accel, self.compute_metrics, metric_key_prefix)
-
-    def prediction_step(
-        self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: list[str] | None = None
-    ) -> tuple[torch.Tensor | None, Any, Any]:
-        """(loss, logits, labels) for one batch, without gradients (HF semantics)."""
-        has_labels = all(inputs.get(name) is not None for name in self.label_names)
-        if ignore_keys is None:
-            ignore_keys = getattr(getattr(unwrap_peft(self.model), "config", None), "keys_to_ignore_at_inference", [])
-        with torch.no_grad(), self.accelerator.autocast():
-            if has_labels:
-                loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
-                loss = loss.detach().float()
-            else:
-                loss, outputs = None, model(**inputs)
-        if prediction_loss_only:
-            return loss, None, None
-        return loss, *prediction_outputs(outputs, inputs, self.label_names if has_labels else None, ignore_keys)

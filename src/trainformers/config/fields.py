@@ -33,6 +33,8 @@ FSDP_OPTIONS = (
 )  # fmt: skip
 DDP_BACKENDS = ("nccl", "gloo", "mpi", "ccl", "hccl", "cncl", "mccl")
 METRIC_INPUTS = ("inputs", "loss")
+# annotated `str | None` (a type transformers' HfArgumentParser can read) yet also taking true: the newest checkpoint
+PATH_OR_TRUE = frozenset({"resume_from_checkpoint"})
 ACCELERATOR_CONFIG_KEYS = ("split_batches", "even_batches", "non_blocking")  # what accel.py carries out
 TOKENS_SEEN_MODES = ("all", "non_padding")
 MODEL_DTYPES = ("float32", "bfloat16", "float16", "auto")
@@ -55,13 +57,31 @@ def arg(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+# The older spellings, by field object: (the field, the current name or None, warn when used). Kept
+# out of the field's metadata because transformers' HfArgumentParser hands every metadata key to
+# argparse.add_argument, which accepts "help" and refuses anything of ours.
+_ALIASES: dict[int, tuple[dataclasses.Field, str | None, bool]] = {}
+
+
 def alias(new: str | None, help: str, warn: bool = True) -> Any:
     """An accepted other spelling, mapped onto `new` in `__post_init__` and then reset to None."""
-    return field(default=None, repr=False, metadata={"help": help, "alias_of": new, "warn": warn})
+    f: Any = field(default=None, repr=False, metadata={"help": help})
+    _ALIASES[id(f)] = (f, new, warn)
+    return f
 
 
 def is_alias(f: dataclasses.Field) -> bool:
-    return "alias_of" in f.metadata
+    entry = _ALIASES.get(id(f))
+    return entry is not None and entry[0] is f
+
+
+def alias_target(f: dataclasses.Field) -> str | None:
+    """The field an older spelling maps onto (None: accepted and dropped with a warning)."""
+    return _ALIASES[id(f)][1]
+
+
+def alias_warns(f: dataclasses.Field) -> bool:
+    return _ALIASES[id(f)][2]
 
 
 def field_default(f: dataclasses.Field) -> Any:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, did_you_mean
-from .fields import hf_field_names, is_number, unknown_field_message
+from .fields import PATH_OR_TRUE, hf_field_names, is_number, unknown_field_message
 from .sections import SECTIONS, DataSection, ModelSection, RunConfig
 from .training import TrainingArguments
 from .yaml_io import parse_value, read_yaml
@@ -74,6 +74,8 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
             raise ConfigError(f"{key} must be an integer, got {value!r}")
     elif options == {bool} and not isinstance(value, bool):
         raise ConfigError(f"{key} must be true or false, got {value!r}")
+    elif options == {str} and isinstance(value, bool) and key.rpartition(".")[2] in PATH_OR_TRUE:
+        return value
     elif options == {str} and not isinstance(value, str):
         raise ConfigError(f"{key} must be a string, got {value!r}; quote it in YAML")
     return value

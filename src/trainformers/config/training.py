@@ -31,6 +31,8 @@ from .fields import (
     TOKENS_SEEN_MODES,
     TRACKERS,
     alias,
+    alias_target,
+    alias_warns,
     arg,
     check_int,
     check_steps,
@@ -41,11 +43,12 @@ from .fields import (
     json_dict,
     unknown_field_message,
 )
+from .process import ProcessInfo
 from .yaml_io import parse_value
 
 
 @dataclass
-class TrainingArguments:
+class TrainingArguments(ProcessInfo):
     """Hyperparameters of a training run, with the transformers 5 names, defaults and meanings.
 
     Older spellings (`evaluation_strategy`, `warmup_ratio`, `no_cuda`, ...) are accepted with a
@@ -115,15 +118,20 @@ class TrainingArguments:
         "adamw_torch_fused",
         "Optimizer name. The 8-bit and paged variants need bitsandbytes, checked when training starts.",
     )
-    optim_args: str | dict[str, Any] | None = arg(
+    optim_args: dict | str | None = arg(
         None, "Extra optimizer keyword arguments, as 'k=v,k2=v2' or a dict (e.g. 'momentum=0.9')."
     )
     lr_scheduler_type: str = arg("linear", "Learning-rate schedule after warmup; any transformers SchedulerType.")
     lr_scheduler_kwargs: dict[str, Any] = arg({}, "Extra keyword arguments for the scheduler (e.g. num_cycles).")
-    warmup_steps: int | float = arg(
+    warmup_steps: float = arg(
         0, "Linear warmup: an integer >= 1 is a number of steps, a float in [0, 1) a fraction of all steps."
     )
     label_smoothing_factor: float = arg(0.0, "Label smoothing for the cross-entropy loss, in [0, 1).")
+    neftune_noise_alpha: float | None = arg(
+        None,
+        "NEFTune: add uniform noise of scale alpha / sqrt(sequence length x hidden size) to the input embeddings "
+        "while training (5 is usual); None for none.",
+    )
     param_groups: list[dict[str, Any]] | None = arg(
         None,
         "Per-parameter-group settings: a list of {pattern, lr, weight_decay} matched (re.search) against "
@@ -156,7 +164,7 @@ class TrainingArguments:
     auto_find_batch_size: bool = arg(False, "On out-of-memory, shrink the batch size and retry.")
     # --- logging ---
     logging_strategy: str = arg("steps", "When to log: 'steps' (every logging_steps), 'epoch' or 'no'.")
-    logging_steps: int | float = arg(500, "Log every N optimizer steps, or a fraction in (0, 1) of the total steps.")
+    logging_steps: float = arg(500, "Log every N optimizer steps, or a fraction in (0, 1) of the total steps.")
     logging_first_step: bool = arg(False, "Also log after the first optimizer step.")
     logging_nan_inf_filter: bool = arg(
         True, "Leave NaN/inf step losses out of the logged average (the update still happens)."
@@ -169,7 +177,7 @@ class TrainingArguments:
         "Peak TFLOP/s of one device, for the logged MFU; None: a GPU's datasheet figure, else a matmul measured "
         "once and cached (~/.cache/trainformers); 0 turns MFU off (TFLOP/s is still logged).",
     )
-    report_to: str | list[str] | None = arg(
+    report_to: None | str | list[str] = arg(
         "none", "Trackers to log to: a name or list of them, 'all' for the installed ones, 'none' for none."
     )
     logging_dir: str | None = arg(None, "TensorBoard log directory; None means OUTPUT_DIR/runs.")
@@ -177,12 +185,14 @@ class TrainingArguments:
     log_level: str = arg(
         "passive", "Logger verbosity: debug, info, warning, error, critical, or passive to leave it as is."
     )
+    log_level_replica: str = arg("warning", "Logger verbosity of the processes that do not log (see should_log).")
+    log_on_each_node: bool = arg(True, "Log from the main process of every machine, not only of the first.")
     include_num_input_tokens_seen: bool | str = arg(
         False, "Log the input tokens seen: True or 'all' counts every token, 'non_padding' skips padding."
     )
     # --- evaluation ---
     eval_strategy: str = arg("no", "When to evaluate: 'no', 'steps' (every eval_steps) or 'epoch'.")
-    eval_steps: int | float | None = arg(
+    eval_steps: float | None = arg(
         None, "Evaluate every N steps, or a fraction in (0, 1) of the total; None uses logging_steps."
     )
     eval_delay: float = arg(0, "Epochs or steps (following eval_strategy) to wait before the first evaluation.")
@@ -197,11 +207,19 @@ class TrainingArguments:
     batch_eval_metrics: bool = arg(
         False, "Call compute_metrics on every eval batch and once at the end, to save memory."
     )
+    eval_do_concat_batches: bool = arg(
+        True, "Concatenate the eval batches' predictions; False hands compute_metrics a list of per-batch arrays."
+    )
+    eval_use_gather_object: bool = arg(
+        False,
+        "Gather eval outputs across processes as Python objects (nested or ragged outputs). Outputs are always "
+        "gathered that way here, so both values give the same result.",
+    )
     # --- saving ---
     save_strategy: str = arg(
         "steps", "When to checkpoint: 'no', 'steps', 'epoch' or 'best' (when the metric improves)."
     )
-    save_steps: int | float = arg(500, "Checkpoint every N steps, or a fraction in (0, 1) of the total steps.")
+    save_steps: float = arg(500, "Checkpoint every N steps, or a fraction in (0, 1) of the total steps.")
     save_total_limit: int | None = arg(None, "Keep at most N checkpoints, deleting the oldest (never the best).")
     save_only_model: bool = arg(
         False, "Save only the model weights in checkpoints; such a checkpoint cannot resume training."
@@ -211,8 +229,16 @@ class TrainingArguments:
     greater_is_better: bool | None = arg(
         None, "Whether a larger metric is better; None: False for metrics ending in 'loss', else True."
     )
-    resume_from_checkpoint: str | bool | None = arg(
+    resume_from_checkpoint: str | None = arg(
         None, "Checkpoint directory to resume from, or True for the latest one in output_dir."
+    )
+    save_on_each_node: bool = arg(
+        False, "Save on the main process of every machine (no shared filesystem); true is refused."
+    )
+    enable_jit_checkpoint: bool = arg(
+        False,
+        "On SIGTERM (a preemptible machine being reclaimed), save a checkpoint after the current step and stop "
+        "training cleanly; resume it with resume_from_checkpoint=True.",
     )
     ignore_data_skip: bool = arg(
         False, "On resume, start the data from the beginning instead of skipping the batches already seen."
@@ -252,6 +278,7 @@ class TrainingArguments:
     hub_revision: str | None = arg(None, "Hub branch or revision to push to.")
     # --- misc ---
     local_rank: int = arg(-1, "Set by the launcher; -1 outside distributed runs.")
+    debug: str | list[str] = arg("", "transformers' debug options (underflow_overflow, tpu_metrics_debug); refused.")
     skip_memory_metrics: bool = arg(
         True, "Skip the memory profiling metrics; they are not reported here (false is refused)."
     )
@@ -291,13 +318,13 @@ class TrainingArguments:
             value = getattr(self, f.name)
             if not is_alias(f) or value is None:
                 continue
-            old, new = f.name, f.metadata["alias_of"]
+            old, new = f.name, alias_target(f)
             setattr(self, old, None)  # so to_dict() and equality see only the current names
             if new is None:
                 message = f"TrainingArguments: '{old}' is ignored. {f.metadata['help']}"
                 warnings.warn(message, FutureWarning, stacklevel=4)
                 continue
-            if f.metadata["warn"]:
+            if alias_warns(f):
                 message = f"TrainingArguments: '{old}' is deprecated; use '{new}' instead"
                 warnings.warn(message, FutureWarning, stacklevel=4)
             if old == "warmup_ratio":
@@ -328,6 +355,7 @@ class TrainingArguments:
         self.save_strategy = choice("save_strategy", self.save_strategy, SAVE_STRATEGIES)
         self.hub_strategy = choice("hub_strategy", self.hub_strategy, HUB_STRATEGIES)
         self.log_level = choice("log_level", self.log_level, LOG_LEVELS)
+        self.log_level_replica = choice("log_level_replica", self.log_level_replica, LOG_LEVELS)
         if self.ddp_backend is not None:
             self.ddp_backend = choice("ddp_backend", self.ddp_backend, DDP_BACKENDS)
         self.output_dir = os.path.expanduser(os.fspath(self.output_dir or "trainer_output"))
@@ -348,6 +376,22 @@ class TrainingArguments:
             raise ConfigError(
                 f"accelerator_config keys {unknown} are not supported; the ones carried out are "
                 f"{', '.join(ACCELERATOR_CONFIG_KEYS)}"
+            )
+        if self.debug not in ("", [], None):
+            raise ConfigError(
+                f"debug={self.debug!r}: transformers' debug options are not carried out by trainformers; leave debug "
+                "empty (anomaly detection: torch.autograd.set_detect_anomaly)"
+            )
+        if self.save_on_each_node:
+            raise ConfigError(
+                "save_on_each_node=True is not supported: checkpoints are written by rank 0 to a filesystem every "
+                "machine shares; leave it False"
+            )
+        if self.neftune_noise_alpha is not None and (
+            not is_number(self.neftune_noise_alpha) or self.neftune_noise_alpha <= 0
+        ):
+            raise ConfigError(
+                f"neftune_noise_alpha={self.neftune_noise_alpha!r} must be a positive number (5 is usual) or None"
             )
         if not self.skip_memory_metrics:
             raise ConfigError(
@@ -601,7 +645,7 @@ def arguments_markdown_table(cls: type = TrainingArguments, only: Sequence[str] 
         if only is not None and f.name not in only:
             continue
         if is_alias(f):
-            target = f.metadata["alias_of"]
+            target = alias_target(f)
             arrow = f" → `{target}`" if target else ""
             aliases.append(f"- `{f.name}`{arrow}: {f.metadata['help']}")
             continue

@@ -48,6 +48,8 @@ NOT_IN_CYCLE: dict[str, tuple[Any, str]] = {
     "include_for_metrics": ([], "compute_metrics gets the generated and reference texts"),
     "batch_eval_metrics": (False, "compute_metrics is called once per direction"),
     "bf16_full_eval": (False, "evaluation runs in the training precision"),
+    "eval_do_concat_batches": (True, "compute_metrics gets the texts of a whole direction"),
+    "eval_use_gather_object": (False, "the generated texts are always gathered as objects"),
     "fp16_full_eval": (False, "evaluation runs in the training precision"),
     "include_num_input_tokens_seen": (False, "the log counts rows per direction instead"),
     "peak_tflops": (None, "the cycle log shows generation and training seconds, not MFU"),

@@ -52,7 +52,9 @@ from ..loop_utils import (
 )
 from ..losses import IGNORE_INDEX, count_label_items, lm_loss
 from ..meter import Meter
+from ..neftune import neftune_noise
 from ..optim import create_optimizer, create_scheduler
+from ..preemption import SigtermCheckpoint
 from ..state import TrainerControl, TrainerState
 from ..step import StepKernel, WindowStep
 from .config import CycleTrainingArguments, cycle_args_from, resolve_callable
@@ -208,6 +210,7 @@ class CycleTrainer:
             is_world_process_zero=self.accelerator.is_main_process,
         )
         self.control = TrainerControl()
+        self._sigterm = SigtermCheckpoint(args.enable_jit_checkpoint)
         self.callback_handler = CallbackHandler(
             default_callbacks(args, self.accelerator) + list(callbacks or []), pair["A"], toks["A"], None, None
         )
@@ -500,7 +503,9 @@ class CycleTrainer:
             ckpt.clear_run(output_dir)
         if any(getattr(self.sides[s], "wrapped", None) is not None for s in SIDES):
             raise ConfigError("CycleTrainer.train() was already called on this trainer; build a new CycleTrainer")
-        return self._train_loop(resume)
+        trained_models = [self.sides[s].model for s in self.trained]
+        with neftune_noise(trained_models, args.neftune_noise_alpha), self._sigterm:
+            return self._train_loop(resume)
 
     def _train_loop(self, resume: Path | None) -> TrainOutput:
         args, accel, handler = self.args, self.accelerator, self.callback_handler
@@ -544,6 +549,7 @@ class CycleTrainer:
             state.global_step += 1
             state.epoch = max(stream.progress for stream in domain_streams)
             self.control = handler.on_step_end(args, state, self.control)
+            self._sigterm.stop_if_requested(self.control)
             if self.control.should_log:
                 self._log_training()
             pause = time.perf_counter()

@@ -1,0 +1,77 @@
+"""What HF's example scripts call on the trainer after training: the same files and printout as
+`transformers.Trainer`, checked side by side; and evaluation sets addressed by name."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import transformers
+from conftest import PadCollator, lm_rows, make_args, tiny_llama
+
+from trainformers import DataError, Trainer
+
+METRICS = {"train_runtime": 3725.456, "total_flos": 5e12, "train_loss": 1.234567, "epoch": 2.0, "train_samples": 64}
+
+
+def _ours(tmp_path, **overrides):
+    return Trainer(
+        model=tiny_llama(),
+        args=make_args(tmp_path / "ours", **overrides),
+        train_dataset=lm_rows(16),
+        eval_dataset={"small": lm_rows(8, seed=1), "large": lm_rows(12, seed=2)},
+        data_collator=PadCollator(),
+    )
+
+
+def _theirs(tmp_path):
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "theirs"), report_to="none", use_cpu=True)
+    return transformers.Trainer(model=tiny_llama(), args=args, train_dataset=lm_rows(16), data_collator=PadCollator())
+
+
+def test_metrics_files_and_printout_match_transformers(tmp_path, capsys):
+    ours, theirs = _ours(tmp_path), _theirs(tmp_path)
+    printed = []
+    for trainer in (ours, theirs):
+        trainer.log_metrics("train", METRICS)
+        printed.append(capsys.readouterr().out)
+        trainer.save_metrics("train", METRICS)
+        trainer.save_metrics("eval", {"eval_loss": 2.5, "epoch": 2.0})
+    # transformers 5.24 binds its module function as the method, so trainer.metrics_format(m) raises there
+    assert ours.metrics_format(METRICS) == transformers.trainer_pt_utils.metrics_format(METRICS)
+    assert printed[0] == printed[1] and "***** train metrics *****" in printed[0]
+    for name in ("train_results.json", "eval_results.json", "all_results.json"):
+        assert (tmp_path / "ours" / "run" / name).read_text() == (tmp_path / "theirs" / name).read_text(), name
+    assert json.loads((tmp_path / "ours" / "run" / "all_results.json").read_text())["eval_loss"] == 2.5
+
+
+def test_save_state_and_trainable_parameters_as_transformers(tmp_path):
+    ours, theirs = _ours(tmp_path, max_steps=2), _theirs(tmp_path)
+    ours.train()
+    ours.save_state()
+    state = json.loads((tmp_path / "ours" / "run" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and state["log_history"]
+    assert ours.get_num_trainable_parameters() == theirs.get_num_trainable_parameters()
+
+
+def test_eval_sets_by_name_and_as_a_dict(tmp_path):
+    trainer = _ours(tmp_path)
+    every = trainer.evaluate()
+    assert {"eval_small_loss", "eval_large_loss"} <= set(every)
+    one = trainer.evaluate("small")
+    assert one["eval_loss"] == pytest.approx(every["eval_small_loss"])
+    assert len(trainer.get_eval_dataloader("large")) == 3  # 12 rows in batches of 4
+    with pytest.raises(DataError, match=r"evaluate\('medium'\).*\['large', 'small'\]"):
+        trainer.evaluate("medium")
+
+
+def test_eval_honours_drop_last_and_keeps_persistent_workers(tmp_path):
+    dropping = _ours(tmp_path, dataloader_drop_last=True, per_device_eval_batch_size=5)
+    assert len(dropping.get_eval_dataloader("large")) == 2  # 12 rows: two whole batches of 5
+    persistent = _ours(
+        tmp_path, dataloader_num_workers=1, dataloader_persistent_workers=True, per_device_eval_batch_size=4
+    )
+    first = persistent.get_eval_dataloader("small")
+    persistent.evaluate("small")
+    assert persistent.get_eval_dataloader("small") is first  # the same workers serve the next evaluation
+    assert _ours(tmp_path).get_eval_dataloader("small") is not _ours(tmp_path).get_eval_dataloader("small")
