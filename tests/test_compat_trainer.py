@@ -75,3 +75,34 @@ def test_eval_honours_drop_last_and_keeps_persistent_workers(tmp_path):
     persistent.evaluate("small")
     assert persistent.get_eval_dataloader("small") is first  # the same workers serve the next evaluation
     assert _ours(tmp_path).get_eval_dataloader("small") is not _ours(tmp_path).get_eval_dataloader("small")
+
+
+def test_logged_rates_and_train_loss_match_transformers(tmp_path):
+    """Same script, both trainers: each row shows the rate its last step used, and train_loss is the mean
+    over every step (not over the logged rows). Measured difference: below 1e-6 relative."""
+    common = dict(
+        max_steps=24, warmup_steps=3, learning_rate=0.05, lr_scheduler_type="linear", logging_steps=5, seed=0,
+        per_device_train_batch_size=4, optim="adamw_torch", report_to="none", save_strategy="no", disable_tqdm=True,
+    )  # fmt: skip
+    theirs = transformers.Trainer(
+        model=tiny_llama(),
+        args=transformers.TrainingArguments(output_dir=str(tmp_path / "theirs"), use_cpu=True, **common),
+        train_dataset=lm_rows(32),
+        data_collator=PadCollator(),
+    )
+    ours = Trainer(
+        model=tiny_llama(),
+        args=make_args(tmp_path / "ours", **common),
+        train_dataset=lm_rows(32),
+        data_collator=PadCollator(),
+    )
+    results = [trainer.train() for trainer in (theirs, ours)]
+
+    def rows(trainer, key):
+        return [row[key] for row in trainer.state.log_history if "loss" in row]
+
+    assert rows(ours, "learning_rate") == pytest.approx(rows(theirs, "learning_rate"), rel=1e-9)
+    assert rows(ours, "loss") == pytest.approx(rows(theirs, "loss"), rel=1e-5)
+    assert results[1].training_loss == pytest.approx(results[0].training_loss, rel=1e-5)
+    mean_of_rows = sum(rows(ours, "loss")) / len(rows(ours, "loss"))
+    assert abs(results[1].training_loss - mean_of_rows) > 1e-4  # 24 steps in rows of 5: not the same mean

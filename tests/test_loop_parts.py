@@ -146,7 +146,7 @@ def test_one_model_and_a_pair_share_the_checkpoint_layout(tmp_path):
     assert shared | {"optimizer_A.pt", "optimizer_B.pt", "scheduler_A.pt", "scheduler_B.pt", "A", "B"} <= two
     loop_one = json.loads((tmp_path / "one" / "run" / "checkpoint-2" / "loop_state_0.json").read_text())
     loop_two = json.loads((tmp_path / "pair" / "checkpoint-2" / "loop_state_0.json").read_text())
-    assert set(loop_one) == {"meter"} and set(loop_two) == {"meter", "streams"}
+    assert set(loop_one) == {"meter", "run"} and set(loop_two) == {"meter", "streams"}
 
 
 # ---- settings that are honoured or refused, never ignored ----------------------------------------

@@ -165,6 +165,7 @@ class EvalAccumulator:
     batch_metrics: Callable | None = None
     accumulation_steps: int | None = None
     concat_batches: bool = True  # eval_do_concat_batches: False keeps a list of per-batch arrays
+    return_outputs: bool = False  # predictions and labels are returned even when batch_metrics consumes them
     loss_sum: torch.Tensor | None = None
     item_sum: torch.Tensor | None = None
     num_samples: int = 0
@@ -193,6 +194,8 @@ class EvalAccumulator:
             if self._pending is not None:
                 self.batch_metrics(self._pending, compute_result=False)
             self._pending = _prediction(*_detach(entry, to_cpu=True))
+            if self.return_outputs:  # predict(): the outputs come back too
+                self.batches.append(_detach(entry[:2] + (None, None), to_cpu=True))
         elif self.accumulation_steps is None or self.batch_metrics is not None:
             self.batches.append(_detach(entry, to_cpu=True))
         else:
@@ -243,7 +246,8 @@ class EvalAccumulator:
             for i, prediction in enumerate(pending):
                 result = self.batch_metrics(prediction, compute_result=i == len(pending) - 1)
             metrics.update((result if pending else None) or {})
-        else:
+            compute_metrics = None  # the batches have been scored; what is left is returning them
+        if self.batch_metrics is None or self.return_outputs:
             columns: list[list[Any]] = [[], [], [], []]  # logits, labels, input_ids, per-sample losses
             for entry in self.batches:
                 for column, value in zip(columns, entry):
@@ -274,19 +278,18 @@ def _prediction(preds: Any, labels: Any, inputs: Any, losses: Any) -> EvalPredic
 
 
 def prediction_outputs(
-    outputs: Any, inputs: Mapping[str, Any], label_names: Sequence[str] | None, ignore_keys: Sequence[str]
+    outputs: Any, labels: tuple[Any, ...] | None, loss_first: bool, ignore_keys: Sequence[str]
 ) -> tuple[Any, Any]:
     """(logits, labels) of one evaluated batch, as HF's `prediction_step` returns them.
 
-    Logits are every tensor of the outputs but the loss and `ignore_keys` (one tensor, or a tuple);
-    labels are the batch's `label_names` values (one, or a tuple), None without labels.
+    Logits are every tensor of the outputs but the loss and `ignore_keys` (one tensor, or a tuple;
+    a tuple output's first item is the loss when `loss_first`); labels are one tensor, a tuple of
+    them, or None.
     """
     if isinstance(outputs, Mapping):
         logits = tuple(v for k, v in outputs.items() if k not in set(ignore_keys) | {"loss"} and torch.is_tensor(v))
     else:
-        logits = tuple(outputs[1:] if label_names else outputs)
-    logits = logits[0] if len(logits) == 1 else logits
-    labels = tuple(inputs.get(name) for name in label_names) if label_names else None
+        logits = tuple(outputs[1:] if loss_first else outputs)
     if labels is not None and len(labels) == 1:
-        labels = labels[0]
-    return logits, labels
+        return (logits[0] if len(logits) == 1 else logits), labels[0]
+    return (logits[0] if len(logits) == 1 else logits), labels

@@ -109,6 +109,7 @@ class StepKernel:
             self.direct = inner if direct else None
         self.direct_backward = self.direct is not None and accel.gradient_accumulation_steps == 1
         self.scale = 1.0  # the current window's backward multiplier (see the module docstring)
+        self.learning_rate: Any = None  # the first group's rate in the last step taken (what a log row shows)
         self.skipped = False  # the last step was skipped (fp16 overflow); never without a scaler
 
     # ---- the window -------------------------------------------------------------------------
@@ -199,6 +200,7 @@ class StepKernel:
 
     def step(self) -> None:
         """The optimizer step, then the scheduler's (unless the step was skipped or it is a plateau one)."""
+        self.learning_rate = self.optimizer.param_groups[0]["lr"]  # before the scheduler moves it on
         if self.scaler is not None:
             scale = self.scaler.get_scale()
             self.scaler.step(self.optimizer)

@@ -15,7 +15,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate.optimizer import AcceleratedOptimizer
 from torch import nn
@@ -115,6 +114,7 @@ class Trainer(EvaluationMethods):
         self.optimizer, self.lr_scheduler = optimizers
         self.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
         self.meter = Meter(self.accelerator.device)  # what the running train() accumulates between log rows
+        self.run_meter = Meter(self.accelerator.device)  # what it accumulates over the whole run
         self.step_kernel: StepKernel | None = None  # the running train()'s backward/clip/step path
         self._sigterm = SigtermCheckpoint(self.args.enable_jit_checkpoint)
         self._eval_dataloaders: dict[str, DataLoader] = {}  # kept only with persistent workers
@@ -153,9 +153,10 @@ class Trainer(EvaluationMethods):
         prepare_model(model, self.args, self.accelerator.device)
         unwrapped = unwrap_peft(model)
         self._shift_labels = loss_shifts_labels(unwrapped)
-        from transformers.utils import find_labels
+        from transformers.utils import can_return_loss, find_labels
 
         self.label_names = self.args.label_names or find_labels(unwrapped.__class__) or ["labels"]
+        self.can_return_loss = can_return_loss(unwrapped.__class__)  # forward(return_loss=True), e.g. CLIP
         self._flops = model_flops(unwrapped)
         self._peak: Peak | None = None  # looked up at the first log row (may measure once)
         self._peak_looked_up = False
@@ -397,6 +398,7 @@ class Trainer(EvaluationMethods):
                     meter.set("grad_norm", done.grad_norm)
                 state.global_step += 1
                 meter.add("steps", 1)
+                self.run_meter.add("steps", 1)
                 state.epoch = epoch + state.epoch_step / micro_per_epoch if micro_per_epoch else float(epoch)
                 self.control = handler.on_step_end(args, state, self.control)
                 self._sigterm.stop_if_requested(self.control)
@@ -436,6 +438,7 @@ class Trainer(EvaluationMethods):
         self.create_scheduler(max_steps, getattr(self.optimizer, "optimizer", self.optimizer))
         self.state = new_state(args, max_steps, num_epochs, accel)
         self.meter = Meter(accel.device)
+        self.run_meter = Meter(accel.device)  # the whole run's loss, for train_loss
         if resume is not None:
             self.state = ckpt.load_checkpoint(resume, self._resumable(), accel)
         if micro_per_epoch and self.state.epoch_step >= micro_per_epoch:
@@ -480,6 +483,7 @@ class Trainer(EvaluationMethods):
             average = meter.get("loss") / max(meter.get("micro_batches"), 1)
             loss_share = torch.where(torch.isfinite(loss_share), loss_share, average)
         meter.add("loss", loss_share)
+        self.run_meter.add("loss", loss_share)
         meter.add("micro_batches", 1)
         tokens, samples, seq_len = batch_size_info(batch)
         flops = self._flops.per_batch(tokens, seq_len)
@@ -502,9 +506,6 @@ class Trainer(EvaluationMethods):
         args, accel, state = self.args, self.accelerator, self.state
         if args.load_best_model_at_end and state.best_model_checkpoint is not None:
             ckpt.load_model_files(accel.unwrap_model(model), state.best_model_checkpoint)
-        losses = [row["loss"] for row in state.log_history if "loss" in row]
-        if not losses and self.meter.get("steps"):
-            losses = [self.meter.read("loss") / self.meter.read("steps")]
         training_seconds = max(runtime - self._paused, 1e-9)
         samples = steps_done * args.gradient_accumulation_steps * args.per_device_train_batch_size
         metrics = {
@@ -514,7 +515,7 @@ class Trainer(EvaluationMethods):
             "total_flos": state.total_flos,
             "train_tokens_per_second": round(self._run_tokens * accel.num_processes / training_seconds, 2),
             **self._flops_row(state.total_flos - flops_at_start, training_seconds, "train_"),
-            "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "train_loss": self._mean_loss_of_run(),
             "epoch": state.epoch,
         }
         self.log(metrics)
@@ -531,7 +532,7 @@ class Trainer(EvaluationMethods):
         logs: dict[str, float] = {"loss": loss.item() / max(meter.read("steps"), 1)}
         if meter.get("grad_norm", None) is not None:
             logs["grad_norm"] = meter.read("grad_norm")
-        logs["learning_rate"] = self.optimizer.param_groups[0]["lr"]
+        logs["learning_rate"] = float(self.step_kernel.learning_rate)  # the rate the last step used, as HF logs it
         elapsed = meter.elapsed()
         logs["tokens_per_second"] = round(meter.read("tokens") * world / elapsed, 2)
         logs["samples_per_second"] = round(meter.read("samples") * world / elapsed, 3)
@@ -542,6 +543,16 @@ class Trainer(EvaluationMethods):
         logs.update(loss_term_means(meter, accel))
         meter.reset()
         self.log(logs)
+
+    def _mean_loss_of_run(self) -> float:
+        """train_loss as HF reports it: the mean loss over every step of the run (all ranks)."""
+        steps = self.run_meter.read("steps")
+        if not steps:
+            return float("nan")
+        total = torch.as_tensor(self.run_meter.get("loss"), dtype=torch.float32, device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            total = self.accelerator.reduce(total, reduction="sum")
+        return total.item() / steps
 
     def _flops_row(self, flops: float, seconds: float, prefix: str = "") -> dict[str, float]:
         return flops_row(flops, seconds, self.accelerator.num_processes, self.peak_flops() if flops else None, prefix)
@@ -582,8 +593,8 @@ class Trainer(EvaluationMethods):
             ),
             optimizers={"": self.optimizer},
             schedulers={"": self.lr_scheduler},
-            stateful={"meter": self.meter},
-            optional=frozenset({"meter"}),  # a checkpoint of an older release or of HF's Trainer resumes too
+            stateful={"meter": self.meter, "run": self.run_meter},
+            optional=frozenset({"meter", "run"}),  # a checkpoint of an older release or of HF's Trainer resumes too
             callbacks=self.callback_handler.callbacks,
             restore_callbacks=self.args.restore_callback_states_from_checkpoint,
         )

@@ -35,6 +35,7 @@ class EvaluationMethods:
     compute_metrics: Callable | None
     preprocess_logits_for_metrics: Callable | None
     label_names: list[str]
+    can_return_loss: bool
     _eval_dataloaders: dict[str, DataLoader]
     # methods of Trainer these call
     _remove_unused_columns: Callable[[Any, str], Any]
@@ -83,7 +84,8 @@ class EvaluationMethods:
             return metrics
         dataloader = self.get_eval_dataloader(eval_dataset)
         start = time.perf_counter()
-        output = self.evaluation_loop(dataloader, "Evaluation", None, ignore_keys, metric_key_prefix)
+        loss_only = True if self.compute_metrics is None else None  # no logits kept that nothing reads
+        output = self.evaluation_loop(dataloader, "Evaluation", loss_only, ignore_keys, metric_key_prefix)
         output.metrics.update(speed_metrics(metric_key_prefix, start, output.num_samples, safe_len(dataloader)))
         if self.state.epoch is not None:
             output.metrics["epoch"] = self.state.epoch  # HF returns it with the metrics
@@ -114,7 +116,7 @@ class EvaluationMethods:
         args, accel = self.args, self.accelerator
         if prediction_loss_only is None:
             prediction_loss_only = args.prediction_loss_only
-        keep_outputs = not prediction_loss_only and (self.compute_metrics is not None or description == "Prediction")
+        keep_outputs = not prediction_loss_only  # evaluate() passes True when nothing will read them
         # the bare model: ranks may run different numbers of batches, and a DDP forward would
         # wait on the others (buffer broadcast); evaluation needs no gradient sync
         model = accel.unwrap_model(getattr(self, "model_wrapped", self.model), keep_torch_compile=True)
@@ -131,16 +133,15 @@ class EvaluationMethods:
             batch_metrics=self.compute_metrics if args.batch_eval_metrics else None,
             accumulation_steps=args.eval_accumulation_steps,
             concat_batches=args.eval_do_concat_batches,
+            return_outputs=description == "Prediction",
         )
         self.callback_handler.eval_dataloader = dataloader
         for inputs in dataloader:
+            try:  # counted first: a compute_loss override may pop the labels
+                n_items = self.count_items(inputs)
+            except ValueError:
+                n_items = None
             loss, logits, labels = self.prediction_step(model, inputs, not keep_outputs, ignore_keys)
-            n_items = None
-            if loss is not None:
-                try:
-                    n_items = self.count_items(inputs)
-                except ValueError:
-                    n_items = None
             if logits is not None and self.preprocess_logits_for_metrics is not None:
                 logits = self.preprocess_logits_for_metrics(logits, labels)
             acc.add(inputs, loss, n_items, logits, labels)
@@ -150,16 +151,22 @@ class EvaluationMethods:
     def prediction_step(
         self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: list[str] | None = None
     ) -> tuple[torch.Tensor | None, Any, Any]:
-        """(loss, logits, labels) for one batch, without gradients (HF semantics)."""
-        has_labels = all(inputs.get(name) is not None for name in self.label_names)
+        """(loss, logits, labels) for one batch, without gradients (HF semantics).
+
+        The labels are read before the loss is computed (a `compute_loss` override may pop them); a model
+        that makes its loss without labels (`return_loss`, e.g. CLIP) gets one too."""
+        has_labels = bool(self.label_names) and all(inputs.get(name) is not None for name in self.label_names)
+        labels = tuple(inputs.get(name) for name in self.label_names) if has_labels else None
+        return_loss = inputs.get("return_loss", self.can_return_loss)
+        with_loss = has_labels or bool(return_loss)
         if ignore_keys is None:
             ignore_keys = getattr(getattr(unwrap_peft(self.model), "config", None), "keys_to_ignore_at_inference", [])
         with torch.no_grad(), self.accelerator.autocast():
-            if has_labels:
+            if with_loss:
                 loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
                 loss = loss.detach().float()
             else:
                 loss, outputs = None, model(**inputs)
         if prediction_loss_only:
             return loss, None, None
-        return loss, *prediction_outputs(outputs, inputs, self.label_names if has_labels else None, ignore_keys)
+        return loss, *prediction_outputs(outputs, labels, with_loss, ignore_keys)

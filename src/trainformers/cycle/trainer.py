@@ -593,9 +593,10 @@ class CycleTrainer:
                 losses.append(logs[f"loss_{s}"])
         if losses:
             logs["loss"] = sum(losses) / len(losses)
-        logs["learning_rate"] = self.sides[self.trained[0]].optimizer.param_groups[0]["lr"]
+        rates = {s: self._step_rate(self.sides[s]) for s in self.trained}
+        logs["learning_rate"] = rates[self.trained[0]]
         for s in self.trained:
-            logs[f"learning_rate_{s}"] = self.sides[s].optimizer.param_groups[0]["lr"]
+            logs[f"learning_rate_{s}"] = rates[s]
             if meter.get(f"grad_norm_{s}", None) is not None:
                 logs[f"grad_norm_{s}"] = meter.read(f"grad_norm_{s}")
             logs[f"dropped_{s}"] = meter.read(f"dropped_{s}")
@@ -609,6 +610,12 @@ class CycleTrainer:
             logs["paired_steps"] = meter.read("paired_steps")
         meter.reset()
         self.log(logs)
+
+    @staticmethod
+    def _step_rate(side: CycleSide) -> float:
+        """The rate `side`'s last step used (its current one when no step was taken yet)."""
+        rate = side.kernel.learning_rate if side.kernel is not None else None
+        return float(rate if rate is not None else side.optimizer.param_groups[0]["lr"])
 
     def _evaluate_during_training(self) -> dict[str, float]:
         metrics = self.evaluate()
