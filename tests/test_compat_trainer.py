@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import transformers
@@ -106,3 +107,100 @@ def test_logged_rates_and_train_loss_match_transformers(tmp_path):
     assert results[1].training_loss == pytest.approx(results[0].training_loss, rel=1e-5)
     mean_of_rows = sum(rows(ours, "loss")) / len(rows(ours, "loss"))
     assert abs(results[1].training_loss - mean_of_rows) > 1e-4  # 24 steps in rows of 5: not the same mean
+
+
+@pytest.mark.parametrize("kind", ["hf", "ours"])
+def test_output_dir_is_reused_as_transformers_allows(tmp_path, kind):
+    """evaluate() before train(), train() twice, and a new trainer over the same directory (that will
+    not write checkpoints beside the old ones) all work, on both trainers."""
+
+    def trainer(**overrides):
+        settings = dict(output_dir=str(tmp_path / "run"), report_to="none", max_steps=2, per_device_train_batch_size=4)
+        settings.update(overrides)
+        if kind == "hf":
+            args = transformers.TrainingArguments(use_cpu=True, **settings)
+            cls = transformers.Trainer
+        else:
+            args, cls = make_args(tmp_path, **settings), Trainer
+        return cls(
+            model=tiny_llama(),
+            args=args,
+            train_dataset=lm_rows(16),
+            eval_dataset=lm_rows(8),
+            data_collator=PadCollator(),
+        )
+
+    first = trainer(save_strategy="steps", save_steps=2)
+    first.evaluate()
+    first.train()
+    first.train()  # again: its own checkpoint-2 is rewritten
+    assert (tmp_path / "run" / "checkpoint-2").is_dir()
+    trainer(save_strategy="no").train()  # a new trainer that writes no checkpoint
+    trainer(save_strategy="no").evaluate()
+
+
+def test_a_new_run_writing_checkpoints_beside_another_runs_is_refused(tmp_path):
+    first = _ours(tmp_path, save_strategy="steps", save_steps=2, max_steps=2)
+    first.train()
+    from trainformers import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"already holds a run \(checkpoint-2\).*save_strategy='no'"):
+        _ours(tmp_path, save_strategy="steps", save_steps=2, max_steps=2).train()
+
+
+class _Stateful(transformers.TrainerCallback, transformers.trainer_callback.ExportableState):
+    """A transformers-style stateful callback: an init argument and a counter."""
+
+    def __init__(self, patience=1):
+        self.patience, self.count = patience, 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.count += self.patience
+
+    def state(self):
+        return {"args": {"patience": self.patience}, "attributes": {"count": self.count}}
+
+
+def _resume_with(tmp_path, kind, first, then, logging_steps=1):
+    def trainer(steps, callbacks, logging_steps):
+        settings = dict(
+            output_dir=str(tmp_path / kind), report_to="none", max_steps=steps, per_device_train_batch_size=4,
+            save_strategy="steps", save_steps=2, logging_steps=logging_steps,
+            restore_callback_states_from_checkpoint=True,
+        )  # fmt: skip
+        if kind == "hf":
+            args, base = transformers.TrainingArguments(use_cpu=True, **settings), transformers.Trainer
+        else:
+            args, base = make_args(tmp_path / kind, **settings), Trainer
+        return base(
+            model=tiny_llama(), args=args, train_dataset=lm_rows(16), data_collator=PadCollator(), callbacks=callbacks
+        )
+
+    trainer(2, first, 1).train()
+    resumed = trainer(3, then, logging_steps)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed.train(resume_from_checkpoint=True)
+    said = " ".join(str(w.message) for w in caught)
+    return [(cb.patience, cb.count) for cb in resumed.callback_handler.callbacks if isinstance(cb, _Stateful)], said
+
+
+@pytest.mark.parametrize("kind", ["hf", "ours"])
+def test_a_stateful_callback_resumes_with_its_saved_args_and_attributes(tmp_path, kind, caplog):
+    """A callback written for transformers (its ExportableState base unchanged) is rebuilt from its saved
+    `args` and gets its `attributes` back; a changed logging interval is reported (HF logs it, we warn)."""
+    restored, said = _resume_with(tmp_path, kind, [_Stateful(4)], [_Stateful(5)], logging_steps=3)
+    assert restored == [(4, 12)]  # patience 4 from the checkpoint, count 8 restored + one more step
+    assert "logging_steps" in caplog.text + said
+
+
+def test_several_callbacks_of_one_class_keep_their_own_state(tmp_path):
+    """transformers 5.24 appends the states saved at a checkpoint to those captured at init and restores
+    the init ones (counts back to 0); here each instance gets its own saved state."""
+    restored, _ = _resume_with(tmp_path, "ours", [_Stateful(1), _Stateful(10)], [_Stateful(5), _Stateful(5)])
+    assert restored == [(1, 3), (10, 30)]
+
+
+def test_a_saved_callback_state_without_its_callback_is_warned_about(tmp_path):
+    _, said = _resume_with(tmp_path, "ours", [_Stateful(1)], [])
+    assert "callbacks this run does not have (_Stateful)" in said

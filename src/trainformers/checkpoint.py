@@ -151,6 +151,27 @@ def check_output_dir(output_dir: str | os.PathLike, *, resuming: bool, overwrite
         )
 
 
+def check_foreign_checkpoints(
+    output_dir: str | os.PathLike, own: set[str], *, resuming: bool, overwrite: bool, saving: bool
+) -> None:
+    """The Python API's rule (as transformers'): an output_dir may hold earlier logs, evaluations and
+    checkpoints this trainer wrote itself; refused is only a directory holding another run's
+    checkpoints when this run is about to write checkpoints beside them.
+
+    Raises:
+        CheckpointError: checkpoints not in `own`, `saving`, and neither `resuming` nor `overwrite`.
+    """
+    if resuming or overwrite or not saving:
+        return
+    foreign = [p.name for p in list_checkpoints(output_dir) if p.name not in own]
+    if foreign:
+        raise CheckpointError(
+            f"output_dir '{output_dir}' already holds a run ({', '.join(foreign[:3])}) and this run would write its "
+            "checkpoints beside them; pass resume_from_checkpoint=True to continue it, overwrite_output_dir=True to "
+            "start over, another output_dir, or save_strategy='no'"
+        )
+
+
 def clear_run(output_dir: str | os.PathLike) -> None:
     """Remove the checkpoints and log of an earlier run (for `overwrite_output_dir`)."""
     root = Path(output_dir)
@@ -376,25 +397,68 @@ def write_json(obj: Any, path: str | os.PathLike) -> None:
 
 
 def callback_states(callbacks: Any) -> dict[str, Any]:
-    """`state()` of every `ExportableState` callback, by class name (saved in trainer_state.json)."""
-    from .state import ExportableState
+    """`state()` of every `ExportableState` callback, by class name, a list when a class appears more than once
+    (saved in trainer_state.json, as transformers saves them)."""
+    from .state import export_callbacks, is_stateful
 
-    return {type(cb).__name__: cb.state() for cb in callbacks if isinstance(cb, ExportableState)}
+    return export_callbacks(cb for cb in callbacks if is_stateful(cb))
+
+
+# intervals whose change between the checkpoint and the resumed run transformers warns about
+_RESUME_SETTINGS = ("logging_steps", "eval_steps", "save_steps", "train_batch_size")
+
+
+def restore_callbacks(saved: dict[str, Any], callbacks: list[Any]) -> None:
+    """Give stateful callbacks their saved state back, as transformers does.
+
+    Each saved state rebuilds its callback (`type(cb)(**args)`, then `attributes` set) in place of
+    the callback of that class; several callbacks of one class take the saved states in order. A
+    saved state whose class this run does not have is ignored with a warning.
+    """
+    import warnings
+
+    from .state import is_stateful
+
+    missing = []
+    for name, data in saved.items():
+        slots = [i for i, cb in enumerate(callbacks) if type(cb).__name__ == name and is_stateful(cb)]
+        if not slots:
+            if name != "TrainerControl":  # transformers saves it too; the loop resets it each step
+                missing.append(name)
+            continue
+        for i, state in zip(slots, data if isinstance(data, list) else [data]):
+            callbacks[i] = type(callbacks[i]).from_state(state)
+    if missing:
+        warnings.warn(
+            f"the checkpoint holds the state of callbacks this run does not have ({', '.join(missing)}); ignored",
+            stacklevel=4,
+        )
 
 
 def restore_trainer_state(path: Path, current: Any, callbacks: Any) -> Any:
     """The `TrainerState` saved in checkpoint `path`, keeping this run's process flags and
-    resolved intervals from `current`; stateful callbacks get their saved attributes back.
+    resolved intervals from `current` (a changed interval or batch size is warned about); the
+    stateful callbacks in the list `callbacks` are rebuilt from their saved state (`restore_callbacks`).
 
     Raises:
         CheckpointError: trainer_state.json is unreadable.
     """
-    from .state import ExportableState, TrainerState
+    from .state import TrainerState
 
     try:
         loaded = TrainerState.load_from_json(path / STATE_NAME)
     except ValueError as err:
         raise CheckpointError(f"checkpoint '{path}': {err}") from None
+    import warnings
+
+    for name in _RESUME_SETTINGS:
+        before, now = getattr(loaded, name), getattr(current, name)
+        if before is not None and now is not None and before != now:
+            warnings.warn(
+                f"resuming with {name}={now}, but the checkpoint was written with {name}={before}; the run goes on "
+                f"with {now}",
+                stacklevel=4,
+            )
     loaded.is_local_process_zero, loaded.is_world_process_zero = (
         current.is_local_process_zero,
         current.is_world_process_zero,
@@ -405,11 +469,8 @@ def restore_trainer_state(path: Path, current: Any, callbacks: Any) -> Any:
         current.eval_steps,
         current.save_steps,
     )
-    for callback in callbacks:
-        saved = loaded.stateful_callbacks.get(type(callback).__name__)
-        if isinstance(callback, ExportableState) and isinstance(saved, dict):
-            for name, value in saved.get("attributes", {}).items():
-                setattr(callback, name, value)
+    if isinstance(callbacks, list):
+        restore_callbacks(loaded.stateful_callbacks, callbacks)
     return loaded
 
 

@@ -146,7 +146,7 @@ class TrainerState:
         if self.stateful_callbacks is None:
             self.stateful_callbacks = {}
         elif not isinstance(self.stateful_callbacks, dict):
-            self.stateful_callbacks = _export_callbacks(self.stateful_callbacks)
+            self.stateful_callbacks = export_callbacks(self.stateful_callbacks)
 
     def save_to_json(self, path: str | os.PathLike[str]) -> None:
         """Write the state to `path` as JSON (indented, keys sorted), atomically."""
@@ -174,11 +174,19 @@ class TrainerState:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def _export_callbacks(callbacks: Iterable[Any]) -> dict[str, Any]:
+def is_stateful(callback: Any) -> bool:
+    """An `ExportableState`: ours, transformers' (a callback written for HF keeps its base class), or any
+    object with `state()` and a `from_state` classmethod."""
+    return isinstance(callback, ExportableState) or (
+        callable(getattr(callback, "state", None)) and callable(getattr(type(callback), "from_state", None))
+    )
+
+
+def export_callbacks(callbacks: Iterable[Any]) -> dict[str, Any]:
     """Map class name -> exported state, a list of states when the class repeats."""
     exported: dict[str, Any] = {}
     for cb in callbacks:
-        if not isinstance(cb, ExportableState):
+        if not is_stateful(cb):
             raise TypeError(f"stateful_callbacks must be ExportableState objects, got {type(cb).__name__}")
         name = type(cb).__name__
         if name not in exported:

@@ -118,6 +118,7 @@ class Trainer(EvaluationMethods):
         self.step_kernel: StepKernel | None = None  # the running train()'s backward/clip/step path
         self._sigterm = SigtermCheckpoint(self.args.enable_jit_checkpoint)
         self._eval_dataloaders: dict[str, DataLoader] = {}  # kept only with persistent workers
+        self._own_checkpoints: set[str] = set()  # written by this trainer: not another run's
         self.state = TrainerState(
             is_local_process_zero=self.is_local_process_zero(), is_world_process_zero=self.is_world_process_zero()
         )
@@ -324,7 +325,13 @@ class Trainer(EvaluationMethods):
             resume_from_checkpoint = self.args.resume_from_checkpoint
         resume = ckpt.resolve_resume(resume_from_checkpoint, self.args.output_dir)
         output_dir = Path(self.args.output_dir)
-        ckpt.check_output_dir(output_dir, resuming=resume is not None, overwrite=self.args.overwrite_output_dir)
+        ckpt.check_foreign_checkpoints(
+            output_dir,
+            self._own_checkpoints,
+            resuming=resume is not None,
+            overwrite=self.args.overwrite_output_dir,
+            saving=self.args.save_strategy != "no",
+        )
         check_train_inputs(self.args, self.train_dataset, self.eval_dataset)
         if resume is None and self.args.overwrite_output_dir and self.is_world_process_zero():
             ckpt.clear_run(output_dir)  # only after every check passed: an error destroys nothing
@@ -600,7 +607,9 @@ class Trainer(EvaluationMethods):
         )
 
     def _save_checkpoint(self) -> Path:
-        return ckpt.save_checkpoint(self._resumable(), self.args, self.accelerator)
+        path = ckpt.save_checkpoint(self._resumable(), self.args, self.accelerator)
+        self._own_checkpoints.add(path.name)  # a second train() may write beside it
+        return path
 
     # ---- experiments: search, model card (trainformers.search, trainformers.modelcard) -----
 

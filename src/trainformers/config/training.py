@@ -633,6 +633,16 @@ class TrainingArguments(ProcessInfo):
     __repr__ = __str__
 
 
+def _annotation(cls: type, name: str) -> str:
+    """A field's annotation as written in the source (transformers' HfArgumentParser replaces `Field.type`
+    with the resolved type, whose text differs)."""
+    for klass in cls.__mro__:
+        written = klass.__dict__.get("__annotations__", {})
+        if name in written:
+            return str(written[name])
+    return "Any"
+
+
 def arguments_markdown_table(cls: type = TrainingArguments, only: Sequence[str] | None = None) -> str:
     """A Markdown table `| field | type | default | help |` of a config dataclass.
 
@@ -649,7 +659,7 @@ def arguments_markdown_table(cls: type = TrainingArguments, only: Sequence[str] 
             arrow = f" → `{target}`" if target else ""
             aliases.append(f"- `{f.name}`{arrow}: {f.metadata['help']}")
             continue
-        cells = (f"`{f.name}`", f"`{f.type}`", f"`{field_default(f)!r}`", f.metadata.get("help", ""))
+        cells = (f"`{f.name}`", f"`{_annotation(cls, f.name)}`", f"`{field_default(f)!r}`", f.metadata.get("help", ""))
         rows.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     if aliases:
         rows += ["", "Also accepted (older or alternative spellings):", "", *aliases]

@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from .. import checkpoint as ckpt
 from ..config import DataSection, ModelSection, RunConfig, YamlDumper, merge_sections, parse_overrides, read_yaml
 from ..errors import ConfigError
 from .config import CYCLE_SECTIONS, CycleDataSection, CycleTrainingArguments
@@ -150,6 +151,10 @@ def run_cycle(config: CycleRunConfig) -> dict[str, Any]:
 
     args = config.training
     start = time.perf_counter()
+    # the command line keeps the strict rule: a directory with any earlier run is refused
+    ckpt.check_output_dir(
+        args.output_dir, resuming=bool(args.resume_from_checkpoint), overwrite=args.overwrite_output_dir
+    )
     task = build_cycle_data(config)
     tf_a, tf_b = "text", "text"
     texts = _texts(task.unpaired_A, tf_a) + _texts(task.unpaired_B, tf_b)

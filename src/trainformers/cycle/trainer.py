@@ -492,7 +492,13 @@ class CycleTrainer:
             resume_from_checkpoint = args.resume_from_checkpoint
         resume = ckpt.resolve_resume(resume_from_checkpoint, args.output_dir, model_dirs=("A", "B"))
         output_dir = Path(args.output_dir)
-        ckpt.check_output_dir(output_dir, resuming=resume is not None, overwrite=args.overwrite_output_dir)
+        ckpt.check_foreign_checkpoints(
+            output_dir,
+            set(),
+            resuming=resume is not None,
+            overwrite=args.overwrite_output_dir,
+            saving=args.save_strategy != "no",
+        )
         for domain in self._needed_domains():
             if self.train_datasets[domain] is None:
                 raise DataError(
