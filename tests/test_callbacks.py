@@ -277,7 +277,7 @@ def test_flow_no_strategy_does_nothing_but_stop():
 
 
 def test_flow_save_best_does_not_save_on_schedule():
-    args = make_args(eval_strategy="steps", save_strategy="best")
+    args = make_args(eval_strategy="steps", save_strategy="best", metric_for_best_model="loss")
     seen = run_steps(args, max_steps=7, eval_steps=2, save_steps=2)
     assert seen["save"] == []
     assert seen["evaluate"] == [2, 4, 6, 7]
@@ -293,7 +293,7 @@ def test_flow_zero_interval_never_fires():
     "overrides, epochs",
     [
         ({"logging_first_step": True, "eval_strategy": "steps", "save_strategy": "steps"}, None),
-        ({"eval_strategy": "steps", "eval_delay": 9, "save_strategy": "best"}, 6),
+        ({"eval_strategy": "steps", "eval_delay": 9, "save_strategy": "best", "metric_for_best_model": "loss"}, 6),
         ({"logging_strategy": "epoch", "eval_strategy": "epoch", "save_strategy": "epoch", "eval_delay": 2}, 5),
         ({"logging_strategy": "no", "eval_strategy": "no", "save_strategy": "no"}, 4),
     ],

@@ -8,6 +8,7 @@ from .cycle.config import CycleTrainingArguments
 from .cycle.trainer import CycleTrainer
 from .errors import CheckpointError, ConfigError, DataError, TrainformersError
 from .models import DecoderLM, DecoderLMConfig
+from .seq2seq import Seq2SeqTrainer, Seq2SeqTrainingArguments
 from .state import TrainerControl, TrainerState
 from .trainer import Trainer
 
@@ -26,6 +27,8 @@ __all__ = [
     "PredictionOutput",
     "ProgressCallback",
     "RunConfig",
+    "Seq2SeqTrainer",
+    "Seq2SeqTrainingArguments",
     "TrainOutput",
     "Trainer",
     "TrainerCallback",

@@ -475,7 +475,7 @@ class Trainer(EvaluationMethods):
         # set it there (it forwards to our sampler, and a skipping copy inherits it)
         if hasattr(dataloader, "set_epoch"):
             dataloader.set_epoch(epoch)
-        elif isinstance(dataloader.sampler, EpochSampler):
+        elif isinstance(getattr(dataloader, "sampler", None), EpochSampler):  # an override may return any iterable
             dataloader.sampler.set_epoch(epoch)
         if not skip:
             self.state.epoch_step = 0

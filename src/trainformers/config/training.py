@@ -418,8 +418,7 @@ class TrainingArguments(ProcessInfo):
             self.do_eval = True
         if self.eval_steps in (None, 0) and self.eval_strategy == "steps":
             self.eval_steps = self.logging_steps
-        needs_metric = self.load_best_model_at_end or self.save_strategy == "best"
-        if needs_metric or self.lr_scheduler_type in ("reduce_lr_on_plateau", "greedy"):
+        if self.load_best_model_at_end or self.lr_scheduler_type in ("reduce_lr_on_plateau", "greedy"):
             self.metric_for_best_model = self.metric_for_best_model or "loss"
         if self.greater_is_better is None and self.metric_for_best_model is not None:
             self.greater_is_better = not self.metric_for_best_model.endswith("loss")
@@ -544,6 +543,10 @@ class TrainingArguments(ProcessInfo):
             needs_eval.append(f"lr_scheduler_type={self.lr_scheduler_type!r}")
         if needs_eval and self.eval_strategy == "no":
             raise ConfigError(f"{needs_eval[0]} needs evaluation, but eval_strategy='no'; set it to 'steps' or 'epoch'")
+        if self.save_strategy == "best" and self.metric_for_best_model is None:  # as transformers refuses it
+            raise ConfigError(
+                "save_strategy='best' needs metric_for_best_model (e.g. 'loss', or a key compute_metrics returns)"
+            )
         if not self.load_best_model_at_end or self.save_strategy == "best":
             return
         if self.save_strategy != self.eval_strategy:
