@@ -204,3 +204,38 @@ def test_several_callbacks_of_one_class_keep_their_own_state(tmp_path):
 def test_a_saved_callback_state_without_its_callback_is_warned_about(tmp_path):
     _, said = _resume_with(tmp_path, "ours", [_Stateful(1)], [])
     assert "callbacks this run does not have (_Stateful)" in said
+
+
+@pytest.mark.parametrize("kind", ["hf", "ours"])
+def test_an_overridden_train_dataloader_may_be_any_iterable(tmp_path, kind):
+    rows = lm_rows(16)
+    batches = [PadCollator()([rows[j] for j in range(i, i + 4)]) for i in range(0, 16, 4)]
+
+    class ListLoader(transformers.Trainer if kind == "hf" else Trainer):
+        def get_train_dataloader(self):
+            return list(batches)
+
+    settings = dict(
+        output_dir=str(tmp_path / kind), report_to="none", num_train_epochs=2, max_steps=-1, save_strategy="no"
+    )
+    args = transformers.TrainingArguments(use_cpu=True, **settings) if kind == "hf" else make_args(tmp_path, **settings)
+    trainer = ListLoader(model=tiny_llama(), args=args, train_dataset=lm_rows(16))
+    assert trainer.train().global_step == 8
+
+
+@pytest.mark.parametrize("kind", ["hf", "ours"])
+def test_memory_metrics_have_transformers_keys(tmp_path, kind):
+    settings = dict(output_dir=str(tmp_path / kind), report_to="none", max_steps=2, skip_memory_metrics=False)
+    if kind == "hf":
+        args, base = transformers.TrainingArguments(use_cpu=True, **settings), transformers.Trainer
+    else:
+        args, base = make_args(tmp_path, **settings), Trainer
+    trainer = base(
+        model=tiny_llama(), args=args, train_dataset=lm_rows(16), eval_dataset=lm_rows(8), data_collator=PadCollator()
+    )
+    train = trainer.train().metrics
+    evaluation = trainer.evaluate()
+    test = trainer.predict(lm_rows(8)).metrics
+    for stage, metrics in (("init", train), ("train", train), ("eval", evaluation), ("test", test)):
+        for kind_of in ("alloc", "peaked"):
+            assert isinstance(metrics[f"{stage}_mem_cpu_{kind_of}_delta"], int), (stage, kind_of)

@@ -196,7 +196,6 @@ METADATA: dict[str, str] = {
     "do_train": "informational flag for scripts (its help: 'The Trainer ignores it')",
     "do_eval": "informational flag for scripts; __post_init__ sets it when eval_strategy is not 'no'",
     "do_predict": "informational flag for scripts (its help: 'The Trainer ignores it')",
-    "skip_memory_metrics": "True is the only value TrainingArguments accepts: no trainer reports memory metrics",
     "debug": "only empty is accepted: transformers' debug options are not carried out by any trainer",
     "save_on_each_node": "only False is accepted: rank 0 saves, to a filesystem every machine shares",
 }
@@ -254,6 +253,7 @@ ALTERNATIVES: dict[str, tuple[Any, ...]] = {
     "fp16_full_eval": (True,),
     "include_num_input_tokens_seen": (True, "all", "non_padding"),
     "peak_tflops": (100.0,),
+    "skip_memory_metrics": (False,),
     "eval_do_concat_batches": (False,),
     "eval_use_gather_object": (True,),
     "logging_nan_inf_filter": (True,),

@@ -188,7 +188,6 @@ def test_restore_callback_states_from_checkpoint_is_honoured(tmp_path, restore):
     ("overrides", "match"),
     [
         ({"accelerator_config": {"dispatch_batches": True}}, r"accelerator_config keys \['dispatch_batches'\]"),
-        ({"skip_memory_metrics": False}, r"skip_memory_metrics=False: memory metrics are not reported"),
     ],
 )
 def test_settings_nothing_carries_out_are_refused(tmp_path, overrides, match):

@@ -44,6 +44,7 @@ from .loop_utils import (
     unwrap_peft,
 )
 from .losses import count_label_items, lm_loss, model_output_loss, window_share
+from .memory import MemoryTracker
 from .meter import Meter, add_loss_terms, loss_term_means
 from .neftune import neftune_noise
 from .optim import create_optimizer, create_scheduler, describe_param_groups
@@ -93,6 +94,8 @@ class Trainer(EvaluationMethods):
         peft_config: Any = None,
     ) -> None:
         self.args = args if args is not None else TrainingArguments(output_dir="trainer_output")
+        self._memory = MemoryTracker(not self.args.skip_memory_metrics)
+        self._memory.start("init")
         if tokenizer is not None:
             warnings.warn("Trainer(tokenizer=...) is deprecated; use processing_class=", FutureWarning, stacklevel=2)
             processing_class = processing_class if processing_class is not None else tokenizer
@@ -131,6 +134,7 @@ class Trainer(EvaluationMethods):
             self.lr_scheduler,
         )
         self.control = self.callback_handler.on_init_end(self.args, self.state, self.control)
+        self._init_memory = self._memory.stop("init")  # reported with the first train() metrics, as in HF
 
     # ---- model helpers ----------------------------------------------------------------------
 
@@ -321,6 +325,7 @@ class Trainer(EvaluationMethods):
         """
         if kwargs:
             raise ConfigError(f"Trainer.train() got unknown arguments {sorted(kwargs)}")
+        self._memory.start("train")
         if resume_from_checkpoint is None:
             resume_from_checkpoint = self.args.resume_from_checkpoint
         resume = ckpt.resolve_resume(resume_from_checkpoint, self.args.output_dir)
@@ -525,6 +530,9 @@ class Trainer(EvaluationMethods):
             "train_loss": self._mean_loss_of_run(),
             "epoch": state.epoch,
         }
+        metrics.update(self._init_memory)
+        self._init_memory = {}
+        metrics.update(self._memory.stop("train"))
         self.log(metrics)
         self.step_kernel = None  # training_step outside train() backpropagates unscaled again
         self.control = self.callback_handler.on_train_end(args, state, self.control)

@@ -37,6 +37,7 @@ class EvaluationMethods:
     label_names: list[str]
     can_return_loss: bool
     _eval_dataloaders: dict[str, DataLoader]
+    _memory: Any  # memory.MemoryTracker
     # methods of Trainer these call
     _remove_unused_columns: Callable[[Any, str], Any]
     log: Callable[..., None]
@@ -82,6 +83,7 @@ class EvaluationMethods:
             for name, subset in sets.items():
                 metrics.update(self.evaluate(subset if given else name, ignore_keys, f"{metric_key_prefix}_{name}"))
             return metrics
+        tracking = self._memory.start("eval")
         dataloader = self.get_eval_dataloader(eval_dataset)
         start = time.perf_counter()
         loss_only = True if self.compute_metrics is None else None  # no logits kept that nothing reads
@@ -89,6 +91,8 @@ class EvaluationMethods:
         output.metrics.update(speed_metrics(metric_key_prefix, start, output.num_samples, safe_len(dataloader)))
         if self.state.epoch is not None:
             output.metrics["epoch"] = self.state.epoch  # HF returns it with the metrics
+        if tracking:
+            output.metrics.update(self._memory.stop("eval"))
         self.log(output.metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=output.metrics)
         return output.metrics
@@ -97,10 +101,13 @@ class EvaluationMethods:
         self, test_dataset: Any, ignore_keys: list[str] | None = None, metric_key_prefix: str = "test"
     ) -> PredictionOutput:
         """Predictions (and metrics when labels are present) over `test_dataset`."""
+        tracking = self._memory.start("test")
         dataloader = self.get_test_dataloader(test_dataset)
         start = time.perf_counter()
         output = self.evaluation_loop(dataloader, "Prediction", False, ignore_keys, metric_key_prefix)
         output.metrics.update(speed_metrics(metric_key_prefix, start, output.num_samples, safe_len(dataloader)))
+        if tracking:
+            output.metrics.update(self._memory.stop("test"))
         self.control = self.callback_handler.on_predict(self.args, self.state, self.control, metrics=output.metrics)
         return PredictionOutput(predictions=output.predictions, label_ids=output.label_ids, metrics=output.metrics)
 

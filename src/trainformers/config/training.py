@@ -280,7 +280,7 @@ class TrainingArguments(ProcessInfo):
     local_rank: int = arg(-1, "Set by the launcher; -1 outside distributed runs.")
     debug: str | list[str] = arg("", "transformers' debug options (underflow_overflow, tpu_metrics_debug); refused.")
     skip_memory_metrics: bool = arg(
-        True, "Skip the memory profiling metrics; they are not reported here (false is refused)."
+        True, "Skip the *_mem_*_delta metrics (CPU and GPU memory per init/train/eval/test stage)."
     )
     # --- accepted other spellings, mapped in __post_init__ and then reset to None ---
     evaluation_strategy: str | None = alias("eval_strategy", "Deprecated: use eval_strategy.")
@@ -392,11 +392,6 @@ class TrainingArguments(ProcessInfo):
         ):
             raise ConfigError(
                 f"neftune_noise_alpha={self.neftune_noise_alpha!r} must be a positive number (5 is usual) or None"
-            )
-        if not self.skip_memory_metrics:
-            raise ConfigError(
-                "skip_memory_metrics=False: memory metrics are not reported by trainformers; leave it True "
-                "(the log has tokens/s and TFLOP/s; measure memory with torch.cuda.max_memory_allocated)"
             )
         if isinstance(self.deepspeed, str):
             if self.deepspeed.lstrip().startswith("{"):

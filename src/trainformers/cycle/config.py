@@ -53,6 +53,7 @@ NOT_IN_CYCLE: dict[str, tuple[Any, str]] = {
     "fp16_full_eval": (False, "evaluation runs in the training precision"),
     "include_num_input_tokens_seen": (False, "the log counts rows per direction instead"),
     "peak_tflops": (None, "the cycle log shows generation and training seconds, not MFU"),
+    "skip_memory_metrics": (True, "the cycle reports generation and training seconds, not memory"),
     "logging_nan_inf_filter": (False, "CycleTrainer logs each loss as it is, NaN and inf included"),
     # every rank must agree on skipping a window whose rows were all dropped: the count is global
     "average_tokens_across_devices": (True, "the cycle loss is normalised by the label tokens of all ranks"),
