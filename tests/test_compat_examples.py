@@ -223,3 +223,170 @@ def test_image_classification_example(tmp_path):
     theirs, ours = (_run_image_classification(kind, tmp_path) for kind in KINDS)
     losses = [[row["loss"] for row in t.state.log_history if "loss" in row] for t in (theirs, ours)]
     assert len(losses[1]) == 4 and losses[1] == pytest.approx(losses[0], rel=1e-5)
+
+
+def _run_question_answering(kind, tmp_path):
+    """examples/pytorch/question-answering, in miniature: start/end positions as the labels."""
+    lib = _lib(kind)
+    tokenizer = train_tokenizer(TEXTS * 4, 280)
+    rows = []
+    for i, text in enumerate(TEXTS * 2):
+        ids = tokenizer(text)["input_ids"]
+        start = i % (len(ids) - 1)
+        rows.append(
+            {"input_ids": ids, "attention_mask": [1] * len(ids), "start_positions": start, "end_positions": start + 1}
+        )
+    torch.manual_seed(0)
+    model = transformers.BertForQuestionAnswering(
+        transformers.BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=32,
+            pad_token_id=tokenizer.pad_token_id,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
+    )
+    settings = dict(
+        output_dir=str(tmp_path / kind), max_steps=6, per_device_train_batch_size=4, per_device_eval_batch_size=4,
+        learning_rate=5e-3, logging_steps=2, save_strategy="no", report_to="none", optim="adamw_torch", seed=0,
+    )  # fmt: skip
+    if kind == "hf":
+        settings["use_cpu"] = True
+    trainer = lib.Trainer(
+        model=model,
+        args=lib.TrainingArguments(**settings),
+        train_dataset=Dataset.from_list(rows),
+        data_collator=transformers.DataCollatorWithPadding(tokenizer),
+    )
+    trainer.train()
+    return trainer, trainer.predict(Dataset.from_list(rows[:8]))
+
+
+def test_question_answering_example(tmp_path):
+    (theirs, their_out), (ours, our_out) = (_run_question_answering(kind, tmp_path) for kind in KINDS)
+    losses = [[row["loss"] for row in t.state.log_history if "loss" in row] for t in (theirs, ours)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    assert len(our_out.predictions) == 2 and len(our_out.label_ids) == 2  # (start, end) logits and positions
+    for ours_part, theirs_part in zip(our_out.predictions, their_out.predictions):
+        np.testing.assert_allclose(ours_part, theirs_part, rtol=1e-5, atol=1e-6)
+    for ours_part, theirs_part in zip(our_out.label_ids, their_out.label_ids):
+        np.testing.assert_array_equal(ours_part, theirs_part)
+    assert our_out.metrics["test_loss"] == pytest.approx(their_out.metrics["test_loss"], rel=1e-5)
+
+
+def _run_masked_lm(kind, tmp_path):
+    """examples/pytorch/language-modeling/run_mlm.py, in miniature: the collator masks at random."""
+    lib = _lib(kind)
+    tokenizer = train_tokenizer(TEXTS * 4, 280)
+    tokenizer.add_special_tokens({"mask_token": "<mask>"})
+    rows = [tokenizer(text) for text in TEXTS * 3]
+    torch.manual_seed(0)
+    model = transformers.BertForMaskedLM(
+        transformers.BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=32,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    settings = dict(
+        output_dir=str(tmp_path / kind), max_steps=4, per_device_train_batch_size=4, per_device_eval_batch_size=4,
+        learning_rate=5e-3, logging_steps=2, save_strategy="no", report_to="none", seed=0,
+    )  # fmt: skip
+    if kind == "hf":
+        settings["use_cpu"] = True
+    trainer = lib.Trainer(
+        model=model,
+        args=lib.TrainingArguments(**settings),
+        train_dataset=Dataset.from_list([dict(r) for r in rows]),
+        eval_dataset=Dataset.from_list([dict(r) for r in rows[:8]]),
+        data_collator=transformers.DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.3),
+    )
+    trainer.train()
+    trainer.save_model()
+    return trainer, trainer.evaluate()
+
+
+def test_masked_lm_example_runs_on_both_and_reloads(tmp_path):
+    """The masks are random: seeded per batch here (exact resume), so the numbers differ from
+    transformers'; the script runs, evaluates and saves a model plain transformers loads."""
+    for kind in KINDS:
+        trainer, metrics = _run_masked_lm(kind, tmp_path)
+        assert np.isfinite(metrics["eval_loss"]) and trainer.state.global_step == 4
+    reloaded = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "ours")
+    ids = torch.tensor([[3, 4, 5]])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, trainer.model(ids).logits)
+
+
+def _run_search(kind, tmp_path):
+    """A tutorial's compute_loss override with metrics, then an optuna search over the learning rate."""
+    import optuna
+
+    lib = _lib(kind)
+    tokenizer = train_tokenizer(TEXTS * 4, 280)
+    rows = [dict(tokenizer(text), labels=i % 2) for i, text in enumerate(TEXTS * 2)]
+
+    def model_init(trial=None):
+        torch.manual_seed(0)
+        return transformers.BertForSequenceClassification(
+            transformers.BertConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=16,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=32,
+                max_position_embeddings=32,
+                num_labels=2,
+                pad_token_id=tokenizer.pad_token_id,
+                hidden_dropout_prob=0.0,
+                attention_probs_dropout_prob=0.0,
+            )
+        )
+
+    class WeightedLoss(lib.Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            loss = torch.nn.functional.cross_entropy(outputs.logits, labels, weight=torch.tensor([1.0, 2.0]))
+            return (loss, outputs) if return_outputs else loss
+
+    def accuracy(prediction):
+        return {"accuracy": float((np.argmax(prediction.predictions, -1) == prediction.label_ids).mean())}
+
+    settings = dict(
+        output_dir=str(tmp_path / kind), max_steps=4, per_device_train_batch_size=4, per_device_eval_batch_size=4,
+        eval_strategy="steps", eval_steps=4, save_strategy="no", report_to="none", optim="adamw_torch", seed=0,
+        logging_steps=2,
+    )  # fmt: skip
+    if kind == "hf":
+        settings["use_cpu"] = True
+    trainer = WeightedLoss(
+        model_init=model_init,
+        args=lib.TrainingArguments(**settings),
+        train_dataset=Dataset.from_list(rows),
+        eval_dataset=Dataset.from_list(rows[:8]),
+        data_collator=transformers.DataCollatorWithPadding(tokenizer),
+        compute_metrics=accuracy,
+    )
+    return trainer.hyperparameter_search(
+        hp_space=lambda trial: {"learning_rate": trial.suggest_float("learning_rate", 1e-3, 1e-1, log=True)},
+        compute_objective=lambda metrics: metrics["eval_loss"],
+        n_trials=3,
+        direction="minimize",
+        backend="optuna",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
+
+
+def test_compute_loss_override_metrics_and_optuna_search(tmp_path):
+    theirs, ours = (_run_search(kind, tmp_path) for kind in KINDS)
+    assert ours.hyperparameters["learning_rate"] == pytest.approx(theirs.hyperparameters["learning_rate"], rel=1e-12)
+    assert ours.objective == pytest.approx(theirs.objective, rel=1e-5)
