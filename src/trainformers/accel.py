@@ -7,6 +7,7 @@ field names into Accelerate's plugins and checks what the device can do.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import os
 import platform
@@ -20,11 +21,12 @@ from accelerate import Accelerator
 from accelerate.utils import (
     DataLoaderConfiguration,
     DistributedDataParallelKwargs,
+    DistributedType,
     InitProcessGroupKwargs,
     ProjectConfiguration,
 )
 
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 
 
 def _fsdp_plugin(args: Any) -> Any:
@@ -51,12 +53,42 @@ def _fsdp_plugin(args: Any) -> Any:
         kwargs["auto_wrap_policy"] = "transformer_based_wrap"
     # fsdp_config keys are Accelerate's plugin fields, with or without HF's "fsdp_" prefix
     kwargs.update({key.removeprefix("fsdp_"): value for key, value in config.items()})
-    return FullyShardedDataParallelPlugin(**kwargs)
+    known = set(inspect.signature(FullyShardedDataParallelPlugin).parameters)
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise ConfigError(
+            f"training.fsdp_config key '{unknown[0]}' is not an Accelerate FSDP setting"
+            f"{did_you_mean(unknown[0], sorted(known))}; see accelerate.FullyShardedDataParallelPlugin"
+        )
+    try:
+        return FullyShardedDataParallelPlugin(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"training.fsdp_config is not valid for Accelerate: {str(err).splitlines()[0]}") from None
+
+
+def check_engines(args: Any) -> None:
+    """Refuse a DeepSpeed request this run cannot carry out (Accelerate would drop it without a word).
+
+    Called by `build_accelerator`, and by the command line before any data or weights load.
+
+    Raises:
+        ConfigError: deepspeed without its package or without a CUDA GPU.
+    """
+    if not args.deepspeed:
+        return
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError(
+            "training.deepspeed is set but the deepspeed package is not installed; pip install deepspeed "
+            "(it needs a CUDA GPU), or drop training.deepspeed"
+        )
+    if args.use_cpu or not torch.cuda.is_available():
+        raise ConfigError("training.deepspeed needs a CUDA GPU and this run has none; drop training.deepspeed")
 
 
 def _deepspeed_plugin(args: Any) -> Any:
     if not args.deepspeed:
         return None
+    check_engines(args)
     from accelerate import DeepSpeedPlugin
 
     config = args.deepspeed
@@ -163,6 +195,14 @@ def build_accelerator(args: Any) -> Accelerator:
         rng_types=[],  # our samplers are seeded per epoch; nothing to synchronise
         step_scheduler_with_optimizer=False,
     )
+    if args.fsdp and accelerator.distributed_type != DistributedType.FSDP:
+        # Accelerate applies FSDP only under a distributed launch on supported devices, and otherwise
+        # falls back (to DDP, or to no wrapper) without a word
+        raise ConfigError(
+            f"training.fsdp={' '.join(args.fsdp)} is not applied in this run (Accelerate set it up as "
+            f"{accelerator.distributed_type.value}): FSDP needs a distributed launch (accelerate launch or torchrun "
+            "with 2+ processes) on CUDA GPUs; drop training.fsdp"
+        )
     if fp32_fallback and accelerator.is_main_process and not _said_no_cpu_bf16:
         print(NO_CPU_BF16, file=sys.stderr, flush=True)
         _said_no_cpu_bf16 = True

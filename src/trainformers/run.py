@@ -21,6 +21,7 @@ import torch
 import yaml
 from transformers.trainer_utils import BestRun
 
+from .accel import check_engines
 from .config import RunConfig
 from .errors import ConfigError
 from .search import SUMMARY_FILE, format_trials_table, import_optuna, search_space_from_config
@@ -199,6 +200,7 @@ def build_trainer(config: RunConfig, *, echo: Any = print, for_training: bool = 
     out = Path(args.output_dir)
     if for_training:
         ckpt.check_output_dir(out, resuming=bool(args.resume_from_checkpoint), overwrite=args.overwrite_output_dir)
+    check_engines(args)  # before any data or weights load
     if config.model.load_in_4bit or config.model.load_in_8bit:
         from .models.loading import check_quantization_available
 
