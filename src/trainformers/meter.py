@@ -62,6 +62,16 @@ class Meter:
         """`get` as a Python number (a device tensor is read here: one host sync)."""
         return _plain(self.get(name, default))
 
+    def summed_over_ranks(self, name: str, accel: Any) -> float:
+        """The sum `name` added up over every process (a collective: every rank must call it), read once.
+
+        Each rank holds its part of a mean (the step kernel's shares), so the parts' sum is the mean.
+        """
+        total = torch.as_tensor(self.get(name), dtype=torch.float32, device=accel.device)
+        if accel.num_processes > 1:
+            total = accel.reduce(total.clone(), reduction="sum")
+        return total.item()
+
     def pop(self, name: str) -> Any:
         """Read the sum `name` (a Python number) and remove it."""
         return _plain(self.sums.pop(name, 0))

@@ -41,12 +41,10 @@ class WindowStep:
     Attributes:
         loss: This rank's part of the window's mean loss (detached); None when the window was skipped.
         grad_norm: The gradient norm before clipping (a tensor), or None without clipping.
-        num_items: The label items the window's losses were divided by, or None (not counted).
     """
 
     loss: torch.Tensor | None
     grad_norm: torch.Tensor | None
-    num_items: torch.Tensor | None
 
 
 class StepKernel:
@@ -154,7 +152,7 @@ class StepKernel:
         k = len(window)
         items = self.count_items(window, count) if self.always_count or k > 1 or skip_empty else None
         if skip_empty and items is not None and int(items) == 0:
-            return WindowStep(None, None, items)
+            return WindowStep(None, None)
         global_count = items is not None and self.items_across_ranks
         self.scale = float(self.ranks) if global_count else (1.0 / k if items is None and k > 1 else 1.0)
         share = (1.0 if global_count or self.ranks == 1 else 1.0 / self.ranks) * (1.0 / k if items is None else 1.0)
@@ -174,7 +172,7 @@ class StepKernel:
         if after_step is not None:
             after_step()
         self.zero_grad()
-        return WindowStep(total, grad_norm, items)
+        return WindowStep(total, grad_norm)
 
     # ---- the pieces -------------------------------------------------------------------------
 

@@ -541,10 +541,7 @@ class Trainer(EvaluationMethods):
     def _log_training(self) -> None:
         """Build and emit a training log row: the only place the loop syncs with the host."""
         accel, meter, world = self.accelerator, self.meter, self.accelerator.num_processes
-        loss = torch.as_tensor(meter.get("loss"), dtype=torch.float32, device=accel.device)
-        if world > 1:  # each rank holds its part of the mean: the parts sum to it
-            loss = accel.reduce(loss.clone(), reduction="sum")
-        logs: dict[str, float] = {"loss": loss.item() / max(meter.read("steps"), 1)}
+        logs: dict[str, float] = {"loss": meter.summed_over_ranks("loss", accel) / max(meter.read("steps"), 1)}
         if meter.get("grad_norm", None) is not None:
             logs["grad_norm"] = meter.read("grad_norm")
         logs["learning_rate"] = float(self.step_kernel.learning_rate)  # the rate the last step used, as HF logs it
@@ -564,10 +561,7 @@ class Trainer(EvaluationMethods):
         steps = self.run_meter.read("steps")
         if not steps:
             return float("nan")
-        total = torch.as_tensor(self.run_meter.get("loss"), dtype=torch.float32, device=self.accelerator.device)
-        if self.accelerator.num_processes > 1:
-            total = self.accelerator.reduce(total, reduction="sum")
-        return total.item() / steps
+        return self.run_meter.summed_over_ranks("loss", self.accelerator) / steps
 
     def _flops_row(self, flops: float, seconds: float, prefix: str = "") -> dict[str, float]:
         return flops_row(flops, seconds, self.accelerator.num_processes, self.peak_flops() if flops else None, prefix)

@@ -591,11 +591,9 @@ class CycleTrainer:
         logs: dict[str, float] = {}
         losses = []
         for s in self.trained:
-            total = torch.as_tensor(meter.get(f"loss_{s}"), dtype=torch.float32, device=accel.device)
-            if world > 1:  # each rank holds its part of the mean: the parts sum to it
-                total = accel.reduce(total.clone(), reduction="sum")
+            total = meter.summed_over_ranks(f"loss_{s}", accel)  # every rank, even one that took no step
             if meter.get(f"loss_steps_{s}"):
-                logs[f"loss_{s}"] = total.item() / meter.read(f"loss_steps_{s}")
+                logs[f"loss_{s}"] = total / meter.read(f"loss_steps_{s}")
                 losses.append(logs[f"loss_{s}"])
         if losses:
             logs["loss"] = sum(losses) / len(losses)
