@@ -30,6 +30,33 @@ def _lib(kind):
     return transformers if kind == "hf" else trainformers
 
 
+def _tiny_bert(head, tokenizer, dropout=False, **config):
+    """A one-layer BERT of `head` (BertForTokenClassification, ...) for `tokenizer`. Without dropout by
+    default: ours reseeds the random stream per batch (exact resume), so dropout masks would differ."""
+    torch.manual_seed(0)
+    no_dropout = {} if dropout else {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    return head(
+        transformers.BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=32,
+            pad_token_id=tokenizer.pad_token_id,
+            **no_dropout,
+            **config,
+        )  # fmt: skip
+    )
+
+
+def _training_args(kind, **settings):
+    """The script's TrainingArguments, from transformers or from us; transformers' on the CPU too."""
+    if kind == "hf":
+        return transformers.TrainingArguments(use_cpu=True, **settings)
+    return trainformers.TrainingArguments(**settings)
+
+
 @dataclasses.dataclass
 class ModelArguments:
     config_overrides: str = dataclasses.field(default="", metadata={"help": "tiny model settings"})
@@ -129,28 +156,11 @@ def _run_token_classification(kind, tmp_path):
         ids = tokenizer(text)["input_ids"]
         labels = [-100 if i % 3 == 2 else int(t % 3) for i, t in enumerate(ids)]  # some positions ignored
         rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
-    torch.manual_seed(0)
-    model = transformers.BertForTokenClassification(
-        transformers.BertConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=32,
-            max_position_embeddings=32,
-            num_labels=3,
-            pad_token_id=tokenizer.pad_token_id,
-            # no dropout: ours reseeds the random stream per batch (exact resume), so the masks would differ
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
-        )  # fmt: skip
-    )
+    model = _tiny_bert(transformers.BertForTokenClassification, tokenizer, num_labels=3)
     settings = dict(
         output_dir=str(tmp_path / kind), max_steps=6, per_device_train_batch_size=4, per_device_eval_batch_size=4,
         learning_rate=5e-3, logging_steps=2, save_strategy="no", report_to="none", optim="adamw_torch", seed=0,
     )  # fmt: skip
-    if kind == "hf":
-        settings["use_cpu"] = True
 
     def compute_metrics(prediction):
         predicted = np.argmax(prediction.predictions, axis=-1)
@@ -159,7 +169,7 @@ def _run_token_classification(kind, tmp_path):
 
     trainer = lib.Trainer(
         model=model,
-        args=lib.TrainingArguments(**settings),
+        args=_training_args(kind, **settings),
         train_dataset=Dataset.from_list(rows),
         eval_dataset=Dataset.from_list(rows[:8]),
         data_collator=transformers.DataCollatorForTokenClassification(tokenizer),
@@ -207,11 +217,9 @@ def _run_image_classification(kind, tmp_path):
         logging_steps=1, save_strategy="no", report_to="none", optim="adamw_torch", seed=0,
         remove_unused_columns=False,
     )  # fmt: skip
-    if kind == "hf":
-        settings["use_cpu"] = True
     trainer = lib.Trainer(
         model=model,
-        args=lib.TrainingArguments(**settings),
+        args=_training_args(kind, **settings),
         train_dataset=Dataset.from_list(rows),
         data_collator=collate_fn,
     )
@@ -236,29 +244,14 @@ def _run_question_answering(kind, tmp_path):
         rows.append(
             {"input_ids": ids, "attention_mask": [1] * len(ids), "start_positions": start, "end_positions": start + 1}
         )
-    torch.manual_seed(0)
-    model = transformers.BertForQuestionAnswering(
-        transformers.BertConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=32,
-            max_position_embeddings=32,
-            pad_token_id=tokenizer.pad_token_id,
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
-        )
-    )
+    model = _tiny_bert(transformers.BertForQuestionAnswering, tokenizer)
     settings = dict(
         output_dir=str(tmp_path / kind), max_steps=6, per_device_train_batch_size=4, per_device_eval_batch_size=4,
         learning_rate=5e-3, logging_steps=2, save_strategy="no", report_to="none", optim="adamw_torch", seed=0,
     )  # fmt: skip
-    if kind == "hf":
-        settings["use_cpu"] = True
     trainer = lib.Trainer(
         model=model,
-        args=lib.TrainingArguments(**settings),
+        args=_training_args(kind, **settings),
         train_dataset=Dataset.from_list(rows),
         data_collator=transformers.DataCollatorWithPadding(tokenizer),
     )
@@ -284,27 +277,14 @@ def _run_masked_lm(kind, tmp_path):
     tokenizer = train_tokenizer(TEXTS * 4, 280)
     tokenizer.add_special_tokens({"mask_token": "<mask>"})
     rows = [tokenizer(text) for text in TEXTS * 3]
-    torch.manual_seed(0)
-    model = transformers.BertForMaskedLM(
-        transformers.BertConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=32,
-            max_position_embeddings=32,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    model = _tiny_bert(transformers.BertForMaskedLM, tokenizer, dropout=True)
     settings = dict(
         output_dir=str(tmp_path / kind), max_steps=4, per_device_train_batch_size=4, per_device_eval_batch_size=4,
         learning_rate=5e-3, logging_steps=2, save_strategy="no", report_to="none", seed=0,
     )  # fmt: skip
-    if kind == "hf":
-        settings["use_cpu"] = True
     trainer = lib.Trainer(
         model=model,
-        args=lib.TrainingArguments(**settings),
+        args=_training_args(kind, **settings),
         train_dataset=Dataset.from_list([dict(r) for r in rows]),
         eval_dataset=Dataset.from_list([dict(r) for r in rows[:8]]),
         data_collator=transformers.DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.3),
@@ -335,21 +315,7 @@ def _run_search(kind, tmp_path):
     rows = [dict(tokenizer(text), labels=i % 2) for i, text in enumerate(TEXTS * 2)]
 
     def model_init(trial=None):
-        torch.manual_seed(0)
-        return transformers.BertForSequenceClassification(
-            transformers.BertConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=16,
-                num_hidden_layers=1,
-                num_attention_heads=2,
-                intermediate_size=32,
-                max_position_embeddings=32,
-                num_labels=2,
-                pad_token_id=tokenizer.pad_token_id,
-                hidden_dropout_prob=0.0,
-                attention_probs_dropout_prob=0.0,
-            )
-        )
+        return _tiny_bert(transformers.BertForSequenceClassification, tokenizer, num_labels=2)
 
     class WeightedLoss(lib.Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -366,11 +332,9 @@ def _run_search(kind, tmp_path):
         eval_strategy="steps", eval_steps=4, save_strategy="no", report_to="none", optim="adamw_torch", seed=0,
         logging_steps=2,
     )  # fmt: skip
-    if kind == "hf":
-        settings["use_cpu"] = True
     trainer = WeightedLoss(
         model_init=model_init,
-        args=lib.TrainingArguments(**settings),
+        args=_training_args(kind, **settings),
         train_dataset=Dataset.from_list(rows),
         eval_dataset=Dataset.from_list(rows[:8]),
         data_collator=transformers.DataCollatorWithPadding(tokenizer),
