@@ -20,7 +20,7 @@ from concurrent.futures import wait as wait_futures
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import PREFIX, TMP_SUFFIX, is_training_state
+from .checkpoint import PREFIX, TMP_SUFFIX, checkpoint_dir, is_training_state
 from .events import TrainerCallback
 
 logger = logging.getLogger(__name__)
@@ -247,7 +247,7 @@ class HubCallback(TrainerCallback):
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if args.push_to_hub and args.hub_strategy != "end" and state.is_world_process_zero:
             # the pusher snapshots the checkpoint (hard links) and uploads it in the background
-            folder = Path(args.output_dir) / f"{PREFIX}-{state.global_step}"
+            folder = checkpoint_dir(args.output_dir, state.global_step)
             self.pusher_for(args).on_checkpoint(folder, f"Training in progress, step {state.global_step}")
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
