@@ -102,11 +102,12 @@ def read_losses(run_dir) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in rows if "loss" in r]
 
 
-def accelerate_launch(script, *args, processes: int = 2) -> None:
+def accelerate_launch(script, *args, processes: int = 2, flags=()) -> None:
     """Run `script args...` under `accelerate launch` with `processes` CPU processes; fail with its stderr.
 
     On a machine without GPUs, --multi_gpu is accelerate's torchrun launcher; each process then
-    finds no CUDA and joins a gloo group on the CPU (plain --cpu would need mpirun).
+    finds no CUDA and joins a gloo group on the CPU (plain --cpu would need mpirun). `flags` go to
+    accelerate launch; an engine flag (--use_fsdp) picks the torchrun launcher itself.
     """
     env = {
         **os.environ,
@@ -114,12 +115,13 @@ def accelerate_launch(script, *args, processes: int = 2) -> None:
         "HF_HUB_OFFLINE": "1",
         "PYTHONPATH": str(Path(__file__).parents[1] / "src"),
     }
-    mode = "--multi_gpu" if processes > 1 else "--cpu"
+    mode = [] if any(f.startswith("--use_") for f in flags) else ["--multi_gpu" if processes > 1 else "--cpu"]
     launcher = [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
-        mode,
+        *mode,
+        *flags,
         "--num_processes",
         str(processes),
         "--num_machines",

@@ -103,13 +103,24 @@ def test_process_questions_answer_as_transformers_does_in_one_process(tmp_path):
         pass
 
 
-def test_refused_debug_and_save_on_each_node(tmp_path):
+def test_refused_debug_and_save_on_each_node_with_fsdp(tmp_path):
     from trainformers import ConfigError
 
     with pytest.raises(ConfigError, match="debug="):
         TrainingArguments(output_dir=str(tmp_path), debug="underflow_overflow")
-    with pytest.raises(ConfigError, match="save_on_each_node=True"):
-        TrainingArguments(output_dir=str(tmp_path), save_on_each_node=True)
+    with pytest.raises(ConfigError, match="save_on_each_node=True with fsdp"):
+        TrainingArguments(output_dir=str(tmp_path), save_on_each_node=True, fsdp="full_shard")
+
+
+def test_save_on_each_node_makes_each_machines_main_process_save(tmp_path, monkeypatch):
+    # as transformers' `should_save`: rank 0 only, or local rank 0 on every machine
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert not TrainingArguments(output_dir=str(tmp_path)).should_save
+    assert TrainingArguments(output_dir=str(tmp_path), save_on_each_node=True).should_save
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert not TrainingArguments(output_dir=str(tmp_path), save_on_each_node=True).should_save
 
 
 # ---- NEFTune ------------------------------------------------------------------------------------

@@ -299,11 +299,11 @@ def test_small_normalisations(tmp_path):
     assert _args(include_num_input_tokens_seen="no").include_num_input_tokens_seen is False
     assert _args(include_num_input_tokens_seen="non_padding").include_num_input_tokens_seen == "non_padding"
     assert _args(fsdp="full_shard auto_wrap").fsdp == ["full_shard", "auto_wrap"]
-    assert _args(fsdp=True).fsdp == ["full_shard"]
+    assert _args(fsdp=True).fsdp == ["auto_wrap"]
     assert _args(fsdp=None).fsdp == [] and _args().fsdp == []
     fsdp_file = tmp_path / "fsdp.json"
     fsdp_file.write_text('{"min_num_params": 10}')
-    assert _args(fsdp_config=str(fsdp_file)).fsdp_config == {"min_num_params": 10}
+    assert _args(fsdp="full_shard", fsdp_config=str(fsdp_file)).fsdp_config == {"min_num_params": 10}
     assert _args(lr_scheduler_kwargs='{"num_cycles": 2}').lr_scheduler_kwargs == {"num_cycles": 2}
     assert _args(lr_scheduler_kwargs=None).lr_scheduler_kwargs == {}
     ds_file = tmp_path / "ds.json"

@@ -143,9 +143,6 @@ HONOURED: dict[str, str] = {
     "ddp_static_graph": "accel.build_accelerator",
     "ddp_backend": "accel.build_accelerator",
     "ddp_timeout": "accel.build_accelerator",
-    "fsdp": "accel._fsdp_plugin",
-    "fsdp_config": "accel._fsdp_plugin",
-    "deepspeed": "accel._deepspeed_plugin",
     "use_cpu": "accel.build_accelerator",
     # hub
     "hub_model_id": "modelcard.create_model_card",  # the card's model name (CycleTrainer.create_model_card)
@@ -197,7 +194,6 @@ METADATA: dict[str, str] = {
     "do_eval": "informational flag for scripts; __post_init__ sets it when eval_strategy is not 'no'",
     "do_predict": "informational flag for scripts (its help: 'The Trainer ignores it')",
     "debug": "only empty is accepted: transformers' debug options are not carried out by any trainer",
-    "save_on_each_node": "only False is accepted: rank 0 saves, to a filesystem every machine shares",
 }
 
 # Older spellings: TrainingArguments.__post_init__ moves the value onto the target and resets the alias to None.
@@ -223,10 +219,17 @@ ALIAS_VALUES: dict[str, tuple[Any, Any]] = {
 }
 
 # Settings a plain TrainingArguments needs beside an alternative value for it to be valid there.
-COMPANIONS: dict[str, dict[str, Any]] = {"dataloader_prefetch_factor": {"dataloader_num_workers": 2}}
+COMPANIONS: dict[str, dict[str, Any]] = {
+    "dataloader_prefetch_factor": {"dataloader_num_workers": 2},
+    "fsdp_config": {"fsdp": "full_shard"},
+}
 
 # NOT_IN_CYCLE field -> values other than the accepted one that a plain TrainingArguments accepts.
 ALTERNATIVES: dict[str, tuple[Any, ...]] = {
+    "fsdp": ("full_shard",),
+    "fsdp_config": ({"version": 2},),
+    "deepspeed": ({"zero_optimization": {"stage": 2}},),
+    "save_on_each_node": (True,),
     "push_to_hub": (True,),
     "hub_strategy": ("end", "checkpoint"),
     "hub_token": ("hf_secret",),

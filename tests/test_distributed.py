@@ -73,3 +73,48 @@ def test_cycle_two_processes_match_one(tmp_path):
 def test_cycle_with_real_generation_runs_on_two_processes(tmp_path):
     two = _launch_cycle(tmp_path / "two", 2, 2, 1, "generate")
     assert two["world"] == 2 and two["step"] == 3 and len(two["loss_A"]) == 3
+
+
+NODES_SCRIPT = Path(__file__).parent / "nodes_run.py"
+
+
+@pytest.mark.slow
+def test_two_nodes_without_a_shared_disk_each_save_and_resume_with_save_on_each_node(tmp_path):
+    # two torchrun "machines" on localhost, one process each; nodes_run.py gives each its own output_dir
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(Path(__file__).parents[1] / "src"),
+    }
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+                "--node_rank", str(rank), "--master_addr", "127.0.0.1", "--master_port", str(port),
+                str(NODES_SCRIPT), str(tmp_path),
+            ],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for rank in (0, 1)
+    ]  # fmt: skip
+    for node in nodes:
+        _, err = node.communicate(timeout=300)
+        assert node.returncode == 0, err[-4000:]
+    for rank in (0, 1):
+        disk = tmp_path / f"node{rank}"
+        result = json.loads((disk / "result.json").read_text())
+        assert result["rank"] == rank and result["world"] == 2 and result["should_save"]
+        assert result["same_weights"]  # resumed from this disk's own checkpoint-2 to the identical weights
+        checkpoint = disk / "run" / "checkpoint-2"
+        assert (checkpoint / "model.safetensors").is_file() and (checkpoint / "optimizer.pt").is_file()
+        assert (checkpoint / f"rng_state_{rank}.pth").is_file()  # each machine holds its own ranks' states
+        assert not (checkpoint / f"rng_state_{1 - rank}.pth").exists()

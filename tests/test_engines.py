@@ -1,5 +1,4 @@
-"""FSDP and DeepSpeed are applied or refused in one line, never silently dropped (the rest of issue 17,
-sharded checkpoints and the engines themselves, needs a GPU machine)."""
+"""DeepSpeed is applied or refused in one line, never silently dropped (FSDP: tests/test_fsdp.py)."""
 
 from __future__ import annotations
 
@@ -13,18 +12,6 @@ def _trainer(tmp_path, **overrides):
     return Trainer(
         model=tiny_llama(), args=make_args(tmp_path, **overrides), train_dataset=lm_rows(8), data_collator=PadCollator()
     )
-
-
-def test_fsdp_that_accelerate_would_not_apply_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match=r"training.fsdp=full_shard auto_wrap is not applied in this run \(.*\)"):
-        _trainer(tmp_path, fsdp="full_shard auto_wrap")
-
-
-def test_an_fsdp_config_key_accelerate_does_not_know_is_named(tmp_path):
-    with pytest.raises(
-        ConfigError, match=r"fsdp_config key 'reshard_after_forwardd'.*did you mean 'reshard_after_forward'"
-    ):
-        _trainer(tmp_path, fsdp="full_shard", fsdp_config={"fsdp_reshard_after_forwardd": True})
 
 
 def test_deepspeed_without_its_package_or_a_gpu_is_refused(tmp_path):

@@ -7,7 +7,6 @@ field names into Accelerate's plugins and checks what the device can do.
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import json
 import os
 import platform
@@ -26,44 +25,49 @@ from accelerate.utils import (
     ProjectConfiguration,
 )
 
-from .errors import ConfigError, did_you_mean
+from .errors import ConfigError
+from .fsdp import fsdp_plugin, fsdp_settings
 
 
-def _fsdp_plugin(args: Any) -> Any:
-    if not args.fsdp:
+def _fsdp_request(args: Any, cpu: bool) -> Any:
+    """Accelerate's FSDP plugin for this run: from `fsdp`/`fsdp_config`, else from `accelerate launch
+    --use_fsdp` (its FSDP_* environment); None without FSDP."""
+    settings = fsdp_settings(args.fsdp, args.fsdp_config)
+    if settings is not None:
+        return fsdp_plugin(settings, on_cpu=cpu)
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
         return None
     from accelerate import FullyShardedDataParallelPlugin
 
-    options = set(args.fsdp)
-    config = dict(args.fsdp_config or {})
-    strategy = next(
-        (
-            s.upper()
-            for s in ("full_shard", "shard_grad_op", "hybrid_shard", "hybrid_shard_zero2", "no_shard")
-            if s in options
-        ),
-        "FULL_SHARD",
-    )
-    kwargs: dict[str, Any] = {"sharding_strategy": strategy}
-    if "offload" in options:
-        from torch.distributed.fsdp import CPUOffload
+    plugin = FullyShardedDataParallelPlugin()  # read from the launcher's FSDP_* variables
+    if cpu and plugin.fsdp_version != 2:
+        raise ConfigError("accelerate launch --use_fsdp on CPU needs --fsdp_version 2 (FSDP1 runs only on CUDA GPUs)")
+    return plugin
 
-        kwargs["cpu_offload"] = CPUOffload(offload_params=True)
-    if "auto_wrap" in options:
-        kwargs["auto_wrap_policy"] = "transformer_based_wrap"
-    # fsdp_config keys are Accelerate's plugin fields, with or without HF's "fsdp_" prefix
-    kwargs.update({key.removeprefix("fsdp_"): value for key, value in config.items()})
-    known = set(inspect.signature(FullyShardedDataParallelPlugin).parameters)
-    unknown = sorted(set(kwargs) - known)
-    if unknown:
-        raise ConfigError(
-            f"training.fsdp_config key '{unknown[0]}' is not an Accelerate FSDP setting"
-            f"{did_you_mean(unknown[0], sorted(known))}; see accelerate.FullyShardedDataParallelPlugin"
-        )
-    try:
-        return FullyShardedDataParallelPlugin(**kwargs)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"training.fsdp_config is not valid for Accelerate: {str(err).splitlines()[0]}") from None
+
+def _shard_on_cpu(plugin: Any, mixed_precision: str) -> None:
+    """Make this process's Accelerate state FSDP, as Accelerate does on GPUs but refuses on CPUs.
+
+    Accelerate's FSDP2 code (`fsdp2_prepare_model`, the no_sync and clipping paths, the state dict
+    gathering) is device-neutral and runs on a gloo group; only its device check stops it. Setting
+    the state it would set lets the CPU run the same code a GPU run does (tests/test_fsdp.py).
+    """
+    from accelerate.state import AcceleratorState, PartialState
+
+    if mixed_precision != "no":
+        plugin.set_mixed_precision(mixed_precision)
+    state = AcceleratorState()
+    state.fsdp_plugin = plugin
+    state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+
+def _unshard_state() -> None:
+    """Undo `_shard_on_cpu` for the next Accelerator of this process (which may not want FSDP)."""
+    from accelerate.state import PartialState
+
+    if PartialState._shared_state.get("distributed_type") == DistributedType.FSDP and not torch.cuda.is_available():
+        PartialState._shared_state["distributed_type"] = DistributedType.MULTI_CPU
 
 
 def check_engines(args: Any) -> None:
@@ -177,6 +181,9 @@ def build_accelerator(args: Any) -> Accelerator:
             backend=args.torch_compile_backend or "inductor", mode=args.torch_compile_mode or "default"
         )
     accel_config = dict(args.accelerator_config or {})
+    _unshard_state()
+    fsdp = _fsdp_request(args, cpu)
+    launcher_fsdp = os.environ.get("ACCELERATE_USE_FSDP")
     accelerator = Accelerator(
         mixed_precision=mixed,
         cpu=cpu,
@@ -189,20 +196,26 @@ def build_accelerator(args: Any) -> Accelerator:
         log_with=list(args.report_to) or None,
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=args.logging_dir),
         kwargs_handlers=handlers,
-        fsdp_plugin=_fsdp_plugin(args),
+        fsdp_plugin=fsdp,
         deepspeed_plugin=_deepspeed_plugin(args),
         dynamo_plugin=dynamo,
         rng_types=[],  # our samplers are seeded per epoch; nothing to synchronise
         step_scheduler_with_optimizer=False,
     )
-    if args.fsdp and accelerator.distributed_type != DistributedType.FSDP:
-        # Accelerate applies FSDP only under a distributed launch on supported devices, and otherwise
-        # falls back (to DDP, or to no wrapper) without a word
-        raise ConfigError(
-            f"training.fsdp={' '.join(args.fsdp)} is not applied in this run (Accelerate set it up as "
-            f"{accelerator.distributed_type.value}): FSDP needs a distributed launch (accelerate launch or torchrun "
-            "with 2+ processes) on CUDA GPUs; drop training.fsdp"
-        )
+    # Accelerate records a plugin it was given in the environment, where the next Accelerator of
+    # this process (another Trainer, another trial) would read it back as a request
+    if launcher_fsdp is None:
+        os.environ.pop("ACCELERATE_USE_FSDP", None)
+    if fsdp is not None and accelerator.distributed_type != DistributedType.FSDP:
+        if accelerator.distributed_type != DistributedType.MULTI_CPU:
+            # Accelerate applies FSDP only under a distributed launch, and otherwise falls back
+            # (to DDP, or to no wrapper) without a word
+            raise ConfigError(
+                f"training.fsdp is not applied in this run (Accelerate set it up as "
+                f"{accelerator.distributed_type.value}): FSDP needs a distributed launch (accelerate launch, torchrun, "
+                "or trainformers train --num-processes N; one GPU too); drop training.fsdp"
+            )
+        _shard_on_cpu(fsdp, mixed)
     if fp32_fallback and accelerator.is_main_process and not _said_no_cpu_bf16:
         print(NO_CPU_BF16, file=sys.stderr, flush=True)
         _said_no_cpu_bf16 = True

@@ -36,17 +36,26 @@ ARGS_NAME = "training_args.json"
 OPTIMIZER_NAME = "optimizer.pt"
 SCHEDULER_NAME = "scheduler.pt"
 SCALER_NAME = "scaler.pt"
+OPTIMIZER_SHARDS = "optimizer_shards"  # a sharded optimizer's DCP folder (optimizer_shards_A for model "A")
+MODEL_SHARDS = "model_shards"  # a sharded model's DCP folder (sharded.py)
+SHARD_MARKER = ".metadata"  # written by DCP's coordinator once every rank's shard is in
 LOOP_STATE_NAME = "loop_state_{rank}.json"  # the meter's unlogged sums, data positions: one per rank
 # the files of a checkpoint that resume training, as opposed to the model files a user loads
 TRAINING_STATE_FILES = (
     "optimizer*.pt",
+    "optimizer_shards*",
     "scheduler*.pt",
     SCALER_NAME,
     "rng_state_*.pth",
     "loop_state_*.json",
     STATE_NAME,
 )
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "adapter_model.safetensors",
+    f"{MODEL_SHARDS}/{SHARD_MARKER}",
+)
 _CKPT_RE = re.compile(rf"^{PREFIX}-(\d+)$")
 
 
@@ -266,6 +275,10 @@ def save_model_files(
 ) -> None:
     """Save weights in HF format: `save_pretrained` when the model has it, safetensors otherwise."""
     out_dir = Path(out_dir)
+    should_save_here = getattr(model, "should_save_on_this_rank", None)
+    if is_main and should_save_here is not None and not should_save_here(True):
+        _save_hf_files_off_rank_zero(model, out_dir)
+        return
     if hasattr(model, "save_pretrained"):
         with quiet_hf_progress():
             model.save_pretrained(out_dir, state_dict=state_dict, is_main_process=is_main)
@@ -280,6 +293,23 @@ def save_model_files(
             save_file({k: v.contiguous() for k, v in state_dict.items()}, str(out_dir / "model.safetensors"))
 
 
+def _save_hf_files_off_rank_zero(model: nn.Module, out_dir: Path) -> None:
+    """What `save_pretrained` writes, from a process that is not rank 0 (`save_on_each_node`).
+
+    transformers 5's `save_pretrained` writes nothing outside global rank 0 whatever
+    `is_main_process` says (`should_save_on_this_rank`), so the main process of every other
+    machine writes the same files itself: the configuration and the weights (tied ones once).
+    """
+    from safetensors.torch import save_model
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(out_dir)
+    generation = getattr(model, "generation_config", None)
+    if generation is not None and getattr(model, "can_generate", lambda: False)():
+        generation.save_pretrained(out_dir)
+    save_model(model, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+
+
 @contextmanager
 def quiet_hf_progress() -> Iterator[None]:
     """transformers draws a one-shard progress bar per save; in a training loop it is noise."""
@@ -292,6 +322,29 @@ def quiet_hf_progress() -> Iterator[None]:
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
+
+
+def read_weights(ckpt_dir: Path) -> dict[str, torch.Tensor]:
+    """The consolidated weights in `ckpt_dir` (model.safetensors, or the shards its index names), on the CPU.
+
+    Raises:
+        CheckpointError: there are none.
+    """
+    from safetensors.torch import load_file
+
+    if (ckpt_dir / "model.safetensors").is_file():
+        return load_file(str(ckpt_dir / "model.safetensors"))
+    if (ckpt_dir / "model.safetensors.index.json").is_file():
+        index = json.loads((ckpt_dir / "model.safetensors.index.json").read_text())
+        state: dict[str, torch.Tensor] = {}
+        for shard in sorted(set(index["weight_map"].values())):
+            state.update(load_file(str(ckpt_dir / shard)))
+        return state
+    if (ckpt_dir / MODEL_SHARDS / SHARD_MARKER).is_file():
+        raise CheckpointError(
+            f"'{ckpt_dir}' holds FSDP model shards; load it in a run with the same fsdp settings, or use its final/"
+        )
+    raise CheckpointError(f"no model weights (model.safetensors) in '{ckpt_dir}'; is it a trainformers checkpoint?")
 
 
 def load_model_files(model: nn.Module, ckpt_dir: str | os.PathLike) -> None:
@@ -319,15 +372,7 @@ def load_model_files(model: nn.Module, ckpt_dir: str | os.PathLike) -> None:
         active = model.active_adapters()[0] if hasattr(model, "active_adapters") else "default"
         set_peft_model_state_dict(model, load_file(str(adapter_file)), adapter_name=active)
         return
-    if (ckpt_dir / "model.safetensors").is_file():
-        state = load_file(str(ckpt_dir / "model.safetensors"))
-    elif (ckpt_dir / "model.safetensors.index.json").is_file():
-        index = json.loads((ckpt_dir / "model.safetensors.index.json").read_text())
-        state = {}
-        for shard in sorted(set(index["weight_map"].values())):
-            state.update(load_file(str(ckpt_dir / shard)))
-    else:
-        raise CheckpointError(f"no model weights (model.safetensors) in '{ckpt_dir}'; is it a trainformers checkpoint?")
+    state = read_weights(ckpt_dir)
     result = model.load_state_dict(state, strict=False)
     loaded = {t.data_ptr() for name, t in model.state_dict().items() if name in state}
     params = model.state_dict()
@@ -505,8 +550,9 @@ class Resumable:
           trainer_state.json      written last: the completion marker inside
 
     Adding a resumable item is one entry in `stateful` (anything with JSON-able
-    `state_dict()` / `load_state_dict()`). Optimizer states are written by the main process: the
-    sharded engines (FSDP, DeepSpeed) will write theirs per rank, as RNG and loop state already are.
+    `state_dict()` / `load_state_dict()`). Optimizer states are written by the main process, or,
+    when FSDP shards the model (`shards`), by every rank into `optimizer_shards/` (and the model
+    into `model_shards/`), as RNG and loop state already are.
 
     Attributes:
         state: The run's `TrainerState`.
@@ -530,6 +576,7 @@ class Resumable:
     optional: frozenset[str] = frozenset()
     callbacks: Sequence[Any] = ()
     restore_callbacks: bool = True
+    shards: Any = None  # a `sharded.ShardedModel` when FSDP shards the model: its files are written per rank
 
 
 class StateDicts:
@@ -549,9 +596,11 @@ class StateDicts:
 
 
 def _keyed(filename: str, key: str) -> str:
-    """optimizer.pt for the key "", optimizer_A.pt for "A"."""
+    """optimizer.pt for the key "", optimizer_A.pt for "A" (optimizer_shards_A for a folder)."""
+    if not key:
+        return filename
     stem, dot, suffix = filename.rpartition(".")
-    return f"{stem}_{key}{dot}{suffix}" if key else filename
+    return f"{stem}_{key}{dot}{suffix}" if dot else f"{filename}_{key}"
 
 
 def save_checkpoint(run: Resumable, args: Any, accel: Any) -> Path:
@@ -565,16 +614,22 @@ def save_checkpoint(run: Resumable, args: Any, accel: Any) -> Path:
     if state.best_global_step == state.global_step:
         state.best_model_checkpoint = str(final)
     state.stateful_callbacks = callback_states(run.callbacks)
-    main = accel.is_main_process
+    main = args.should_save  # rank 0, or the main process of each machine (save_on_each_node)
     loop_state = {name: item.state_dict() for name, item in run.stateful.items()}
+    shards = run.shards
     with atomic_checkpoint(final, is_main=main, barrier=accel.wait_for_everyone) as tmp:
-        run.save_models(tmp)
+        if shards is not None and shards.shard_checkpoints:
+            shards.save_model_shards(tmp)
+        run.save_models(tmp)  # with model shards: the configuration and tokenizer only
         if not args.save_only_model:
             save_state(rng_state(), tmp / f"rng_state_{accel.process_index}.pth")
             write_json(loop_state, tmp / LOOP_STATE_NAME.format(rank=accel.process_index))
-            if main:
-                for key, optimizer in run.optimizers.items():
+            for key, optimizer in run.optimizers.items():
+                if shards is not None:
+                    shards.save_optimizer(optimizer, tmp / _keyed(OPTIMIZER_SHARDS, key))
+                elif main:
                     save_state(optimizer.state_dict(), tmp / _keyed(OPTIMIZER_NAME, key))
+            if main:
                 for key, scheduler in run.schedulers.items():
                     save_state(scheduler.state_dict(), tmp / _keyed(SCHEDULER_NAME, key))
                 if accel.scaler is not None:
@@ -597,16 +652,28 @@ def load_checkpoint(path: Path, run: Resumable, accel: Any) -> Any:
         CheckpointError: the checkpoint lacks an optimizer, scheduler or required loop state
             (saved with save_only_model=True, or by a run with other settings).
     """
-    needed = [_keyed(OPTIMIZER_NAME, k) for k in run.optimizers] + [_keyed(SCHEDULER_NAME, k) for k in run.schedulers]
+    shards = run.shards
+    optimizer_files = [
+        _keyed(OPTIMIZER_NAME, k) if shards is None else f"{_keyed(OPTIMIZER_SHARDS, k)}/{SHARD_MARKER}"
+        for k in run.optimizers
+    ]
+    needed = optimizer_files + [_keyed(SCHEDULER_NAME, k) for k in run.schedulers]
     missing = [name for name in needed if not (path / name).is_file()]
     if missing:
+        sharding = " (sharded checkpoints resume under FSDP only, and FSDP resumes only those)" if shards else ""
         raise CheckpointError(
-            f"checkpoint '{path}' lacks {missing} (saved with save_only_model=True, or by a run with other models "
-            "or cycle_directions?); it can be loaded as a model but not resumed"
+            f"checkpoint '{path}' lacks {missing} (saved with save_only_model=True, or by a run with other models, "
+            f"cycle_directions or engine{sharding}?); it can be loaded as a model but not resumed"
         )
-    run.load_models(path)
+    if shards is not None:
+        shards.load_model(path)
+    else:
+        run.load_models(path)
     for key, optimizer in run.optimizers.items():
-        optimizer.load_state_dict(load_state(path / _keyed(OPTIMIZER_NAME, key)))
+        if shards is not None:
+            shards.load_optimizer(optimizer, path / _keyed(OPTIMIZER_SHARDS, key))
+        else:
+            optimizer.load_state_dict(load_state(path / _keyed(OPTIMIZER_NAME, key)))
     for key, scheduler in run.schedulers.items():
         scheduler.load_state_dict(load_state(path / _keyed(SCHEDULER_NAME, key)))
     if accel.scaler is not None and (path / SCALER_NAME).is_file():

@@ -51,6 +51,7 @@ from .optim import create_optimizer, create_scheduler, describe_param_groups
 from .preemption import SigtermCheckpoint
 from .results import format_metrics_block, metrics_format, save_metrics
 from .sampling import EpochSampler, skip_first_batches
+from .sharded import ShardedModel, is_sharded
 from .state import TrainerControl, TrainerState
 from .step import StepKernel
 from .trainer_evaluation import EvaluationMethods
@@ -118,6 +119,7 @@ class Trainer(EvaluationMethods):
         self.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
         self.meter = Meter(self.accelerator.device)  # what the running train() accumulates between log rows
         self.run_meter = Meter(self.accelerator.device)  # what it accumulates over the whole run
+        self._shards: ShardedModel | None = None  # set by train() when FSDP shards the model
         self.step_kernel: StepKernel | None = None  # the running train()'s backward/clip/step path
         self._sigterm = SigtermCheckpoint(self.args.enable_jit_checkpoint)
         self._eval_dataloaders: dict[str, DataLoader] = {}  # kept only with persistent workers
@@ -443,6 +445,7 @@ class Trainer(EvaluationMethods):
                 print(describe_param_groups(self.optimizer.param_groups, model))
         model, self.optimizer, dataloader = accel.prepare(model, self.optimizer, dataloader)
         self.model_wrapped = model
+        self._shards = self._sharded_model(model)
         micro_per_epoch = safe_len(dataloader)
         max_steps, num_epochs = training_length(args, micro_per_epoch)
         # on the torch optimizer: the step kernel may step it past Accelerate's wrapper, and the
@@ -517,7 +520,7 @@ class Trainer(EvaluationMethods):
         """After the last step: the best model back if asked, the train_* metrics row, on_train_end."""
         args, accel, state = self.args, self.accelerator, self.state
         if args.load_best_model_at_end and state.best_model_checkpoint is not None:
-            ckpt.load_model_files(accel.unwrap_model(model), state.best_model_checkpoint)
+            self._load_model_from(Path(state.best_model_checkpoint))
         training_seconds = max(runtime - self._paused, 1e-9)
         samples = steps_done * args.gradient_accumulation_steps * args.per_device_train_batch_size
         metrics = {
@@ -597,16 +600,31 @@ class Trainer(EvaluationMethods):
         return ckpt.Resumable(
             state=self.state,
             save_models=lambda directory: self._save(directory, _internal_call=True),
-            load_models=lambda directory: ckpt.load_model_files(
-                self.accelerator.unwrap_model(self.model_wrapped), directory
-            ),
+            load_models=self._load_model_from,
             optimizers={"": self.optimizer},
             schedulers={"": self.lr_scheduler},
             stateful={"meter": self.meter, "run": self.run_meter},
             optional=frozenset({"meter", "run"}),  # a checkpoint of an older release or of HF's Trainer resumes too
             callbacks=self.callback_handler.callbacks,
             restore_callbacks=self.args.restore_callback_states_from_checkpoint,
+            shards=self._shards,
         )
+
+    def _sharded_model(self, model: nn.Module) -> ShardedModel | None:
+        """The per-rank checkpoint handler of a model FSDP2 shards (None for any other model)."""
+        if not is_sharded(model):
+            return None
+        plugin = self.accelerator.state.fsdp_plugin
+        kind = getattr(getattr(plugin, "state_dict_type", None), "name", "SHARDED_STATE_DICT")
+        return ShardedModel(model, shard_checkpoints=kind == "SHARDED_STATE_DICT")
+
+    def _load_model_from(self, directory: Path) -> None:
+        """Load the weights saved in checkpoint `directory` into the live model (every rank, when sharded)."""
+        shards = self._shards
+        if shards is not None:
+            shards.load_model(directory)
+        else:
+            ckpt.load_model_files(self.accelerator.unwrap_model(self.model_wrapped), directory)
 
     def _save_checkpoint(self) -> Path:
         path = ckpt.save_checkpoint(self._resumable(), self.args, self.accelerator)
@@ -673,13 +691,24 @@ class Trainer(EvaluationMethods):
             self._push_to_hub(folder, "Model save")
 
     def _save(self, output_dir: Path, _internal_call: bool = False) -> None:
+        """The model in HF format (consolidated, whatever the engine), its tokenizer, and the arguments.
+
+        Inside a checkpoint whose model is saved as shards (`checkpoint.save_checkpoint`), only the
+        configuration and tokenizer are written here.
+        """
         accel = self.accelerator
         model = getattr(self, "model_wrapped", self.model)
-        state_dict = accel.get_state_dict(model) if accel.num_processes > 1 else None
-        main = self.is_world_process_zero()
+        main = self.args.should_save
         if main:
             output_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.save_model_files(accel.unwrap_model(model), output_dir, state_dict=state_dict, is_main=main)
+        shards = self._shards
+        if _internal_call and shards is not None and shards.shard_checkpoints:
+            config = getattr(accel.unwrap_model(model), "config", None)
+            if main and hasattr(config, "save_pretrained"):
+                config.save_pretrained(output_dir)
+        else:
+            state_dict = accel.get_state_dict(model) if accel.num_processes > 1 else None
+            ckpt.save_model_files(accel.unwrap_model(model), output_dir, state_dict=state_dict, is_main=main)
         if main and self.processing_class is not None and hasattr(self.processing_class, "save_pretrained"):
             self.processing_class.save_pretrained(output_dir)
         if main and not _internal_call:

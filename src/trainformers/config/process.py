@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -30,6 +31,9 @@ class ProcessInfo:
     log_level: str
     log_level_replica: str
     log_on_each_node: bool
+    save_on_each_node: bool
+    ddp_backend: str | None
+    ddp_timeout: int
 
     @property
     def process_index(self) -> int:
@@ -75,8 +79,9 @@ class ProcessInfo:
 
     @property
     def should_save(self) -> bool:
-        """Whether this process writes checkpoints and models: rank 0 (on a filesystem every machine shares)."""
-        return self.process_index == 0
+        """Whether this process writes checkpoints and models: the main process of each machine
+        (`save_on_each_node`, for machines that share no disk), or only rank 0."""
+        return self.local_process_index == 0 if self.save_on_each_node else self.process_index == 0
 
     def get_process_log_level(self) -> int:
         """The `logging` level for this process: `log_level` where `should_log`, else `log_level_replica`
@@ -96,7 +101,13 @@ class ProcessInfo:
             return
         from accelerate import PartialState
 
-        state = PartialState(cpu=self.use_cpu)
+        # The process group this starts is the one the trainer's Accelerator finds later, so it gets the
+        # run's device choice, backend and timeout (PartialState(cpu=False) without CUDA would not
+        # join the launched group at all: every process would run alone).
+        group: dict[str, Any] = {"timeout": timedelta(seconds=self.ddp_timeout)}
+        if self.ddp_backend:
+            group["backend"] = self.ddp_backend
+        state = PartialState(cpu=self.device.type == "cpu", **group)
         first = state.local_main_process_first if local else state.main_process_first
         with first():
             yield

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..fsdp import fsdp_settings, normalise_fsdp_config
 from .fields import (
     ACCELERATOR_CONFIG_KEYS,
     AUTO_TRACKERS,
@@ -233,7 +234,7 @@ class TrainingArguments(ProcessInfo):
         None, "Checkpoint directory to resume from, or True for the latest one in output_dir."
     )
     save_on_each_node: bool = arg(
-        False, "Save on the main process of every machine (no shared filesystem); true is refused."
+        False, "Write every checkpoint on each machine (for clusters whose machines share no disk)."
     )
     enable_jit_checkpoint: bool = arg(
         False,
@@ -256,9 +257,11 @@ class TrainingArguments(ProcessInfo):
     ddp_backend: str | None = arg(None, "torch.distributed backend; None picks one for the device.")
     ddp_timeout: int = arg(1800, "Timeout in seconds for collective operations.")
     fsdp: list[str] | str | bool = arg(
-        [], "FSDP options as a list or a string (e.g. 'full_shard auto_wrap'); empty disables FSDP."
+        [], "FSDP2 (fully_shard) options as a list or a string (e.g. 'full_shard auto_wrap'); empty disables FSDP."
     )
-    fsdp_config: dict[str, Any] | str | None = arg(None, "FSDP settings as a dict or the path of a JSON file.")
+    fsdp_config: dict[str, Any] | str | None = arg(
+        None, "FSDP settings (HF/axolotl keys, fsdp_ prefix optional) as a dict or the path of a JSON file."
+    )
     deepspeed: dict[str, Any] | str | None = arg(None, "DeepSpeed config as a dict or the path of a JSON file.")
     use_cpu: bool = arg(False, "Train on the CPU even when an accelerator is available.")
     average_tokens_across_devices: bool = arg(
@@ -382,11 +385,6 @@ class TrainingArguments(ProcessInfo):
                 f"debug={self.debug!r}: transformers' debug options are not carried out by trainformers; leave debug "
                 "empty (anomaly detection: torch.autograd.set_detect_anomaly)"
             )
-        if self.save_on_each_node:
-            raise ConfigError(
-                "save_on_each_node=True is not supported: checkpoints are written by rank 0 to a filesystem every "
-                "machine shares; leave it False"
-            )
         if self.neftune_noise_alpha is not None and (
             not is_number(self.neftune_noise_alpha) or self.neftune_noise_alpha <= 0
         ):
@@ -441,12 +439,22 @@ class TrainingArguments(ProcessInfo):
     def _normalise_fsdp(self) -> None:
         options = self.fsdp
         if options is True:
-            options = ["full_shard"]  # transformers' `fsdp=True`: shard everything
+            options = ["auto_wrap"]  # transformers' `fsdp=True`: on, the strategy from fsdp_config (FULL_SHARD)
         elif not options:
             options = []
         elif isinstance(options, str):
             options = options.split()
         self.fsdp = [choice("fsdp", option, FSDP_OPTIONS) for option in options]
+        if self.fsdp_config and not self.fsdp:
+            raise ConfigError("training.fsdp_config is set but training.fsdp is empty; set fsdp: full_shard, or drop it")
+        if self.fsdp:
+            self.fsdp_config = normalise_fsdp_config(self.fsdp_config)
+            fsdp_settings(self.fsdp, self.fsdp_config)  # every value checked now, before any data or weights load
+            if self.save_on_each_node:
+                raise ConfigError(
+                    "save_on_each_node=True with fsdp: each rank writes its shard into one checkpoint, which needs a "
+                    "disk every machine shares; drop save_on_each_node"
+                )
 
     def _validate(self) -> None:
         """Reject values out of range and settings that contradict each other."""

@@ -55,6 +55,11 @@ NOT_IN_CYCLE: dict[str, tuple[Any, str]] = {
     "peak_tflops": (None, "the cycle log shows generation and training seconds, not MFU"),
     "skip_memory_metrics": (True, "the cycle reports generation and training seconds, not memory"),
     "logging_nan_inf_filter": (False, "CycleTrainer logs each loss as it is, NaN and inf included"),
+    # the cycle generates with each model between steps; sharded generation is not supported
+    "fsdp": ([], "train the pair with DDP (a multi-process launch without fsdp)"),
+    "fsdp_config": (None, "fsdp is not available in cycle runs"),
+    "deepspeed": (None, "train the pair with DDP (a multi-process launch without deepspeed)"),
+    "save_on_each_node": (False, "cycle checkpoints are written by rank 0 to a disk every machine shares"),
     # every rank must agree on skipping a window whose rows were all dropped: the count is global
     "average_tokens_across_devices": (True, "the cycle loss is normalised by the label tokens of all ranks"),
 }

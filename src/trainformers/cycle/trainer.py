@@ -162,6 +162,11 @@ class CycleTrainer:
         if self.macct and args.ddp_find_unused_parameters is None:
             args.ddp_find_unused_parameters = True  # the inactive adapter gets no gradient in a step
         self.accelerator = build_accelerator(args)
+        if self.accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):  # asked for by the launcher's flags
+            raise ConfigError(
+                f"CycleTrainer does not run under {self.accelerator.distributed_type.value}: each model generates "
+                "between its steps; launch without --use_fsdp/--use_deepspeed (DDP)"
+            )
         self.trained = [s for s in SIDES if args.cycle_directions in ("both", s)]
         self.prepare_fn = resolve_callable("prepare_cycle_inputs", prepare_cycle_inputs or args.prepare_cycle_inputs)
         self.sides: dict[str, CycleSide] = {}
