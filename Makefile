@@ -75,5 +75,12 @@ lock: test-latest
 bench: venv
 	$(BIN)/python bench/run_all.py
 
+# issue 17's GPU check: on a CUDA machine every row in under 8 minutes, the table in gpu_check.md (ARGS:
+# e.g. --out docs/x.md, --only ID). Not in CI, whose tests/test_gpu_check.py runs its CPU rows. No venv
+# prerequisite: a GPU machine brings its own CUDA torch ($PYTHON, else .venv, else python3).
+.PHONY: gpu-check
+gpu-check:
+	tools/gpu_check.sh $(ARGS)
+
 clean:
 	rm -rf $(VENV) $(LATEST) $(OLDEST) runs out .pytest_cache
