@@ -358,10 +358,9 @@ def main(argv: list[str]) -> int:
             print(f"preload failed: {first_line(err)}", file=sys.stderr)
 
     budget_end = started + BUDGET_S[mode]
-    work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
     device = cpu_name()
     if not opts.cpu_smoke:
-        probe = {"log": str(logs / "environment.log"), "timeout_s": 120, "cuda": True, "workdir": str(work)}
+        probe = {"log": str(logs / "environment.log"), "timeout_s": 120, "cuda": True, "workdir": str(logs)}
         (env_row,) = run_rows([("environment", probe, None)], 1, budget_end, done=lambda row: None)
         env = json.loads(env_row.detail) if env_row.status == PASS else {}
         if not env.get("cuda"):
@@ -369,6 +368,7 @@ def main(argv: list[str]) -> int:
             print(f"gpu_check: no CUDA device ({why}); run tools/gpu_check.sh --cpu-smoke on a CPU", file=sys.stderr)
             return 2
         device = f"{env['device']} x{env['gpus']} (one used)"
+    work = Path(tempfile.mkdtemp(prefix="gpu_check_"))  # the rows' runs; removed at the end
 
     def target(c: Check) -> tuple[str, dict, str | None]:
         timeout = opts.timeout_s or (c.smoke_timeout_s if opts.cpu_smoke else c.timeout_s)
