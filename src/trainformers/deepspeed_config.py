@@ -26,7 +26,7 @@ HIDDEN_SIZE_KEYS = (
 
 # How a rule treats the key (an "auto" value is always filled):
 MATCH = "match"  # a set value must equal ours; an absent key stays absent (DeepSpeed's default applies)
-ALWAYS = "always"  # like MATCH, but an absent key is written: DeepSpeed's default would contradict the trainer
+ALWAYS = "always"  # like MATCH, but an absent key (and its section) is written: DeepSpeed's default would contradict us
 FILL = "fill"  # only "auto" is replaced; a set value is the user's choice
 
 # (dotted key, our value or None when unknown, where it comes from, mode)
@@ -157,6 +157,12 @@ def _rules(
         ("scheduler.params.total_num_steps", num_training_steps, "the run's optimizer steps", MATCH),
         ("fp16.enabled", bool(args.fp16), "training.fp16", MATCH),
         ("bf16.enabled", bool(args.bf16), "training.bf16", MATCH),
+        *(
+            # DeepSpeed writes checkpoints to a disk every node shares unless told otherwise (as transformers does)
+            [("checkpoint.use_node_local_storage", True, "training.save_on_each_node", ALWAYS)]
+            if args.save_on_each_node
+            else []
+        ),
         (HIDDEN_SIZE_KEYS[0], None if h is None else h * h, size, FILL),
         (HIDDEN_SIZE_KEYS[1], None if h is None else int(0.9 * h * h), size, FILL),
         (HIDDEN_SIZE_KEYS[2], None if h is None else 10 * h, size, FILL),
@@ -170,7 +176,10 @@ def _apply(
     *parents, leaf = key.split(".")
     node: Any = config
     for part in parents:
-        node = node.get(part) if isinstance(node, Mapping) else None
+        if mode == ALWAYS and isinstance(node, dict):
+            node = node.setdefault(part, {})
+        else:
+            node = node.get(part) if isinstance(node, Mapping) else None
     if not isinstance(node, dict):
         return  # no such section: nothing to fill or check
     if leaf not in node:
