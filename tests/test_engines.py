@@ -28,3 +28,32 @@ def test_the_command_line_refuses_deepspeed_before_loading_anything(tmp_path, ca
     err = capsys.readouterr().err
     assert code == 2 and "training.deepspeed" in err and "Traceback" not in err
     assert not any(tmp_path.iterdir())  # nothing was written: no tokenizer, no data, no run
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"zero_optimization": {"stage": 2}, "optimizer": {"type": "AdamW"}}, r"has a 'optimizer' section"),
+        ({"zero_optimization": {"stage": 2}, "scheduler": {"type": "WarmupLR"}}, r"has a 'scheduler' section"),
+        ({"zero_optimization": {"stage": 5}}, r"zero_optimization.stage=5 must be 0, 1, 2 or 3"),
+    ],
+)
+def test_a_deepspeed_config_this_trainer_cannot_carry_out_is_refused_first(tmp_path, config, message):
+    with pytest.raises(ConfigError, match=message) as raised:
+        _trainer(tmp_path, deepspeed=config)
+    assert "\n" not in str(raised.value)
+
+
+def test_deepspeed_without_a_launcher_is_refused(tmp_path, monkeypatch):
+    import importlib.util
+
+    from trainformers.accel import check_engines
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: object() if name == "deepspeed" else real(name, *a)
+    )
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    args = make_args(tmp_path, deepspeed={"zero_optimization": {"stage": 2}})
+    with pytest.raises(ConfigError, match=r"training.deepspeed needs a distributed launch, one process too"):
+        check_engines(args)

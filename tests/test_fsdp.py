@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from trainformers import ConfigError, Trainer, TrainingArguments
 from trainformers.fsdp import fsdp_settings
 
-SCRIPT = Path(__file__).parent / "fsdp_run.py"
+SCRIPT = Path(__file__).parent / "engine_run.py"
 
 
 # ---- the settings, as transformers and axolotl spell them ----------------------------------
@@ -186,4 +186,16 @@ def test_fsdp_from_accelerate_launch_flags_with_consolidated_checkpoints(one_pro
     assert (checkpoint / "model.safetensors").is_file() and not (checkpoint / "model_shards").exists()
     assert (checkpoint / "optimizer_shards" / ".metadata").is_file()  # the optimizer stays sharded
     _assert_same_model(checkpoint, ref_dir / "run" / "checkpoint-3")
+    _assert_same_model(tmp_path / "run" / "final", ref_dir / "run" / "final")
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("fsdp")
+def test_fsdp2_on_one_process_saves_a_consolidated_model(one_process, tmp_path):
+    # `--nproc_per_node 1` is how FSDP runs on one GPU; final/ must be gathered there too
+    ref_dir, ref = one_process
+    one = _launch(tmp_path, 1, 4, 2, {"fsdp": True}, flags=("--use_fsdp", "--fsdp_version", "2"))
+    assert one["world"] == 1 and one["distributed_type"] == "DistributedType.FSDP"
+    assert one["sharding"]["layer_type"] == "FSDPLlamaDecoderLayer"  # wrapped by the model's _no_split_modules
+    assert one["losses"] == pytest.approx(ref["losses"], rel=1e-6) and one["resumed_losses"] == one["losses"]
     _assert_same_model(tmp_path / "run" / "final", ref_dir / "run" / "final")

@@ -7,12 +7,10 @@ field names into Accelerate's plugins and checks what the device can do.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import platform
 import sys
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,7 +22,9 @@ from accelerate.utils import (
     InitProcessGroupKwargs,
     ProjectConfiguration,
 )
+from torch import nn
 
+from .deepspeed_config import deepspeed_builds, load_deepspeed_config, resolve_deepspeed_config, zero_stage
 from .errors import ConfigError
 from .fsdp import fsdp_plugin, fsdp_settings
 
@@ -75,18 +75,37 @@ def check_engines(args: Any) -> None:
 
     Called by `build_accelerator`, and by the command line before any data or weights load.
 
+    DeepSpeed runs on CUDA GPUs, and on CPU processes over gloo (how the suite tests it), always
+    under a launcher (`accelerate launch`, `torchrun`, `deepspeed`), one process too.
+
     Raises:
-        ConfigError: deepspeed without its package or without a CUDA GPU.
+        ConfigError: deepspeed without its package or a launcher; a config section this trainer
+            does not hand to DeepSpeed (optimizer, scheduler).
     """
     if not args.deepspeed:
         return
+    _check_deepspeed_config(load_deepspeed_config(args.deepspeed))
     if importlib.util.find_spec("deepspeed") is None:
         raise ConfigError(
             "training.deepspeed is set but the deepspeed package is not installed; pip install deepspeed "
-            "(it needs a CUDA GPU), or drop training.deepspeed"
+            "(or trainformers[deepspeed]), or drop training.deepspeed"
         )
-    if args.use_cpu or not torch.cuda.is_available():
-        raise ConfigError("training.deepspeed needs a CUDA GPU and this run has none; drop training.deepspeed")
+    if "LOCAL_RANK" not in os.environ:
+        raise ConfigError(
+            "training.deepspeed needs a distributed launch, one process too (accelerate launch, torchrun, or "
+            "trainformers train --num-processes N); drop training.deepspeed to train without it"
+        )
+
+
+def _check_deepspeed_config(config: dict[str, Any]) -> None:
+    owned = [name for name, present in zip(("optimizer", "scheduler"), deepspeed_builds(config)) if present]
+    if owned:
+        raise ConfigError(
+            f"training.deepspeed has a '{owned[0]}' section; trainformers builds the optimizer and scheduler from "
+            "training.optim / lr_scheduler_type (lr, betas, eps, weight_decay, warmup from the training arguments) "
+            "and DeepSpeed wraps them: remove the section"
+        )
+    zero_stage(config)
 
 
 def _deepspeed_plugin(args: Any) -> Any:
@@ -95,10 +114,43 @@ def _deepspeed_plugin(args: Any) -> Any:
     check_engines(args)
     from accelerate import DeepSpeedPlugin
 
-    config = args.deepspeed
-    if isinstance(config, (str, Path)):
-        config = json.loads(Path(config).read_text())
-    return DeepSpeedPlugin(hf_ds_config=config)
+    return DeepSpeedPlugin(hf_ds_config=load_deepspeed_config(args.deepspeed))
+
+
+def configure_deepspeed(accel: Any, args: Any, num_training_steps: int, model: nn.Module) -> int:
+    """Complete the DeepSpeed config of `accel` from the training arguments, before the model is prepared.
+
+    Called once the number of optimizer steps is known; the config may come from
+    `training.deepspeed` or from `accelerate launch --use_deepspeed`. "auto" values are filled,
+    contradictions refused (`deepspeed_config.resolve_deepspeed_config`); ZeRO-3 is told to gather
+    its weights when saving, so that `final/` is one consolidated model.
+
+    Returns:
+        The ZeRO stage.
+
+    Raises:
+        ConfigError: a contradiction, an "auto" left unfilled, or ZeRO-3 told not to gather on save.
+    """
+    config = accel.state.deepspeed_plugin.deepspeed_config
+    _check_deepspeed_config(config)  # a config from accelerate launch --deepspeed_config_file is first seen here
+    resolved = resolve_deepspeed_config(
+        config,
+        args,
+        world_size=accel.num_processes,
+        num_training_steps=num_training_steps,
+        warmup_steps=args.get_warmup_steps(num_training_steps),
+        hidden_size=getattr(getattr(model, "config", None), "hidden_size", None),
+    )
+    stage = zero_stage(resolved)
+    if stage == 3:
+        zero = resolved["zero_optimization"]
+        if zero.setdefault("stage3_gather_16bit_weights_on_model_save", True) is not True:
+            raise ConfigError(
+                "deepspeed zero_optimization.stage3_gather_16bit_weights_on_model_save=false: final/ could not hold "
+                "the consolidated model; set it true (or leave it out)"
+            )
+    config.update(resolved)
+    return stage
 
 
 def cpu_has_native_bf16() -> bool:
@@ -144,6 +196,9 @@ def build_accelerator(args: Any) -> Accelerator:
     # the first Accelerator; drop that, keeping the process group, so each Trainer gets its own
     AcceleratorState._reset_state(reset_partial_state=False)
     cpu = bool(args.use_cpu) or not torch.cuda.is_available()
+    deepspeed = bool(args.deepspeed) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    if deepspeed and args.use_cpu:
+        raise ConfigError("training.deepspeed with use_cpu=True: DeepSpeed would take the GPUs anyway; drop one")
     if args.fp16 and cpu:
         raise ConfigError(
             "training.fp16=True needs a CUDA GPU and none is available; use bf16=True on CPU, or drop fp16"
@@ -171,6 +226,10 @@ def build_accelerator(args: Any) -> Accelerator:
         # Accelerate only initialises a process group when launched distributed; naming a
         # backend in a single process would make it ask an uninitialised group for its size
         handlers[0].backend = args.ddp_backend
+    elif deepspeed and cpu:
+        # Without a backend Accelerate counts one process on a CUDA-less machine while DeepSpeed
+        # starts its own group of all of them: every rank would think itself the only one
+        handlers[0].backend = "gloo"
     if ddp:
         handlers.append(DistributedDataParallelKwargs(**ddp))
     dynamo = None
@@ -186,8 +245,11 @@ def build_accelerator(args: Any) -> Accelerator:
     launcher_fsdp = os.environ.get("ACCELERATE_USE_FSDP")
     accelerator = Accelerator(
         mixed_precision=mixed,
-        cpu=cpu,
-        gradient_accumulation_steps=1,
+        # Accelerate starts DeepSpeed only off its CPU mode; without CUDA the engine then runs on
+        # the CPU over gloo
+        cpu=cpu and not deepspeed,
+        # DeepSpeed's engine accumulates itself (the step kernel tells it where a window ends)
+        gradient_accumulation_steps=args.gradient_accumulation_steps if deepspeed else 1,
         dataloader_config=DataLoaderConfiguration(
             split_batches=accel_config.get("split_batches", False),
             even_batches=accel_config.get("even_batches", True),
@@ -206,6 +268,11 @@ def build_accelerator(args: Any) -> Accelerator:
     # this process (another Trainer, another trial) would read it back as a request
     if launcher_fsdp is None:
         os.environ.pop("ACCELERATE_USE_FSDP", None)
+    if deepspeed and accelerator.distributed_type != DistributedType.DEEPSPEED:
+        raise ConfigError(
+            f"DeepSpeed is not applied in this run (Accelerate set it up as {accelerator.distributed_type.value}); "
+            "launch with accelerate launch, torchrun or deepspeed, or drop training.deepspeed"
+        )
     if fsdp is not None and accelerator.distributed_type != DistributedType.FSDP:
         if accelerator.distributed_type != DistributedType.MULTI_CPU:
             # Accelerate applies FSDP only under a distributed launch, and otherwise falls back

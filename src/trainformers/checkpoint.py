@@ -39,11 +39,14 @@ SCALER_NAME = "scaler.pt"
 OPTIMIZER_SHARDS = "optimizer_shards"  # a sharded optimizer's DCP folder (optimizer_shards_A for model "A")
 MODEL_SHARDS = "model_shards"  # a sharded model's DCP folder (sharded.py)
 SHARD_MARKER = ".metadata"  # written by DCP's coordinator once every rank's shard is in
+DEEPSPEED_DIR = "deepspeed"  # a DeepSpeed engine's own checkpoint folder (sharded.DeepSpeedState)
+DEEPSPEED_MARKER = "latest"  # written by DeepSpeed's rank 0 once every rank's files are in
 LOOP_STATE_NAME = "loop_state_{rank}.json"  # the meter's unlogged sums, data positions: one per rank
 # the files of a checkpoint that resume training, as opposed to the model files a user loads
 TRAINING_STATE_FILES = (
     "optimizer*.pt",
     "optimizer_shards*",
+    DEEPSPEED_DIR,
     "scheduler*.pt",
     SCALER_NAME,
     "rng_state_*.pth",
@@ -55,6 +58,7 @@ WEIGHT_FILES = (
     "model.safetensors.index.json",
     "adapter_model.safetensors",
     f"{MODEL_SHARDS}/{SHARD_MARKER}",
+    f"{DEEPSPEED_DIR}/{DEEPSPEED_MARKER}",  # ZeRO-3 keeps its weights partitioned there
 )
 _CKPT_RE = re.compile(rf"^{PREFIX}-(\d+)$")
 
@@ -576,7 +580,7 @@ class Resumable:
     optional: frozenset[str] = frozenset()
     callbacks: Sequence[Any] = ()
     restore_callbacks: bool = True
-    shards: Any = None  # a `sharded.ShardedModel` when FSDP shards the model: its files are written per rank
+    shards: Any = None  # `sharded.ShardedModel` (FSDP) or `DeepSpeedState`: the engine's per-rank files
 
 
 class StateDicts:
@@ -595,7 +599,7 @@ class StateDicts:
             item.load_state_dict(state[name])
 
 
-def _keyed(filename: str, key: str) -> str:
+def keyed(filename: str, key: str) -> str:
     """optimizer.pt for the key "", optimizer_A.pt for "A" (optimizer_shards_A for a folder)."""
     if not key:
         return filename
@@ -618,20 +622,18 @@ def save_checkpoint(run: Resumable, args: Any, accel: Any) -> Path:
     loop_state = {name: item.state_dict() for name, item in run.stateful.items()}
     shards = run.shards
     with atomic_checkpoint(final, is_main=main, barrier=accel.wait_for_everyone) as tmp:
-        if shards is not None and shards.shard_checkpoints:
-            shards.save_model_shards(tmp)
+        if shards is not None and (shards.shard_checkpoints or not args.save_only_model):
+            shards.save(tmp, {} if args.save_only_model else run.optimizers)  # every rank, its shard
         run.save_models(tmp)  # with model shards: the configuration and tokenizer only
         if not args.save_only_model:
             save_state(rng_state(), tmp / f"rng_state_{accel.process_index}.pth")
             write_json(loop_state, tmp / LOOP_STATE_NAME.format(rank=accel.process_index))
-            for key, optimizer in run.optimizers.items():
-                if shards is not None:
-                    shards.save_optimizer(optimizer, tmp / _keyed(OPTIMIZER_SHARDS, key))
-                elif main:
-                    save_state(optimizer.state_dict(), tmp / _keyed(OPTIMIZER_NAME, key))
+            if main and shards is None:
+                for key, optimizer in run.optimizers.items():
+                    save_state(optimizer.state_dict(), tmp / keyed(OPTIMIZER_NAME, key))
             if main:
                 for key, scheduler in run.schedulers.items():
-                    save_state(scheduler.state_dict(), tmp / _keyed(SCHEDULER_NAME, key))
+                    save_state(scheduler.state_dict(), tmp / keyed(SCHEDULER_NAME, key))
                 if accel.scaler is not None:
                     save_state(accel.scaler.state_dict(), tmp / SCALER_NAME)
         if main:
@@ -653,11 +655,10 @@ def load_checkpoint(path: Path, run: Resumable, accel: Any) -> Any:
             (saved with save_only_model=True, or by a run with other settings).
     """
     shards = run.shards
-    optimizer_files = [
-        _keyed(OPTIMIZER_NAME, k) if shards is None else f"{_keyed(OPTIMIZER_SHARDS, k)}/{SHARD_MARKER}"
-        for k in run.optimizers
-    ]
-    needed = optimizer_files + [_keyed(SCHEDULER_NAME, k) for k in run.schedulers]
+    optimizer_files = (
+        [keyed(OPTIMIZER_NAME, k) for k in run.optimizers] if shards is None else shards.required_files(run.optimizers)
+    )
+    needed = optimizer_files + [keyed(SCHEDULER_NAME, k) for k in run.schedulers]
     missing = [name for name in needed if not (path / name).is_file()]
     if missing:
         sharding = " (sharded checkpoints resume under FSDP only, and FSDP resumes only those)" if shards else ""
@@ -666,16 +667,13 @@ def load_checkpoint(path: Path, run: Resumable, accel: Any) -> Any:
             f"cycle_directions or engine{sharding}?); it can be loaded as a model but not resumed"
         )
     if shards is not None:
-        shards.load_model(path)
+        shards.load(path, run.optimizers)  # every rank, its shard of the weights and optimizer states
     else:
         run.load_models(path)
-    for key, optimizer in run.optimizers.items():
-        if shards is not None:
-            shards.load_optimizer(optimizer, path / _keyed(OPTIMIZER_SHARDS, key))
-        else:
-            optimizer.load_state_dict(load_state(path / _keyed(OPTIMIZER_NAME, key)))
+        for key, optimizer in run.optimizers.items():
+            optimizer.load_state_dict(load_state(path / keyed(OPTIMIZER_NAME, key)))
     for key, scheduler in run.schedulers.items():
-        scheduler.load_state_dict(load_state(path / _keyed(SCHEDULER_NAME, key)))
+        scheduler.load_state_dict(load_state(path / keyed(SCHEDULER_NAME, key)))
     if accel.scaler is not None and (path / SCALER_NAME).is_file():
         accel.scaler.load_state_dict(load_state(path / SCALER_NAME))
     loop_state = _read_loop_state(path, accel.process_index)

@@ -98,7 +98,7 @@ def resolve_deepspeed_config(
             (Accelerate requires one), the stage is not 0..3, a set value contradicts the arguments
             (all of them in one line), or an "auto" has no value here (e.g. no hidden size).
     """
-    resolved = _load(config)
+    resolved = load_deepspeed_config(config)
     if "zero_optimization" not in resolved:
         raise ConfigError(
             'deepspeed config has no zero_optimization section; add e.g. "zero_optimization": {"stage": 2}'
@@ -213,7 +213,7 @@ def _auto_keys(node: Any, prefix: str = "") -> list[str]:
     return found
 
 
-def _load(config: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str, Any]:
+def load_deepspeed_config(config: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str, Any]:
     """A deep copy of a config dict, or the JSON object a file holds."""
     if isinstance(config, Mapping):
         return copy.deepcopy(dict(config))

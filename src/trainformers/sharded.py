@@ -17,13 +17,24 @@ different number of ranks too (DCP reshards on load).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .checkpoint import MODEL_SHARDS, SHARD_MARKER, read_weights
+from .checkpoint import (
+    DEEPSPEED_DIR,
+    DEEPSPEED_MARKER,
+    MODEL_SHARDS,
+    OPTIMIZER_SHARDS,
+    SHARD_MARKER,
+    keyed,
+    read_weights,
+)
+
+DEEPSPEED_TAG = "state"  # the engine's sub-folder name (DeepSpeed's default is global_step<N>)
 
 
 def is_sharded(model: nn.Module) -> bool:
@@ -33,8 +44,17 @@ def is_sharded(model: nn.Module) -> bool:
     return any(isinstance(module, FSDPModule) for module in model.modules())
 
 
+def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    """The optimizer inside Accelerate's wrapper (DCP needs the one holding the DTensors)."""
+    inner = getattr(optimizer, "optimizer", None)
+    return inner if isinstance(inner, torch.optim.Optimizer) else optimizer
+
+
 class ShardedModel:
     """Save and load one FSDP2 model and its optimizers, each rank its shard; every rank calls every method.
+
+    The interface `checkpoint.save_checkpoint`/`load_checkpoint` use for any engine that keeps
+    per-rank state (see also `DeepSpeedState`).
 
     Args:
         model: The model after `accelerator.prepare` (its parameters are DTensors).
@@ -46,14 +66,34 @@ class ShardedModel:
         self.model = model
         self.shard_checkpoints = shard_checkpoints
 
-    # ---- model ----------------------------------------------------------------------------
+    def required_files(self, keys: Any) -> list[str]:
+        """What a checkpoint must hold to resume, relative to it (the optimizers' DCP markers)."""
+        return [f"{keyed(OPTIMIZER_SHARDS, key)}/{SHARD_MARKER}" for key in keys]
 
-    def save_model_shards(self, directory: Path) -> None:
-        """Each rank writes its shard of the weights under `directory/model_shards/`."""
+    def save(self, directory: Path, optimizers: Mapping[str, Any]) -> None:
+        """Each rank writes its shard of the weights (when `shard_checkpoints`) and of every optimizer."""
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-        dcp.save({"model": get_model_state_dict(self.model)}, checkpoint_id=directory / MODEL_SHARDS)
+        if self.shard_checkpoints:
+            dcp.save({"model": get_model_state_dict(self.model)}, checkpoint_id=directory / MODEL_SHARDS)
+        for key, optimizer in optimizers.items():
+            state = get_optimizer_state_dict(self.model, unwrap_optimizer(optimizer))
+            dcp.save({"optimizer": state}, checkpoint_id=directory / keyed(OPTIMIZER_SHARDS, key))
+
+    def load(self, directory: Path, optimizers: Mapping[str, Any]) -> None:
+        """Load what `save` wrote (on any number of ranks): the weights, then every optimizer."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+        self.load_model(directory)
+        for key, wrapped in optimizers.items():
+            optimizer = unwrap_optimizer(wrapped)
+            # the template is this rank's shapes; an optimizer that has not stepped yet is given
+            # its state first (torch does it with a zero-learning-rate step)
+            state = {"optimizer": get_optimizer_state_dict(self.model, optimizer)}
+            dcp.load(state, checkpoint_id=directory / keyed(OPTIMIZER_SHARDS, key))
+            set_optimizer_state_dict(self.model, optimizer, state["optimizer"])
 
     def load_model(self, directory: Path) -> None:
         """Load the weights of checkpoint `directory`: from its shards, or from a consolidated `model.safetensors`."""
@@ -74,28 +114,41 @@ class ShardedModel:
         # every rank read the same file; each keeps its own shard of every tensor
         set_model_state_dict(self.model, full, options=StateDictOptions(full_state_dict=True, strict=False))
 
-    # ---- optimizer ------------------------------------------------------------------------
 
-    def save_optimizer(self, optimizer: torch.optim.Optimizer, directory: Path) -> None:
-        """Each rank writes its shard of the optimizer state into `directory` (a DCP folder)."""
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+class DeepSpeedState:
+    """Save and load a DeepSpeed engine's model and optimizer state, each rank its ZeRO partition.
 
-        dcp.save({"optimizer": get_optimizer_state_dict(self.model, optimizer)}, checkpoint_id=directory)
+    The engine writes both in one call (`save_checkpoint`), into `checkpoint-N/deepspeed/`. Under
+    ZeRO-3 the weights are partitioned too, so the checkpoint holds no consolidated copy
+    (`shard_checkpoints`); `final/` is always consolidated (`Trainer.save_model`).
 
-    def load_optimizer(self, optimizer: torch.optim.Optimizer, directory: Path) -> None:
-        """Load what `save_optimizer` wrote (on any number of ranks)."""
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+    Args:
+        engine: The model as `accelerator.prepare` returned it (a `deepspeed.DeepSpeedEngine`).
+        stage: The ZeRO stage.
+    """
 
-        # the template: this rank's shapes; an optimizer that has not stepped yet is given its
-        # state first (torch does it with a zero-learning-rate step)
-        state = {"optimizer": get_optimizer_state_dict(self.model, optimizer)}
-        dcp.load(state, checkpoint_id=directory)
-        set_optimizer_state_dict(self.model, optimizer, state["optimizer"])
+    def __init__(self, engine: Any, *, stage: int) -> None:
+        self.engine = engine
+        self.shard_checkpoints = stage == 3
 
+    def required_files(self, keys: Any) -> list[str]:
+        return [f"{DEEPSPEED_DIR}/{DEEPSPEED_MARKER}"]
 
-def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
-    """The torch optimizer inside Accelerate's wrapper (DCP needs the one holding the DTensors)."""
-    inner = getattr(optimizer, "optimizer", None)
-    return inner if isinstance(inner, torch.optim.Optimizer) else optimizer
+    def save(self, directory: Path, optimizers: Mapping[str, Any]) -> None:
+        self.engine.save_checkpoint(str(directory / DEEPSPEED_DIR), tag=DEEPSPEED_TAG, save_latest=True)
+
+    def load(self, directory: Path, optimizers: Mapping[str, Any]) -> None:
+        self._load(directory, module_only=False)
+
+    def load_model(self, directory: Path) -> None:
+        self._load(directory, module_only=True)
+
+    def _load(self, directory: Path, *, module_only: bool) -> None:
+        # the scheduler is ours (saved as scheduler.pt); the engine holds none
+        self.engine.load_checkpoint(
+            str(directory / DEEPSPEED_DIR),
+            tag=DEEPSPEED_TAG,
+            load_module_only=module_only,
+            load_optimizer_states=not module_only,
+            load_lr_scheduler_states=False,
+        )

@@ -14,6 +14,11 @@ The arithmetic, for a window of k micro-batches on W ranks whose gradients DDP a
 - Without a count (no labels: the model's own mean loss), each micro-batch weighs 1/k, and DDP's
   average over ranks is the right one.
 
+Under DeepSpeed the engine accumulates: it divides every backward by its configured accumulation
+count g (so the kernel multiplies by g, not k), averages over ranks as DDP does, and clips, steps
+and zeroes inside the backward that ends a window. The kernel marks that backward
+(`accel.sync_gradients`), reads the engine's gradient norm, and steps only the scheduler.
+
 `WindowStep.loss` is always this rank's part of the window's mean loss: summed over the ranks
 (`accelerator.reduce(..., "sum")`) it is the mean a log row shows.
 """
@@ -106,6 +111,12 @@ class StepKernel:
             )
             self.direct = inner if direct else None
         self.direct_backward = self.direct is not None and accel.gradient_accumulation_steps == 1
+        # DeepSpeed's engine divides each backward by its accumulation count and steps itself
+        self.engine_accumulation = (
+            int(accel.state.deepspeed_plugin.deepspeed_config["gradient_accumulation_steps"])
+            if accel.distributed_type == DistributedType.DEEPSPEED
+            else None
+        )
         self.scale = 1.0  # the current window's backward multiplier (see the module docstring)
         self.learning_rate: Any = None  # the first group's rate in the last step taken (what a log row shows)
         self.skipped = False  # the last step was skipped (fp16 overflow); never without a scaler
@@ -155,10 +166,14 @@ class StepKernel:
             return WindowStep(None, None)
         global_count = items is not None and self.items_across_ranks
         self.scale = float(self.ranks) if global_count else (1.0 / k if items is None and k > 1 else 1.0)
+        if self.engine_accumulation is not None:
+            self.scale *= self.engine_accumulation  # undo the engine's own division
         share = (1.0 if global_count or self.ranks == 1 else 1.0 / self.ranks) * (1.0 / k if items is None else 1.0)
         total: torch.Tensor | None = None
         for i, batch in enumerate(window):
             last = i == k - 1
+            if self.engine_accumulation is not None:
+                self.accel.sync_gradients = last  # the engine steps inside the backward that ends the window
             with self.accel.no_sync(model) if not last else nullcontext():
                 loss = micro_step(batch, items)
             part = loss * share if share != 1.0 else loss
@@ -190,6 +205,10 @@ class StepKernel:
     def clip(self) -> torch.Tensor:
         """Clip the gradient norm to `max_grad_norm`; returns the total norm before clipping (a tensor)."""
         max_norm = self.max_grad_norm or 0.0  # run() only clips when it is set
+        if self.engine_accumulation is not None:
+            # the engine clipped to its gradient_clipping (= max_grad_norm) in the last backward;
+            # Accelerate hands back that step's norm before clipping, as a float
+            return torch.as_tensor(float(self.accel.clip_grad_norm_(self.params, max_norm) or 0.0))
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.direct is None and self.scaler is None:

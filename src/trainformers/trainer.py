@@ -17,12 +17,13 @@ from typing import Any
 
 import torch
 from accelerate.optimizer import AcceleratedOptimizer
+from accelerate.utils import DistributedType
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers.trainer_utils import EvalPrediction, TrainOutput
 
 from . import checkpoint as ckpt
-from .accel import build_accelerator
+from .accel import build_accelerator, configure_deepspeed
 from .callbacks import CallbackHandler, HubCallback, TrainerCallback, default_callbacks
 from .config import TrainingArguments
 from .dataloaders import check_train_inputs, remove_unused_columns, train_dataloader
@@ -51,7 +52,7 @@ from .optim import create_optimizer, create_scheduler, describe_param_groups
 from .preemption import SigtermCheckpoint
 from .results import format_metrics_block, metrics_format, save_metrics
 from .sampling import EpochSampler, skip_first_batches
-from .sharded import ShardedModel, is_sharded
+from .sharded import DeepSpeedState, ShardedModel, is_sharded
 from .state import TrainerControl, TrainerState
 from .step import StepKernel
 from .trainer_evaluation import EvaluationMethods
@@ -119,7 +120,7 @@ class Trainer(EvaluationMethods):
         self.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
         self.meter = Meter(self.accelerator.device)  # what the running train() accumulates between log rows
         self.run_meter = Meter(self.accelerator.device)  # what it accumulates over the whole run
-        self._shards: ShardedModel | None = None  # set by train() when FSDP shards the model
+        self._shards: ShardedModel | DeepSpeedState | None = None  # set by train(): FSDP/DeepSpeed state
         self.step_kernel: StepKernel | None = None  # the running train()'s backward/clip/step path
         self._sigterm = SigtermCheckpoint(self.args.enable_jit_checkpoint)
         self._eval_dataloaders: dict[str, DataLoader] = {}  # kept only with persistent workers
@@ -443,14 +444,23 @@ class Trainer(EvaluationMethods):
             self.create_optimizer()
             if self.is_world_process_zero():  # the effective groups: pattern, tensors, parameters, lr, decay
                 print(describe_param_groups(self.optimizer.param_groups, model))
-        model, self.optimizer, dataloader = accel.prepare(model, self.optimizer, dataloader)
+        torch_optimizer = self.optimizer
+        if accel.distributed_type == DistributedType.DEEPSPEED:
+            # DeepSpeed's config needs the run's length before the engine is built
+            dataloader = accel.prepare(dataloader)
+            zero = configure_deepspeed(accel, args, training_length(args, safe_len(dataloader))[0], model)
+            model, self.optimizer = accel.prepare(model, self.optimizer)
+            self._shards = DeepSpeedState(model, stage=zero)
+        else:
+            model, self.optimizer, dataloader = accel.prepare(model, self.optimizer, dataloader)
+            self._shards = self._sharded_model(model)
         self.model_wrapped = model
-        self._shards = self._sharded_model(model)
         micro_per_epoch = safe_len(dataloader)
         max_steps, num_epochs = training_length(args, micro_per_epoch)
         # on the torch optimizer: the step kernel may step it past Accelerate's wrapper, and the
-        # scheduler must see those steps (torch tracks them through the optimizer it was given)
-        self.create_scheduler(max_steps, getattr(self.optimizer, "optimizer", self.optimizer))
+        # scheduler must see those steps (torch tracks them through the optimizer it was given;
+        # DeepSpeed's optimizer reads its learning rates from it too)
+        self.create_scheduler(max_steps, torch_optimizer)
         self.state = new_state(args, max_steps, num_epochs, accel)
         self.meter = Meter(accel.device)
         self.run_meter = Meter(accel.device)  # the whole run's loss, for train_loss
@@ -707,7 +717,9 @@ class Trainer(EvaluationMethods):
             if main and hasattr(config, "save_pretrained"):
                 config.save_pretrained(output_dir)
         else:
-            state_dict = accel.get_state_dict(model) if accel.num_processes > 1 else None
+            # a sharded or partitioned model (FSDP, ZeRO-3) is gathered even on one process
+            gather = accel.num_processes > 1 or accel.distributed_type.value in ("FSDP", "DEEPSPEED")
+            state_dict = accel.get_state_dict(model) if gather else None
             ckpt.save_model_files(accel.unwrap_model(model), output_dir, state_dict=state_dict, is_main=main)
         if main and self.processing_class is not None and hasattr(self.processing_class, "save_pretrained"):
             self.processing_class.save_pretrained(output_dir)

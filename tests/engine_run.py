@@ -1,5 +1,5 @@
-"""Launched by test_fsdp.py: train the tiny LM for 6 steps (checkpoints at 3 and 6), then resume a copy of
-the run from checkpoint-3 in a second Trainer; write both runs' losses, weights and what FSDP did."""
+"""Launched by test_fsdp.py and test_deepspeed.py: train the tiny LM for 6 steps (checkpoints at 3 and 6), then resume a copy of
+the run from checkpoint-3 in a second Trainer; write both runs' losses, weights and what the engine did."""
 
 import json
 import os
@@ -48,6 +48,8 @@ sharding = {
     "layer_type": type(first.model.model.layers[0]).__name__,
     "local_rows": local.shape[0],
     "rows": param.shape[0],
+    "zero_stage": getattr(first.model_wrapped, "zero_optimization_stage", lambda: None)(),
+    "engine_steps": getattr(first.model_wrapped, "global_steps", None),
 }
 first.accelerator.wait_for_everyone()
 if first.is_world_process_zero():
