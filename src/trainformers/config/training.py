@@ -446,7 +446,9 @@ class TrainingArguments(ProcessInfo):
             options = options.split()
         self.fsdp = [choice("fsdp", option, FSDP_OPTIONS) for option in options]
         if self.fsdp_config and not self.fsdp:
-            raise ConfigError("training.fsdp_config is set but training.fsdp is empty; set fsdp: full_shard, or drop it")
+            raise ConfigError(
+                "training.fsdp_config is set but training.fsdp is empty; set fsdp: full_shard, or drop it"
+            )
         if self.fsdp:
             self.fsdp_config = normalise_fsdp_config(self.fsdp_config)
             fsdp_settings(self.fsdp, self.fsdp_config)  # every value checked now, before any data or weights load
