@@ -11,7 +11,7 @@ OLDEST := .venv-oldest
 LOCK := constraints.txt
 # torch comes from a local CPU wheel on our machines (a bare `torch` would pull a CUDA build of GBs)
 TORCH := torch==2.13.0
-EXTRAS := .[dev,tensorboard]
+EXTRAS := .[dev,tensorboard,deepspeed]
 
 .PHONY: train test lint format test-latest test-oldest lock bench venv clean
 
