@@ -1,6 +1,7 @@
 """The `trainformers` command line: parse, build, call; errors as one line and exit status 2.
 
 trainformers train [CONFIG.yaml] [--section.key VALUE ...]   # no CONFIG: the embedded default
+trainformers train CONFIG.yaml --num-processes N              # relaunched through `accelerate launch`
 trainformers report RUN_DIR [RUN_DIR ...] [--out DIR]         # report.png + report.md; several: compare.*
 trainformers tokenizer train --vocab-size N --out DIR [--data SOURCE ...]   # a BPE tokenizer
 trainformers generate CHECKPOINT "prompt" [--greedy | --temperature T ...]  # stream a continuation
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 EXIT_USAGE = 2
+# `trainformers train` options that start it through `accelerate launch` (accelerate's names, dashed)
+LAUNCH_OPTIONS = ("--num-processes", "--num-machines", "--machine-rank", "--main-process-ip", "--main-process-port")
 
 
 def _tune_malloc() -> None:
@@ -55,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
         "embedded default run trains a small LM on Python's own documentation.",
     )
     train.add_argument("config", nargs="?", help="YAML run file")
+    _add_launch_options(train)
     lr_find = sub.add_parser(
         "lr-find",
         help="LR range test on a run file's model and data: suggests a learning rate, writes lr_find.png",
@@ -93,6 +97,28 @@ def _parser() -> argparse.ArgumentParser:
     _add_generate_parser(sub)
     _add_export_parser(sub)
     return parser
+
+
+def _add_launch_options(train: Any) -> None:
+    """LAUNCH_OPTIONS in `train --help`; `main` takes them out of the tokens itself (`_take_options`)."""
+    launch = train.add_argument_group(
+        "multi-process (docs/distributed.md)",
+        "Start the run through `accelerate launch` (DDP; training.fsdp/deepspeed when set). Rank 0 alone prints "
+        "and writes; the others wait for it where it writes the tokenizer.",
+    )
+    launch.add_argument(
+        "--num-processes",
+        metavar="N",
+        help="processes on all machines together, e.g. one per GPU (a run file's training.num_gpus says the same)",
+    )
+    launch.add_argument("--num-machines", metavar="N", help="machines taking part (default: 1)")
+    launch.add_argument("--machine-rank", metavar="R", help="this machine's rank, 0 to N-1 (default: 0)")
+    launch.add_argument("--main-process-ip", metavar="IP", help="address of the machine of rank 0 (several machines)")
+    launch.add_argument(
+        "--main-process-port",
+        metavar="P",
+        help="port on that machine (default: a free port on one machine, 29500 on several)",
+    )
 
 
 def _number(kind: type, low: float, high: float | None = None, low_open: bool = False) -> Any:
@@ -231,20 +257,178 @@ def _add_export_parser(sub: Any) -> None:
     )
 
 
-def _train(config_path: str | None, overrides: Sequence[str]) -> int:
+def _take_options(tokens: Sequence[str], names: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """Pull `--name VALUE` and `--name=VALUE` for each of `names` out of `tokens`; the rest keep their order.
+
+    Raises:
+        ConfigError: one of `names` without a value.
+    """
+    from .errors import ConfigError
+
+    found: dict[str, str] = {}
+    kept: list[str] = []
+    rest = list(tokens)
+    while rest:
+        token = rest.pop(0)
+        name, eq, value = token.partition("=")
+        if name not in names:
+            kept.append(token)
+            continue
+        if not eq:
+            if not rest:
+                raise ConfigError(f"{name} needs a value")
+            value = rest.pop(0)
+        found[name] = value
+    return found, kept
+
+
+def _int_option(options: dict[str, str], name: str, low: int, high: int | None = None) -> int | None:
+    """The integer value of option `name` in [low, high] (None when not given), or a one-line error."""
+    from .errors import ConfigError
+
+    if name not in options:
+        return None
+    text = options[name]
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value > high):
+        what = "a positive integer" if low == 1 and high is None else f"an integer in [{low}, {high}]"
+        raise ConfigError(f"{name} must be {what}, got {text!r}")
+    return value
+
+
+def _processes(config: Any, options: dict[str, str]) -> int | None:
+    """The processes asked for: --num-processes or the run file's training.num_gpus (None: not said)."""
+    from .errors import ConfigError
+
+    flag, file = _int_option(options, "--num-processes", 1), config.num_processes
+    if flag is not None and file is not None and flag != file:
+        raise ConfigError(f"Can't set both training.num_gpus={file} and --num-processes {flag}; drop one")
+    return flag if flag is not None else file
+
+
+def _launch_command(
+    config_path: str | None, overrides: Sequence[str], processes: int, options: dict[str, str]
+) -> list[str]:
+    """The `accelerate launch` command that runs this `trainformers train` on `processes` processes.
+
+    Raises:
+        ConfigError: a malformed launch option, or one that needs another.
+    """
+    from .errors import ConfigError
+
+    machines = _int_option(options, "--num-machines", 1) or 1
+    given = [name for name in ("--machine-rank", "--main-process-ip") if name in options]
+    if machines == 1 and given:
+        raise ConfigError(f"{given[0]} is for several machines; add --num-machines N")
+    if processes % machines:
+        raise ConfigError(
+            f"--num-processes {processes} (on all machines) must be a multiple of --num-machines {machines}"
+        )
+    rank = _int_option(options, "--machine-rank", 0, machines - 1)
+    port = _int_option(options, "--main-process-port", 0, 65535)
+    ip = options.get("--main-process-ip")
+    if machines > 1 and not ip:
+        raise ConfigError(f"--num-machines {machines} needs --main-process-ip (the address of the machine of rank 0)")
+    # --multi_gpu is accelerate's multi-process launcher (torchrun) with or without GPUs: on a machine
+    # without CUDA each process joins a gloo group on the CPU (its --cpu would need mpirun instead), as
+    # tests/conftest.py launches. Mixed precision and compilation are the run file's to decide, so
+    # accelerate is told "no" for both: an accelerate config file must not switch them on unseen.
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes)]
+    command += ["--num_machines", str(machines), "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if machines > 1:
+        command += ["--machine_rank", str(rank or 0), "--main_process_ip", str(ip)]
+    if port is None and machines == 1:
+        port = 0  # a free port: two runs can share a machine
+    if port is not None:
+        command += ["--main_process_port", str(port)]
+    return [*command, "-m", "trainformers", "train", *([config_path] if config_path else []), *overrides]
+
+
+def _quiet_replica() -> None:
+    """On a process other than rank 0: no Python warnings, progress bars or library info (rank 0 shows them).
+
+    transformers' own verbosity is `training.log_level_replica` once the Trainer is built, as in transformers.
+    """
+    import warnings
+
+    import datasets
+    import huggingface_hub.utils
+    from transformers.utils import logging as hf_logging
+
+    warnings.simplefilter("ignore")
+    hf_logging.set_verbosity_error()
+    datasets.utils.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    huggingface_hub.utils.disable_progress_bars()
+
+
+def _launch_if_asked(
+    config: Any, config_path: str | None, overrides: Sequence[str], options: dict[str, str]
+) -> int | None:
+    """Relaunch this run through `accelerate launch` when it asks for several processes; its exit status.
+
+    None: run here. Under a launcher already, the processes asked for must be the ones started, and
+    `config.num_processes` becomes their number (the echo and config.yaml say it).
+    """
+    import subprocess
+
+    from . import checkpoint as ckpt
+    from .errors import ConfigError
+
+    processes = _processes(config, options)
+    launch_only = [name for name in options if name != "--num-processes"]
+    if "WORLD_SIZE" in os.environ:  # torchrun's, as accelerate launch sets it
+        world = int(os.environ["WORLD_SIZE"])
+        if processes is not None and processes != world:
+            raise ConfigError(
+                f"the run asks for {processes} processes but was launched on {world}; launch it on {processes}"
+            )
+        if launch_only:
+            raise ConfigError(
+                f"{launch_only[0]} is for starting a run; this one was started by a launcher, give it to that"
+            )
+        if world > 1:
+            config.num_processes = world
+        return None
+    if processes is None or processes == 1:
+        if launch_only:
+            raise ConfigError(f"{launch_only[0]} is for several processes; add --num-processes N")
+        return None
+    command = _launch_command(config_path, overrides, processes, options)
+    args = config.training  # refused here in one line, before the processes start reading data
+    ckpt.check_output_dir(
+        args.output_dir, resuming=bool(args.resume_from_checkpoint), overwrite=args.overwrite_output_dir
+    )
+    return subprocess.run(command, check=False).returncode
+
+
+def _train(config_path: str | None, overrides: Sequence[str], options: dict[str, str] | None = None) -> int:
+    """`trainformers train`: here, or on several processes through `accelerate launch` (LAUNCH_OPTIONS)."""
     from .config import load_config
     from .run import DEFAULT_RUN, run_training
 
     config = load_config(config_path, overrides, base=DEFAULT_RUN if config_path is None else None)
-    print("# resolved configuration" + (" (embedded default run)" if config_path is None else ""))
-    print(config.to_yaml(), end="")
-    result = run_training(config)
+    status = _launch_if_asked(config, config_path, overrides, options or {})
+    if status is not None:
+        return status
+    main = config.training.process_index == 0
+
+    def echo(*values: Any, **kwargs: Any) -> None:
+        if main:  # rank 0 alone prints; the others would repeat it line for line
+            print(*values, **kwargs)
+
+    echo("# resolved configuration" + (" (embedded default run)" if config_path is None else ""))
+    echo(config.to_yaml(), end="")
+    result = run_training(config, echo=echo)
     if result.sample is not None:
-        print(f"\nsample: {result.sample!r}")
+        echo(f"\nsample: {result.sample!r}")
     ppl = f"held-out perplexity {result.perplexity:.2f} (loss {result.eval_loss:.4f}) | " if result.perplexity else ""
     if result.throughput:
-        print(f"training speed: {result.throughput}")
-    print(
+        echo(f"training speed: {result.throughput}")
+    echo(
         f"done in {result.runtime:.1f}s: {result.global_step} steps | {ppl}"
         f"model in {result.output_dir / 'final'} | plot in {result.output_dir / 'report.png'}"
     )
@@ -529,30 +713,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .errors import TrainformersError
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _parser()
-    n_trials = 20
-    if argv[:1] == ["search"] and not {"-h", "--help"} & set(argv):
-        rest, kept = argv[1:], []
-        while rest:  # --n-trials is ours; every other token is the config path or an override
-            token = rest.pop(0)
-            if token == "--n-trials" or token.startswith("--n-trials="):
-                value = token.partition("=")[2] or (rest.pop(0) if rest else "")
-                n_trials = parser.parse_args(["search", "--n-trials", value]).n_trials
-            else:
-                kept.append(token)
-        argv = ["search", *kept]
-    if argv[:1] in (["train"], ["lr-find"], ["cycle"], ["search"]) and not {"-h", "--help"} & set(argv):
-        # argparse would take an override's value for the optional CONFIG; only the first token can be it
-        config = argv[1] if len(argv) > 1 and not argv[1].startswith("-") else None
-        overrides = argv[2:] if config is not None else argv[1:]
-        command = argv[0]
-    else:
-        args = parser.parse_args(argv)
-        command = args.command
+    command = argv[0] if argv else ""
+    if int(os.environ.get("RANK", "0")) > 0:
+        _quiet_replica()
     _tune_malloc()
     try:
+        if command in ("train", "lr-find", "cycle", "search") and not {"-h", "--help"} & set(argv):
+            ours = LAUNCH_OPTIONS if command == "train" else ("--n-trials",) if command == "search" else ()
+            options, tokens = _take_options(argv[1:], ours)
+            # argparse would take an override's value for the optional CONFIG; only the first token can be it
+            config = tokens[0] if tokens and not tokens[0].startswith("-") else None
+            overrides = tokens[1:] if config is not None else tokens
+        else:
+            args = _parser().parse_args(argv)
+            command = args.command
         if command == "train":
-            return _train(config, overrides)
+            return _train(config, overrides, options)
         if command == "lr-find":
             return _lr_find(config, overrides)
         if command == "cycle":
@@ -560,7 +736,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "search":
             from .run import run_search_from_config
 
-            best = run_search_from_config(config, list(overrides), n_trials)
+            n_trials = _int_option(options, "--n-trials", 1)
+            best = run_search_from_config(config, list(overrides), 20 if n_trials is None else n_trials)
             print(f"best trial {best.run_id}: objective {best.objective} with {best.hyperparameters}")
             return 0
         if command == "tokenizer":

@@ -74,8 +74,12 @@ class RunResult:
     throughput: str | None = None  # tokens/s, achieved TFLOP/s and MFU of the training time
 
 
-def build_tokenizer(config: RunConfig, train_texts: Iterable[str]) -> Any:
-    """Load the configured tokenizer, reuse the run's own, or train one on the data."""
+def build_tokenizer(config: RunConfig, train_texts: Iterable[str], *, reuse_saved: bool = False) -> Any:
+    """Load the configured tokenizer, reuse the run's own, or train one on the data.
+
+    With `reuse_saved`, a tokenizer already saved where this run trains its own is loaded, not trained
+    again: the other processes of a distributed run load what the main process trained.
+    """
     from transformers import AutoTokenizer
 
     from .data import train_tokenizer
@@ -92,8 +96,8 @@ def build_tokenizer(config: RunConfig, train_texts: Iterable[str]) -> Any:
             tokenizer.pad_token = tokenizer.eos_token  # documented: causal LMs often ship without one
         return tokenizer
     saved = train_to or Path(config.training.output_dir) / "tokenizer"
-    if config.training.resume_from_checkpoint and (saved / "tokenizer.json").is_file():
-        return AutoTokenizer.from_pretrained(saved)  # a resumed run must see the very same ids
+    if (config.training.resume_from_checkpoint or reuse_saved) and (saved / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(saved)  # a resumed run, or another rank, must see the very same ids
     chat = config.data.training_mode == "instruction"  # role markers become single tokens
     return train_tokenizer(train_texts, model.vocab_size, saved, chat_tokens=chat)
 
@@ -206,16 +210,21 @@ def build_trainer(config: RunConfig, *, echo: Any = print, for_training: bool = 
 
         # before any data or tokenizer is loaded: one line, not a stack trace from deep inside
         check_quantization_available("model.load_in_8bit" if config.model.load_in_8bit else "model.load_in_4bit")
-    raw = load_raw(config.data, args.seed)
-    tokenizer = build_tokenizer(config, raw_texts(raw[0], config.data))
+    # Under a launcher the process that saves (rank 0; with save_on_each_node, machines sharing no disk,
+    # each machine's first) reads the data (downloads, caches) and trains or loads the tokenizer first;
+    # the others then find both on disk.
+    with args.main_process_first(local=args.save_on_each_node, desc="data and tokenizer"):
+        raw = load_raw(config.data, args.seed)
+        tokenizer = build_tokenizer(config, raw_texts(raw[0], config.data), reuse_saved=not args.should_save)
     model = build_model(config, tokenizer)
-    data = prepare_data(config.data, tokenizer, raw=raw, seed=args.seed)
+    with args.main_process_first(local=args.save_on_each_node, desc="tokenization"):
+        data = prepare_data(config.data, tokenizer, raw=raw, seed=args.seed)
     if data.eval is None and args.eval_strategy != "no":
         raise ConfigError(
             f"training.eval_strategy='{args.eval_strategy}' but there is no held-out data; "
             "set data.validation_split_percentage > 0 (or data.eval_split) or eval_strategy: no"
         )
-    if for_training and not args.resume_from_checkpoint and args.overwrite_output_dir:
+    if for_training and not args.resume_from_checkpoint and args.overwrite_output_dir and args.should_save:
         ckpt.clear_run(out)  # the old run's checkpoints and log; only once data and model are ready
     n_params = sum(p.numel() for p in model.parameters())
     echo(f"model: {n_params / 1e6:.2f}M parameters | data: {data.summary()}")
@@ -246,8 +255,9 @@ def run_training(config: RunConfig, *, echo: Any = print) -> RunResult:
     out = Path(args.output_dir)
     start = time.perf_counter()
     trainer, tokenizer, data = build_trainer(config, echo=echo)
-    out.mkdir(parents=True, exist_ok=True)
-    config.save(out / "config.yaml")
+    if args.should_save:
+        out.mkdir(parents=True, exist_ok=True)
+        config.save(out / "config.yaml")
     report, args.report_at_end = args.report_at_end, False  # written once, below, with eval_perplexity
     try:
         result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
@@ -260,18 +270,25 @@ def run_training(config: RunConfig, *, echo: Any = print) -> RunResult:
             if args.load_best_model_at_end
             else [r for r in trainer.state.log_history if "eval_loss" in r and r["step"] == trainer.state.global_step]
         )
-        eval_loss = done[-1]["eval_loss"] if done else trainer.evaluate()["eval_loss"]
+        # no eval_loss: the held-out set gave no batch (fewer rows per process than a batch, drop_last)
+        eval_loss = done[-1]["eval_loss"] if done else trainer.evaluate().get("eval_loss")
+    if eval_loss is not None:
         perplexity = math.exp(min(eval_loss, 50.0))
         trainer.log({"eval_perplexity": perplexity})
+    trainer.save_model(str(out / "final"))  # on every rank: a sharded model is gathered from all of them
     if trainer.is_world_process_zero():
-        trainer.save_model(str(out / "final"))
         report_at_end(trainer)  # report.png + report.md, unless report_at_end is off
     sample = None
     if config.model.sample_prompt and config.model.sample_max_new_tokens:
+        # on every rank too: under FSDP each forward gathers the shards (the CLI prints rank 0's)
         model = trainer.accelerator.unwrap_model(trainer.model)
         sample = generate_sample(
             model, tokenizer, config.model.sample_prompt, config.model.sample_max_new_tokens, args.seed
         )
+    # The others wait for rank 0's report here. Tearing gloo down right after an all-reduce can also
+    # deadlock: its destructor holds the GIL joining a worker thread that needs the GIL to free that
+    # all-reduce's tensors (pytorch/pytorch#56297; seen on torch 2.13, 2 CPU processes).
+    trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()  # finish trackers; in a distributed run, leave the process group cleanly
     return RunResult(
         out,
@@ -350,11 +367,12 @@ def run_search_from_config(
 
     trainer.model_init = model_init
     out = Path(config.training.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    config.save(out / "config.yaml")
-    if section is not None:  # the saved file reruns (resumes) this very search
-        with (out / "config.yaml").open("a", encoding="utf-8") as f:
-            f.write(yaml.safe_dump({"search": dict(section)}, sort_keys=False))
+    if trainer.is_world_process_zero():
+        out.mkdir(parents=True, exist_ok=True)
+        config.save(out / "config.yaml")
+        if section is not None:  # the saved file reruns (resumes) this very search
+            with (out / "config.yaml").open("a", encoding="utf-8") as f:
+                f.write(yaml.safe_dump({"search": dict(section)}, sort_keys=False))
     best = trainer.hyperparameter_search(hp_space=hp_space, n_trials=n_trials, direction="minimize")
     summary_path = out / SUMMARY_FILE
     if trainer.is_world_process_zero() and summary_path.is_file():

@@ -1,4 +1,8 @@
-"""`load_config`: defaults < base < run file < command line, each key checked against its section."""
+"""`load_config`: defaults < base < run file < command line, each key checked against its section.
+
+A train run file's `training` section may also hold the distributed keys of the framework many of
+our users migrate from (`SEED_KEYS`); they are mapped onto our fields here and never kept as keys.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,19 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, did_you_mean
-from .fields import PATH_OR_TRUE, hf_field_names, is_number, unknown_field_message
+from .fields import PATH_OR_TRUE, check_int, choice, hf_field_names, is_number, unknown_field_message
 from .sections import SECTIONS, DataSection, ModelSection, RunConfig
 from .training import TrainingArguments
 from .yaml_io import parse_value, read_yaml
+
+# The `training` keys of the framework many of our users migrate from, with their types; docs/distributed.md.
+SEED_KEYS: dict[str, Any] = {
+    "distributed_strategy": str | None,
+    "fsdp_sharding_strategy": str | None,
+    "num_gpus": int | None,
+}
+SEED_STRATEGIES = ("ddp", "fsdp")
+SEED_SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD")
 
 
 def parse_overrides(tokens: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -108,14 +121,71 @@ def merge_sections(
             merged[section].update(copy.deepcopy(dict(values)))
             continue
         known = [f.name for f in dataclasses.fields(cls) if f.init]
+        hinted = [*known, *SEED_KEYS] if cls is TrainingArguments else known  # load_config took the seed keys out
         for name, value in values.items():
             if name not in known:
                 if name in hf_field_names() and issubclass(cls, TrainingArguments):
-                    raise ConfigError(unknown_field_message("training", name, known))
-                hint = did_you_mean(str(name), known).replace("'", f"'{section}.", 1)
+                    raise ConfigError(unknown_field_message("training", name, hinted))
+                hint = did_you_mean(str(name), hinted).replace("'", f"'{section}.", 1)
                 raise ConfigError(f"unknown key '{section}.{name}' in {origin}{hint}")
             # A copy, so arguments built from the CLI's shared base mapping cannot change it.
             merged[section][name] = _coerce(f"{section}.{name}", _hints(cls)[name], copy.deepcopy(value))
+
+
+def _take_seed_keys(layer: Any, seeds: dict[str, Any]) -> Any:
+    """`layer` without the seed keys of its `training` section; their values go to `seeds` (later layers win)."""
+    if not isinstance(layer, Mapping) or not isinstance(layer.get("training"), Mapping):
+        return layer  # nothing to take, or malformed: merge_sections says what is wrong
+    training = dict(layer["training"])
+    for key, hint in SEED_KEYS.items():
+        if key in training:
+            seeds[key] = _coerce(f"training.{key}", hint, training.pop(key))
+    return {**layer, "training": training}
+
+
+def _fsdp_options(value: Any) -> list[str]:
+    """`training.fsdp` as given (a string, a list, true) as its list of options."""
+    if value is True:
+        return ["full_shard"]
+    return str(value).split() if isinstance(value, str) else [str(v) for v in value or []]
+
+
+def _apply_seed_keys(training: dict[str, Any], seeds: Mapping[str, Any]) -> int | None:
+    """Map the seed keys onto the merged `training` section; return `num_gpus` (the processes to launch).
+
+    `distributed_strategy: fsdp` sets `fsdp` to "full_shard auto_wrap", with `fsdp_sharding_strategy`
+    (lower-cased) in place of full_shard; `ddp` sets nothing (a multi-process launch is DDP already).
+    Raises ConfigError for a value outside its choices or a key contradicting another.
+    """
+    strategy, sharding = seeds.get("distributed_strategy"), seeds.get("fsdp_sharding_strategy")
+    if strategy is not None:
+        choice("training.distributed_strategy", strategy, SEED_STRATEGIES)
+    if sharding is not None:
+        choice("training.fsdp_sharding_strategy", sharding, SEED_SHARDING)
+        if strategy == "ddp":
+            raise ConfigError(
+                f"Can't set both training.distributed_strategy=ddp and training.fsdp_sharding_strategy={sharding} "
+                "(a sharding strategy is for fsdp); drop one"
+            )
+        if strategy is None:
+            raise ConfigError(
+                f"training.fsdp_sharding_strategy={sharding} needs training.distributed_strategy=fsdp; add it"
+            )
+    engines = [name for name in ("fsdp", "deepspeed") if training.get(name)]
+    if strategy == "ddp" and engines:
+        raise ConfigError(f"Can't set both training.distributed_strategy=ddp and training.{engines[0]}; drop one")
+    if strategy == "fsdp":
+        mapped = f"{(sharding or 'FULL_SHARD').lower()} auto_wrap"
+        if "fsdp" in engines and sorted(_fsdp_options(training["fsdp"])) != sorted(mapped.split()):
+            raise ConfigError(
+                f"Can't set both training.distributed_strategy=fsdp (fsdp: '{mapped}') and "
+                f"training.fsdp={training['fsdp']!r}; drop one"
+            )
+        training["fsdp"] = mapped
+    num_gpus = seeds.get("num_gpus")
+    if num_gpus is not None:
+        check_int("training.num_gpus", num_gpus, 1)
+    return num_gpus
 
 
 def load_config(
@@ -124,6 +194,8 @@ def load_config(
     """Build a `RunConfig` from defaults, a base mapping, a YAML run file and command-line overrides.
 
     Later sources win key by key: dataclass defaults < `base` < the file at `path` < `overrides`.
+    The seed keys (`SEED_KEYS`) of any source are mapped: `distributed_strategy`/`fsdp_sharding_strategy`
+    onto `training.fsdp`, `num_gpus` onto `RunConfig.num_processes`.
 
     Args:
         path: A YAML run file with sections `model`, `data` and `training`, or None.
@@ -135,16 +207,27 @@ def load_config(
 
     Raises:
         ConfigError: a missing or malformed file, an unknown section or key, a value of the wrong
-            type, a malformed override, or any validation error of the sections.
+            type, a malformed override, a seed key contradicting another key, or any validation error
+            of the sections.
     """
     merged: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
-    merge_sections(merged, base, "the base config")
+    seeds: dict[str, Any] = {}
+    merge_sections(merged, _take_seed_keys(base, seeds), "the base config")
     if path is not None:
-        merge_sections(merged, read_yaml(path), f"'{path}'")
-    merge_sections(merged, parse_overrides(overrides), "the command line")
+        merge_sections(merged, _take_seed_keys(read_yaml(path), seeds), f"'{path}'")
+    merge_sections(merged, _take_seed_keys(parse_overrides(overrides), seeds), "the command line")
+    num_processes = _apply_seed_keys(merged["training"], seeds)
+    try:
+        training = TrainingArguments(**merged["training"])
+    except ConfigError as err:
+        if seeds.get("distributed_strategy") != "fsdp" or "fsdp" not in str(err).lower():
+            raise
+        given = ", ".join(f"{k}={seeds[k]}" for k in ("distributed_strategy", "fsdp_sharding_strategy") if seeds.get(k))
+        raise ConfigError(f"{err} (training.fsdp='{merged['training']['fsdp']}' comes from training.{given})") from None
     return RunConfig(
         model=ModelSection(**merged["model"]),
         data=DataSection(**merged["data"]),
-        training=TrainingArguments(**merged["training"]),
+        training=training,
         peft=merged["peft"] or None,
+        num_processes=num_processes,
     )

@@ -200,7 +200,7 @@ SECTIONS: dict[str, type] = {"model": ModelSection, "data": DataSection, "traini
 
 @dataclass
 class RunConfig:
-    """A whole run: the `model`, `data` and `training` sections of a run file."""
+    """A whole run: the `model`, `data` and `training` sections of a run file, and its number of processes."""
 
     model: ModelSection = field(default_factory=ModelSection, metadata={"help": "What is trained."})
     data: DataSection = field(default_factory=DataSection, metadata={"help": "What it is trained on."})
@@ -209,6 +209,13 @@ class RunConfig:
         default=None,
         metadata={
             "help": "PEFT adapter options (LoraConfig fields, `method` for other PEFT methods); None trains fully."
+        },
+    )
+    num_processes: int | None = field(
+        default=None,
+        metadata={
+            "help": "Processes `trainformers train` launches (a run file's training.num_gpus; --num-processes "
+            "on the command line); None: one, or as many as an outside launcher started."
         },
     )
 
@@ -226,8 +233,15 @@ class RunConfig:
         }
 
     def to_yaml(self) -> str:
-        """The resolved configuration as YAML that `load_config` reads back to an equal config."""
-        return yaml.dump(self.to_dict(), Dumper=YamlDumper, sort_keys=False, allow_unicode=True)
+        """The resolved configuration as YAML that `load_config` reads back to an equal config.
+
+        Except `num_processes`, a comment on top: how many processes run is the command line's to say.
+        """
+        text = yaml.dump(self.to_dict(), Dumper=YamlDumper, sort_keys=False, allow_unicode=True)
+        if self.num_processes is not None:
+            n = self.num_processes
+            text = f"# on {n} process{'es' if n != 1 else ''}: trainformers train FILE --num-processes {n}\n{text}"
+        return text
 
     def save(self, path: str | Path) -> None:
         """Write `to_yaml()` to `path`, creating its parent directory."""
