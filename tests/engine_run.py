@@ -32,6 +32,7 @@ def run(output_dir: Path, resume: str | None) -> Trainer:
         seed=0,
         optim="adamw_torch",
         ddp_backend="gloo",
+        accelerator_config={"even_batches": False},
         **extra,
     )
     trainer = Trainer(tiny_llama(), args, data_collator=PadCollator(), train_dataset=lm_rows())
@@ -57,6 +58,10 @@ if first.is_world_process_zero():
 first.accelerator.wait_for_everyone()
 second = run(out / "resumed", str(out / "resumed" / "checkpoint-3"))
 metrics = second.evaluate(lm_rows(10, seed=5))
+# 5 batches of 2 rows: 3 on rank 0, 2 on rank 1 (even_batches=False: Accelerate does not pad them
+# out); a sharded model's forward is collective, so the ranks must still step together
+second.args.per_device_eval_batch_size = 2
+uneven = second.evaluate(lm_rows(10, seed=5))
 if first.is_world_process_zero():
     (out / "result.json").write_text(
         json.dumps(
@@ -67,6 +72,7 @@ if first.is_world_process_zero():
                 "losses": [r["loss"] for r in first.state.log_history if "loss" in r],
                 "resumed_losses": [r["loss"] for r in second.state.log_history if "loss" in r],
                 "eval_loss": metrics["eval_loss"],
+                "uneven_eval_loss": uneven["eval_loss"],
             }
         )
     )

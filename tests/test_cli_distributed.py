@@ -100,6 +100,18 @@ def test_two_processes_print_once_write_once_and_num_processes_agrees(tmp_path):
         assert torch.equal(launched[name], relaunched[name]), name
 
 
+@pytest.mark.slow
+def test_the_seed_fsdp_run_shards_on_two_processes_and_leaves_a_consolidated_final(tmp_path):
+    seeded = run_file(tmp_path, output_dir="sharded", distributed_strategy="fsdp", num_gpus=2)
+    done = python("-m", "trainformers", "train", seeded.name, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed_once(done.stdout)
+    run = tmp_path / "sharded"
+    shards = {p.name for p in (run / "checkpoint-4" / "model_shards").iterdir()}
+    assert shards == {".metadata", "__0_0.distcp", "__1_0.distcp"}  # FSDP2 applied: each rank its shard
+    written_once(run)  # final/ is one model that from_pretrained loads
+
+
 # ---- the seed keys, through the run-file loader -------------------------------------------------
 
 
@@ -196,6 +208,11 @@ def no_launch(monkeypatch):
         ({}, ["--num-processes", "4", "--num-machines", "2"], "--num-machines 2 needs --main-process-ip"),
         ({}, ["--num-processes", "3", "--num-machines", "2", "--main-process-ip", "h"], "must be a multiple of"),
         ({}, ["--num-processes", "2", "--main-process-port", "70000"], "--main-process-port must be an integer in"),
+        (
+            {"deepspeed": {"zero_optimization": {"stage": 2}, "optimizer": {"type": "AdamW"}}},
+            ["--num-processes", "2"],
+            "training.deepspeed has a 'optimizer' section",
+        ),
     ],
 )
 def test_bad_distributed_input_is_one_line(tmp_path, capsys, no_launch, training, argv, message):

@@ -147,6 +147,7 @@ def test_fsdp2_on_two_cpu_processes_shards_matches_one_process_and_resumes_exact
     assert two["losses"] == pytest.approx(ref["losses"], rel=1e-5)
     # resumed from checkpoint-3 in a fresh Trainer: the same steps to the last bit
     assert two["resumed_losses"] == two["losses"] and two["eval_loss"] == pytest.approx(ref["eval_loss"], rel=1e-5)
+    assert two["uneven_eval_loss"] == pytest.approx(ref["uneven_eval_loss"], rel=1e-5)  # no hang, no row twice
     checkpoint = tmp_path / "run" / "checkpoint-3"
     for folder in ("model_shards", "optimizer_shards"):
         names = {p.name for p in (checkpoint / folder).iterdir()}

@@ -70,13 +70,17 @@ def _unshard_state() -> None:
         PartialState._shared_state["distributed_type"] = DistributedType.MULTI_CPU
 
 
-def check_engines(args: Any) -> None:
+def check_engines(args: Any, *, launched: bool = True) -> None:
     """Refuse a DeepSpeed request this run cannot carry out (Accelerate would drop it without a word).
 
     Called by `build_accelerator`, and by the command line before any data or weights load.
 
     DeepSpeed runs on CUDA GPUs, and on CPU processes over gloo (how the suite tests it), always
     under a launcher (`accelerate launch`, `torchrun`, `deepspeed`), one process too.
+
+    Args:
+        args: The run's `TrainingArguments`.
+        launched: This process is the one that trains (False: the command line, about to start them).
 
     Raises:
         ConfigError: deepspeed without its package or a launcher; a config section this trainer
@@ -90,7 +94,7 @@ def check_engines(args: Any) -> None:
             "training.deepspeed is set but the deepspeed package is not installed; pip install deepspeed "
             "(or trainformers[deepspeed]), or drop training.deepspeed"
         )
-    if "LOCAL_RANK" not in os.environ:
+    if launched and "LOCAL_RANK" not in os.environ:
         raise ConfigError(
             "training.deepspeed needs a distributed launch, one process too (accelerate launch, torchrun, or "
             "trainformers train --num-processes N); drop training.deepspeed to train without it"

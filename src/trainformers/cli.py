@@ -376,6 +376,7 @@ def _launch_if_asked(
     import subprocess
 
     from . import checkpoint as ckpt
+    from .accel import check_engines
     from .errors import ConfigError
 
     processes = _processes(config, options)
@@ -399,6 +400,7 @@ def _launch_if_asked(
         return None
     command = _launch_command(config_path, overrides, processes, options)
     args = config.training  # refused here in one line, before the processes start reading data
+    check_engines(args, launched=False)
     ckpt.check_output_dir(
         args.output_dir, resuming=bool(args.resume_from_checkpoint), overwrite=args.overwrite_output_dir
     )

@@ -17,7 +17,7 @@ different number of ranks too (DCP reshards on load).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,8 @@ class ShardedModel:
         shard_checkpoints: Write the model as shards (SHARDED_STATE_DICT) rather than one
             consolidated `model.safetensors` (FULL_STATE_DICT, gathered to rank 0).
     """
+
+    collective_forward = True  # every forward gathers the shards: all ranks run it together
 
     def __init__(self, model: nn.Module, *, shard_checkpoints: bool) -> None:
         self.model = model
@@ -130,6 +132,7 @@ class DeepSpeedState:
     def __init__(self, engine: Any, *, stage: int) -> None:
         self.engine = engine
         self.shard_checkpoints = stage == 3
+        self.collective_forward = stage == 3  # ZeRO-3 gathers each layer's partitions in the forward
 
     def required_files(self, keys: Any) -> list[str]:
         return [f"{DEEPSPEED_DIR}/{DEEPSPEED_MARKER}"]
@@ -152,3 +155,30 @@ class DeepSpeedState:
             load_optimizer_states=not module_only,
             load_lr_scheduler_states=False,
         )
+
+
+def in_lockstep(batches: Iterable[Any], accel: Any) -> Iterator[tuple[Any, bool]]:
+    """(batch, real) until every rank's batches are done, every rank stepping together.
+
+    A sharded model's forward is a collective, so ranks whose evaluation sets split unevenly would
+    wait on each other for ever. A rank that has run out runs a batch again (`real` False: its
+    result is thrown away), its own last one, or the first rank's first when it had none.
+    """
+    from accelerate.utils import broadcast_object_list, send_to_device
+
+    iterator, last = iter(batches), None
+    while True:
+        batch = next(iterator, None)
+        if batch is not None:
+            last = batch
+        mine = torch.tensor([batch is not None, last is not None], device=accel.device)
+        flags = accel.gather(mine).view(-1, 2)
+        if not bool(flags[:, 0].any()):
+            return
+        if not bool(flags[:, 1].all()):  # a rank has nothing to run again: lend it a batch
+            source = int(flags[:, 0].nonzero()[0])
+            box = [last if accel.process_index == source else None]
+            broadcast_object_list(box, from_process=source)
+            if last is None:
+                last = send_to_device(box[0], accel.device)
+        yield (batch, True) if batch is not None else (last, False)

@@ -19,6 +19,7 @@ from transformers.trainer_utils import PredictionOutput
 from .dataloaders import make_dataloader, named_eval_set
 from .evaluation import EvalAccumulator, prediction_outputs
 from .loop_utils import safe_len, speed_metrics, unwrap_peft
+from .sharded import in_lockstep
 
 
 class EvaluationMethods:
@@ -143,7 +144,12 @@ class EvaluationMethods:
             return_outputs=description == "Prediction",
         )
         self.callback_handler.eval_dataloader = dataloader
-        for inputs in dataloader:
+        shards = getattr(self, "_shards", None)
+        lockstep = shards is not None and shards.collective_forward and accel.num_processes > 1
+        for inputs, real in in_lockstep(dataloader, accel) if lockstep else ((b, True) for b in dataloader):
+            if not real:  # a sharded model's forward for the other ranks; nothing of it is kept
+                self.prediction_step(model, inputs, True, ignore_keys)
+                continue
             try:  # counted first: a compute_loss override may pop the labels
                 n_items = self.count_items(inputs)
             except ValueError:
