@@ -33,6 +33,7 @@ def run(output_dir: Path, resume: str | None) -> Trainer:
         optim="adamw_torch",
         ddp_backend="gloo",
         accelerator_config={"even_batches": False},
+        max_grad_norm=0.5,  # binding: the engines' clipping is compared too
         **extra,
     )
     trainer = Trainer(tiny_llama(), args, data_collator=PadCollator(), train_dataset=lm_rows())
@@ -52,6 +53,7 @@ sharding = {
     "zero_stage": getattr(first.model_wrapped, "zero_optimization_stage", lambda: None)(),
     "engine_steps": getattr(first.model_wrapped, "global_steps", None),
 }
+distributed_type = str(first.accelerator.distributed_type)  # Accelerate's state is the process's: read it now
 first.accelerator.wait_for_everyone()
 if first.is_world_process_zero():
     shutil.copytree(out / "run", out / "resumed", ignore=shutil.ignore_patterns("checkpoint-6", "final"))
@@ -62,17 +64,22 @@ metrics = second.evaluate(lm_rows(10, seed=5))
 # out); a sharded model's forward is collective, so the ranks must still step together
 second.args.per_device_eval_batch_size = 2
 uneven = second.evaluate(lm_rows(10, seed=5))
+# a Trainer without the engine, built after it in the same process, gets none of it
+plain = Trainer(tiny_llama(), TrainingArguments(output_dir=str(out / "plain"), report_to="none", ddp_backend="gloo"))
+leaked = {"distributed_type": str(plain.accelerator.distributed_type)}
+leaked.update({name: os.environ.get(name) for name in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")})
 if first.is_world_process_zero():
     (out / "result.json").write_text(
         json.dumps(
             {
                 "world": first.accelerator.num_processes,
-                "distributed_type": str(first.accelerator.distributed_type),
+                "distributed_type": distributed_type,
                 "sharding": sharding,
                 "losses": [r["loss"] for r in first.state.log_history if "loss" in r],
                 "resumed_losses": [r["loss"] for r in second.state.log_history if "loss" in r],
                 "eval_loss": metrics["eval_loss"],
                 "uneven_eval_loss": uneven["eval_loss"],
+                "after": leaked,
             }
         )
     )

@@ -279,3 +279,14 @@ def test_train_help_shows_the_launch_options(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "--num-processes N" in capsys.readouterr().out
+
+
+def test_an_engine_on_one_process_is_still_launched(tmp_path, no_launch):
+    # FSDP and DeepSpeed need a launcher even on one GPU: --num-processes 1 starts one, plain DDP needs none
+    fsdp = run_file(tmp_path, "fsdp.yaml", output_dir=str(tmp_path / "a"), distributed_strategy="fsdp", fsdp=True)
+    assert load_config(str(fsdp)).training.fsdp == ["full_shard", "auto_wrap"]  # fsdp: true agrees with the seed key
+    assert main(["train", str(fsdp), "--num-processes", "1"]) == 0
+    ddp = run_file(tmp_path, "ddp.yaml", output_dir=str(tmp_path / "b"))
+    assert main(["train", str(ddp), "--num-processes", "1"]) == 0  # trained here, in this process
+    (launched,) = no_launch  # only the FSDP run went through accelerate launch
+    assert launched[launched.index("--num_processes") + 1] == "1"

@@ -302,8 +302,9 @@ def test_small_normalisations(tmp_path):
     assert _args(fsdp=True).fsdp == ["auto_wrap"]
     assert _args(fsdp=None).fsdp == [] and _args().fsdp == []
     fsdp_file = tmp_path / "fsdp.json"
-    fsdp_file.write_text('{"min_num_params": 10}')
-    assert _args(fsdp="full_shard", fsdp_config=str(fsdp_file)).fsdp_config == {"min_num_params": 10}
+    fsdp_file.write_text('{"fsdp_min_num_params": 10, "auto_wrap_policy": "SIZE_BASED_WRAP"}')
+    expected = {"min_num_params": 10, "auto_wrap_policy": "SIZE_BASED_WRAP"}
+    assert _args(fsdp="full_shard", fsdp_config=str(fsdp_file)).fsdp_config == expected
     assert _args(lr_scheduler_kwargs='{"num_cycles": 2}').lr_scheduler_kwargs == {"num_cycles": 2}
     assert _args(lr_scheduler_kwargs=None).lr_scheduler_kwargs == {}
     ds_file = tmp_path / "ds.json"

@@ -49,6 +49,11 @@ def test_zero_on_two_cpu_processes_matches_one_process_and_resumes_exactly(one_p
     assert two["losses"] == pytest.approx(ref["losses"], rel=1e-5)
     assert two["resumed_losses"] == two["losses"]
     assert two["uneven_eval_loss"] == pytest.approx(ref["uneven_eval_loss"], rel=1e-5)  # ZeRO-3: in lockstep
+    assert two["after"] == {  # the next Trainer of the process is plain DDP again
+        "distributed_type": "DistributedType.MULTI_CPU",
+        "ACCELERATE_USE_FSDP": None,
+        "ACCELERATE_USE_DEEPSPEED": None,
+    }
     checkpoint = tmp_path / "run" / "checkpoint-3"
     assert (checkpoint / "deepspeed" / "latest").is_file()
     assert (checkpoint / "model.safetensors").is_file() == (stage < 3)  # ZeRO-3 keeps only its partitions

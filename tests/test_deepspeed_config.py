@@ -140,14 +140,12 @@ def test_batch_keys_and_clipping_are_written_when_absent(tmp_path):
     }
 
 
-def test_save_on_each_node_asks_for_node_local_storage(tmp_path):
-    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", save_on_each_node=True)
-    resolved = resolve({"zero_optimization": {"stage": 2}}, args)
-    assert resolved["checkpoint"] == {"use_node_local_storage": True}
-    with pytest.raises(ConfigError, match="checkpoint.use_node_local_storage=false vs training.save_on_each_node=true"):
-        resolve({"zero_optimization": {"stage": 2}, "checkpoint": {"use_node_local_storage": False}}, args)
-    off = TrainingArguments(output_dir=str(tmp_path), report_to="none")
-    assert "checkpoint" not in resolve({"zero_optimization": {"stage": 2}}, off)
+def test_save_on_each_node_with_deepspeed_is_refused(tmp_path):
+    # DeepSpeed writes its `latest` marker on global rank 0 only: machine 1's copy could never resume
+    with pytest.raises(ConfigError, match="save_on_each_node=True with deepspeed"):
+        TrainingArguments(
+            output_dir=str(tmp_path), save_on_each_node=True, deepspeed={"zero_optimization": {"stage": 2}}
+        )
 
 
 def test_clipping_off_is_deepspeeds_zero(tmp_path):

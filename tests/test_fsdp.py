@@ -73,6 +73,7 @@ def test_each_setting_is_carried(options, config, expected):
         (["full_shard"], {"auto_wrap_policy": "transformer"}, r"auto_wrap_policy='transformer' is not one of"),
         (["full_shard"], {"state_dict_type": "LOCAL_STATE_DICT"}, r"state_dict_type='LOCAL_STATE_DICT'"),
         (["full_shard"], {"auto_wrap_policy": "SIZE_BASED_WRAP"}, r"needs min_num_params > 0"),
+        (["full_shard"], {"min_num_params": 1000}, r"min_num_params=1000 applies only to auto_wrap_policy=SIZE"),
         (["full_shard"], {"activation_checkpointing": "yes"}, r"activation_checkpointing='yes' must be true or false"),
         (["full_shard", "shard_grad_op"], {}, r"names two sharding strategies"),
         (["full_shard"], {"sharding_strategy": "SHARD_GRAD_OP"}, r"fsdp=full_shard contradicts fsdp_config"),
@@ -148,6 +149,11 @@ def test_fsdp2_on_two_cpu_processes_shards_matches_one_process_and_resumes_exact
     # resumed from checkpoint-3 in a fresh Trainer: the same steps to the last bit
     assert two["resumed_losses"] == two["losses"] and two["eval_loss"] == pytest.approx(ref["eval_loss"], rel=1e-5)
     assert two["uneven_eval_loss"] == pytest.approx(ref["uneven_eval_loss"], rel=1e-5)  # no hang, no row twice
+    assert two["after"] == {  # the next Trainer of the process is plain DDP again
+        "distributed_type": "DistributedType.MULTI_CPU",
+        "ACCELERATE_USE_FSDP": None,
+        "ACCELERATE_USE_DEEPSPEED": None,
+    }
     checkpoint = tmp_path / "run" / "checkpoint-3"
     for folder in ("model_shards", "optimizer_shards"):
         names = {p.name for p in (checkpoint / folder).iterdir()}

@@ -62,12 +62,27 @@ def _shard_on_cpu(plugin: Any, mixed_precision: str) -> None:
     PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
 
-def _unshard_state() -> None:
-    """Undo `_shard_on_cpu` for the next Accelerator of this process (which may not want FSDP)."""
+_ENGINE_VARIABLES = ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")
+
+
+def _reset_engine_state() -> None:
+    """Forget the engine an earlier Accelerator of this process set up (FSDP, DeepSpeed).
+
+    Accelerate keeps the distributed type in the process-wide `PartialState`, and an Accelerator
+    built after an FSDP or DeepSpeed one would take that type over without its plugin. The type
+    the launch itself gives is put back: multi-GPU on CUDA, multi-CPU for CPU processes under a launcher.
+    """
     from accelerate.state import PartialState
 
-    if PartialState._shared_state.get("distributed_type") == DistributedType.FSDP and not torch.cuda.is_available():
-        PartialState._shared_state["distributed_type"] = DistributedType.MULTI_CPU
+    shared = PartialState._shared_state
+    if shared.get("distributed_type") not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        return
+    device = shared.get("device")
+    if device is not None and device.type == "cuda":
+        shared["distributed_type"] = DistributedType.MULTI_GPU
+    else:
+        launched = shared.get("num_processes", 1) > 1 or "LOCAL_RANK" in os.environ  # torchrun's, one process too
+        shared["distributed_type"] = DistributedType.MULTI_CPU if launched else DistributedType.NO
 
 
 def check_engines(args: Any, *, launched: bool = True) -> None:
@@ -244,9 +259,9 @@ def build_accelerator(args: Any) -> Accelerator:
             backend=args.torch_compile_backend or "inductor", mode=args.torch_compile_mode or "default"
         )
     accel_config = dict(args.accelerator_config or {})
-    _unshard_state()
+    _reset_engine_state()
     fsdp = _fsdp_request(args, cpu)
-    launcher_fsdp = os.environ.get("ACCELERATE_USE_FSDP")
+    launcher_env = {name: os.environ.get(name) for name in _ENGINE_VARIABLES}
     accelerator = Accelerator(
         mixed_precision=mixed,
         # Accelerate starts DeepSpeed only off its CPU mode; without CUDA the engine then runs on
@@ -270,8 +285,15 @@ def build_accelerator(args: Any) -> Accelerator:
     )
     # Accelerate records a plugin it was given in the environment, where the next Accelerator of
     # this process (another Trainer, another trial) would read it back as a request
-    if launcher_fsdp is None:
-        os.environ.pop("ACCELERATE_USE_FSDP", None)
+    for name, value in launcher_env.items():
+        if value is None:
+            os.environ.pop(name, None)
+    engine = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED) or fsdp is not None
+    if engine and args.save_on_each_node:  # asked for by the launcher's flags (the arguments refuse it earlier)
+        raise ConfigError(
+            "save_on_each_node=True with FSDP or DeepSpeed: their per-rank checkpoint files need a disk every "
+            "machine shares; drop save_on_each_node"
+        )
     if deepspeed and accelerator.distributed_type != DistributedType.DEEPSPEED:
         raise ConfigError(
             f"DeepSpeed is not applied in this run (Accelerate set it up as {accelerator.distributed_type.value}); "

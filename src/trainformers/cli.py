@@ -394,7 +394,8 @@ def _launch_if_asked(
         if world > 1:
             config.num_processes = world
         return None
-    if processes is None or processes == 1:
+    engine = bool(config.training.fsdp or config.training.deepspeed)  # these need a launcher, one process too
+    if processes is None or (processes == 1 and not engine):
         if launch_only:
             raise ConfigError(f"{launch_only[0]} is for several processes; add --num-processes N")
         return None

@@ -157,12 +157,6 @@ def _rules(
         ("scheduler.params.total_num_steps", num_training_steps, "the run's optimizer steps", MATCH),
         ("fp16.enabled", bool(args.fp16), "training.fp16", MATCH),
         ("bf16.enabled", bool(args.bf16), "training.bf16", MATCH),
-        *(
-            # DeepSpeed writes checkpoints to a disk every node shares unless told otherwise (as transformers does)
-            [("checkpoint.use_node_local_storage", True, "training.save_on_each_node", ALWAYS)]
-            if args.save_on_each_node
-            else []
-        ),
         (HIDDEN_SIZE_KEYS[0], None if h is None else h * h, size, FILL),
         (HIDDEN_SIZE_KEYS[1], None if h is None else int(0.9 * h * h), size, FILL),
         (HIDDEN_SIZE_KEYS[2], None if h is None else 10 * h, size, FILL),

@@ -166,6 +166,11 @@ def fsdp_settings(options: list[str], config: dict[str, Any] | None) -> FsdpSett
         raise ConfigError(f"training.fsdp_config min_num_params={min_params!r} must be a whole number >= 0")
     if policy == "SIZE_BASED_WRAP" and min_params == 0:
         raise ConfigError("training.fsdp_config auto_wrap_policy=SIZE_BASED_WRAP needs min_num_params > 0")
+    if policy != "SIZE_BASED_WRAP" and min_params:
+        raise ConfigError(
+            f"training.fsdp_config min_num_params={min_params} applies only to auto_wrap_policy=SIZE_BASED_WRAP "
+            f"(this run wraps by {policy}); set that policy or drop min_num_params"
+        )
     extras: list[tuple[str, Any]] = []
     for key in _V1_ONLY:
         if key in cfg:

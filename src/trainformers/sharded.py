@@ -31,8 +31,10 @@ from .checkpoint import (
     OPTIMIZER_SHARDS,
     SHARD_MARKER,
     keyed,
+    load_model_files,
     read_weights,
 )
+from .errors import CheckpointError
 
 DEEPSPEED_TAG = "state"  # the engine's sub-folder name (DeepSpeed's default is global_step<N>)
 
@@ -113,7 +115,14 @@ class ShardedModel:
             set_model_state_dict(self.model, state["model"])
             return
         full: dict[str, Any] = dict(read_weights(directory))
-        # every rank read the same file; each keeps its own shard of every tensor
+        unexpected = sorted(set(full) - set(self.model.state_dict()))
+        if unexpected:
+            raise CheckpointError(
+                f"weights in '{directory}' don't match the model (unexpected {unexpected[:3]}); resume with the same "
+                "model configuration"
+            )
+        # every rank read the same file; each keeps its own shard of every tensor (a tied weight is
+        # saved once, hence not strict)
         set_model_state_dict(self.model, full, options=StateDictOptions(full_state_dict=True, strict=False))
 
 
@@ -144,6 +153,9 @@ class DeepSpeedState:
         self._load(directory, module_only=False)
 
     def load_model(self, directory: Path) -> None:
+        if not (directory / DEEPSPEED_DIR / DEEPSPEED_MARKER).is_file():  # saved with save_only_model (ZeRO 0-2)
+            load_model_files(self.engine.module, directory)
+            return
         self._load(directory, module_only=True)
 
     def _load(self, directory: Path, *, module_only: bool) -> None:

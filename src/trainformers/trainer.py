@@ -341,7 +341,7 @@ class Trainer(EvaluationMethods):
             saving=self.args.save_strategy != "no",
         )
         check_train_inputs(self.args, self.train_dataset, self.eval_dataset)
-        if resume is None and self.args.overwrite_output_dir and self.is_world_process_zero():
+        if resume is None and self.args.overwrite_output_dir and self.args.should_save:
             ckpt.clear_run(output_dir)  # only after every check passed: an error destroys nothing
         if self.model_init is not None:
             # HF semantics: every train() starts from a fresh model_init() (hyperparameter trials)
@@ -437,6 +437,11 @@ class Trainer(EvaluationMethods):
         args, accel = self.args, self.accelerator
         dataloader = self.get_train_dataloader()
         model = self.model
+        if isinstance(self._shards, DeepSpeedState):
+            raise ConfigError(
+                "train() was already called under DeepSpeed, whose engine wraps this model and optimizer for good; "
+                "build a new Trainer for another run"
+            )
         # a second train() reuses the optimizer (HF semantics); never wrap Accelerate's wrapper twice
         if isinstance(self.optimizer, AcceleratedOptimizer):
             self.optimizer = self.optimizer.optimizer
@@ -626,6 +631,11 @@ class Trainer(EvaluationMethods):
             return None
         plugin = self.accelerator.state.fsdp_plugin
         kind = getattr(getattr(plugin, "state_dict_type", None), "name", "SHARDED_STATE_DICT")
+        if kind != "SHARDED_STATE_DICT" and unwrap_peft(model) is not model:
+            raise ConfigError(
+                f"fsdp_config state_dict_type={kind} with a PEFT adapter: its checkpoints would keep only the adapter, "
+                "which a sharded model cannot resume from; use SHARDED_STATE_DICT (the default)"
+            )
         return ShardedModel(model, shard_checkpoints=kind == "SHARDED_STATE_DICT")
 
     def _load_model_from(self, directory: Path) -> None:

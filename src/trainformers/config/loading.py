@@ -146,7 +146,7 @@ def _take_seed_keys(layer: Any, seeds: dict[str, Any]) -> Any:
 def _fsdp_options(value: Any) -> list[str]:
     """`training.fsdp` as given (a string, a list, true) as its list of options."""
     if value is True:
-        return ["full_shard"]
+        return ["full_shard", "auto_wrap"]  # TrainingArguments' fsdp=True: on, FULL_SHARD, auto-wrapped
     return str(value).split() if isinstance(value, str) else [str(v) for v in value or []]
 
 

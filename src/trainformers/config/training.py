@@ -391,6 +391,11 @@ class TrainingArguments(ProcessInfo):
             raise ConfigError(
                 f"neftune_noise_alpha={self.neftune_noise_alpha!r} must be a positive number (5 is usual) or None"
             )
+        if self.save_on_each_node and self.deepspeed:
+            raise ConfigError(
+                "save_on_each_node=True with deepspeed: the engine's checkpoint is complete only on the first machine; "
+                "use a disk every machine shares and drop save_on_each_node"
+            )
         if isinstance(self.deepspeed, str):
             if self.deepspeed.lstrip().startswith("{"):
                 self.deepspeed = json_dict("deepspeed", self.deepspeed, allow_path=False)
