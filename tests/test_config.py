@@ -397,10 +397,55 @@ def test_override_forms():
     }  # fmt: skip
 
 
-@pytest.mark.parametrize("tokens", [["training.lr", "1"], ["--training"], ["--learning_rate=1"], ["--a.b.c", "1"]])
+@pytest.mark.parametrize("tokens", [["training.lr", "1"], ["--a.b.c", "1"], ["--.lr", "1"]])
 def test_malformed_override_tokens(tokens):
     with pytest.raises(ConfigError, match="malformed override"):
         parse_overrides(tokens)
+
+
+def test_flat_overrides_name_training_fields_as_hf_argument_parser_does():
+    tokens = ["--learning_rate", "3e-4", "--per-device-train-batch-size=4", "--bf16", "--model.hidden_size", "64"]
+    assert parse_overrides(tokens) == {
+        "training": {"learning_rate": 3e-4, "per_device_train_batch_size": 4, "bf16": True},
+        "model": {"hidden_size": 64},
+    }
+    assert parse_overrides(["--early_stopping_patience", "2"]) == {"training": {"early_stopping_patience": 2}}
+    with pytest.raises(ConfigError, match=r"--hidden_size is not a training field; write --model.hidden_size VALUE"):
+        parse_overrides(["--hidden_size", "64"])
+    with pytest.raises(ConfigError, match=r"--learning_rat is not a training field \(did you mean 'learning_rate'"):
+        parse_overrides(["--learning_rat", "1"])
+    with pytest.raises(ConfigError, match="--training is not a training field"):
+        parse_overrides(["--training"])
+
+
+def test_early_stopping_from_a_run_file(tmp_path):
+    path = _write(tmp_path, "training:\n  eval_strategy: steps\n  eval_steps: 2\n  early_stopping_patience: 3\n")
+    config = load_config(path)
+    assert config.early_stopping == (3, 0.0) and config.training.metric_for_best_model == "loss"
+    assert config.training.greater_is_better is False
+    again = tmp_path / "again.yaml"
+    config.save(again)  # config.yaml keeps the keys where the run file had them
+    assert load_config(again).early_stopping == (3, 0.0)
+    assert load_config(path, ["--early_stopping_threshold", "0.5"]).early_stopping == (3, 0.5)
+    assert load_config(_write(tmp_path, "training:\n  max_steps: 2\n")).early_stopping is None
+
+
+@pytest.mark.parametrize(
+    ("training", "message"),
+    [
+        ("eval_strategy: 'no'\n  early_stopping_patience: 2", "early_stopping_patience stops on evaluations"),
+        ("eval_strategy: steps\n  early_stopping_patience: 0", "early_stopping_patience"),
+        ("eval_strategy: steps\n  early_stopping_threshold: 0.1", "needs training.early_stopping_patience"),
+        (
+            "eval_strategy: steps\n  early_stopping_patience: 1\n  early_stopping_threshold: -1",
+            "early_stopping_threshold=-1 must be a number >= 0",
+        ),
+    ],
+)
+def test_bad_early_stopping_is_one_line(tmp_path, training, message):
+    with pytest.raises(ConfigError, match=message) as raised:
+        load_config(_write(tmp_path, f"training:\n  {training}\n"))
+    assert "\n" not in str(raised.value)
 
 
 def test_yaml_booleans_and_floats_follow_yaml_1_2(tmp_path):

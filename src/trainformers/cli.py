@@ -711,6 +711,36 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_option(config: str | None, tokens: list[str]) -> tuple[str | None, list[str]]:
+    """The run file given as `--config FILE` (or `--config=FILE`, TRL's spelling) instead of in first place.
+
+    Raises:
+        ConfigError: the run file given twice, or `--config` without a value.
+    """
+    from .errors import ConfigError
+
+    rest, given = [], []
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if token == "--config":
+            if i + 1 >= len(tokens) or tokens[i + 1].startswith("--"):
+                raise ConfigError("--config needs a value: the path of a run file")
+            given.append(tokens[i + 1])
+            i += 2
+            continue
+        if token.startswith("--config="):
+            given.append(token.partition("=")[2])
+        else:
+            rest.append(token)
+        i += 1
+    if len(given) + (config is not None) > 1:
+        raise ConfigError(
+            f"the run file is given twice ({', '.join([*([config] if config else []), *given])}); keep one"
+        )
+    return (given[0] if given else config), rest
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `trainformers` command; returns the exit status."""
     from .errors import TrainformersError
@@ -727,6 +757,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # argparse would take an override's value for the optional CONFIG; only the first token can be it
             config = tokens[0] if tokens and not tokens[0].startswith("-") else None
             overrides = tokens[1:] if config is not None else tokens
+            config, overrides = _config_option(config, overrides)
         else:
             args = _parser().parse_args(argv)
             command = args.command

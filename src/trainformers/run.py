@@ -196,6 +196,7 @@ def build_trainer(config: RunConfig, *, echo: Any = print, for_training: bool = 
         `(trainer, tokenizer, data)` where `data` is the `TrainingData` the trainer was given.
     """
     from . import checkpoint as ckpt
+    from .callbacks import EarlyStoppingCallback
     from .data import check_padding_free_model, prepare_data, raw_texts
     from .data.loader import load_raw
     from .trainer import Trainer
@@ -236,6 +237,7 @@ def build_trainer(config: RunConfig, *, echo: Any = print, for_training: bool = 
         eval_dataset=data.eval,
         processing_class=tokenizer,
         peft_config=config.peft,
+        callbacks=[EarlyStoppingCallback(*config.early_stopping)] if config.early_stopping else None,
     )
     if data.padding_free:
         check_padding_free_model(trainer.model)  # documents must not attend to each other

@@ -27,15 +27,45 @@ SEED_KEYS: dict[str, Any] = {
     "fsdp_sharding_strategy": str | None,
     "num_gpus": int | None,
 }
+# Run-file keys of the training section that configure a callback rather than TrainingArguments
+# (transformers takes them as EarlyStoppingCallback's arguments); kept on RunConfig.
+CALLBACK_KEYS: dict[str, Any] = {
+    "early_stopping_patience": int | None,
+    "early_stopping_threshold": float | None,
+}
 SEED_STRATEGIES = ("ddp", "fsdp")
 SEED_SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD")
 
 
-def parse_overrides(tokens: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Parse `--section.key VALUE`, `--section.key=VALUE` and bare `--section.key` (true) tokens.
+def _flat_key(key: str) -> str:
+    """`section.key` for a flat `--key` (HfArgumentParser's and TRL's spelling): a training field.
 
     Raises:
-        ConfigError: a token is not of one of these forms.
+        ConfigError: the key is no training field (the dotted spelling when another section has it).
+    """
+    name = key.replace("-", "_")
+    training = {f.name for f in dataclasses.fields(TrainingArguments)} | set(CALLBACK_KEYS) | set(SEED_KEYS)
+    if name in training:
+        return f"training.{name}"
+    elsewhere = [
+        section
+        for section, cls in SECTIONS.items()
+        if dataclasses.is_dataclass(cls) and name in {f.name for f in dataclasses.fields(cls)}
+    ]
+    if elsewhere:
+        raise ConfigError(f"--{key} is not a training field; write --{elsewhere[0]}.{name} VALUE")
+    raise ConfigError(
+        f"--{key} is not a training field{did_you_mean(name, sorted(training))}; write --section.key VALUE for "
+        "the model and data sections"
+    )
+
+
+def parse_overrides(tokens: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Parse `--section.key VALUE`, `--section.key=VALUE` and bare `--section.key` (true) tokens; a flat
+    `--key` (no section) names a training field, as in HfArgumentParser (`--learning_rate 3e-4`).
+
+    Raises:
+        ConfigError: a token is not of one of these forms, or a flat key is no training field.
     """
     out: dict[str, dict[str, Any]] = {}
     i = 0
@@ -48,6 +78,8 @@ def parse_overrides(tokens: Sequence[str]) -> dict[str, dict[str, Any]]:
             raw, i = tokens[i + 1], i + 2
         else:
             raw, i = "true", i + 1  # a bare flag switches a boolean on
+        if token.startswith("--") and key and "." not in key:
+            key = _flat_key(key)
         section, dot, name = key.partition(".")
         if not token.startswith("--") or not dot or not section or not name or "." in name:
             raise ConfigError(f"malformed override {token!r}; write --section.key VALUE or --section.key=VALUE")
@@ -137,10 +169,35 @@ def _take_seed_keys(layer: Any, seeds: dict[str, Any]) -> Any:
     if not isinstance(layer, Mapping) or not isinstance(layer.get("training"), Mapping):
         return layer  # nothing to take, or malformed: merge_sections says what is wrong
     training = dict(layer["training"])
-    for key, hint in SEED_KEYS.items():
+    for key, hint in {**SEED_KEYS, **CALLBACK_KEYS}.items():
         if key in training:
             seeds[key] = _coerce(f"training.{key}", hint, training.pop(key))
     return {**layer, "training": training}
+
+
+def _early_stopping(training: dict[str, Any], keys: Mapping[str, Any]) -> tuple[int, float] | None:
+    """(patience, threshold) for EarlyStoppingCallback from the run file, checked before anything runs.
+
+    Without `metric_for_best_model` the evaluation loss decides, as `load_best_model_at_end` does.
+    """
+    patience, threshold = keys.get("early_stopping_patience"), keys.get("early_stopping_threshold")
+    if patience is None:
+        if threshold is not None:
+            raise ConfigError(
+                "training.early_stopping_threshold needs training.early_stopping_patience (evaluations without "
+                "improvement before stopping); add it"
+            )
+        return None
+    check_int("training.early_stopping_patience", patience, 1)
+    if threshold is not None and (not is_number(threshold) or threshold < 0):
+        raise ConfigError(f"training.early_stopping_threshold={threshold!r} must be a number >= 0")
+    if training.get("eval_strategy", training.get("evaluation_strategy", "no")) == "no":
+        raise ConfigError(
+            "training.early_stopping_patience stops on evaluations, but training.eval_strategy is 'no'; set "
+            "eval_strategy: steps (with eval_steps) or epoch"
+        )
+    training.setdefault("metric_for_best_model", "loss")
+    return patience, float(threshold or 0.0)
 
 
 def _fsdp_options(value: Any) -> list[str]:
@@ -217,6 +274,7 @@ def load_config(
         merge_sections(merged, _take_seed_keys(read_yaml(path), seeds), f"'{path}'")
     merge_sections(merged, _take_seed_keys(parse_overrides(overrides), seeds), "the command line")
     num_processes = _apply_seed_keys(merged["training"], seeds)
+    early_stopping = _early_stopping(merged["training"], seeds)
     try:
         training = TrainingArguments(**merged["training"])
     except ConfigError as err:
@@ -230,4 +288,5 @@ def load_config(
         training=training,
         peft=merged["peft"] or None,
         num_processes=num_processes,
+        early_stopping=early_stopping,
     )

@@ -219,16 +219,29 @@ class RunConfig:
         },
     )
 
+    early_stopping: tuple[int, float] | None = field(
+        default=None,
+        metadata={
+            "help": "(patience, threshold) of EarlyStoppingCallback, from a run file's "
+            "training.early_stopping_patience/early_stopping_threshold; None: no early stopping."
+        },
+    )
+
     def __post_init__(self) -> None:
         if self.data.seed is None:
             self.data.seed = self.training.seed
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The resolved configuration as plain data, one dict per section."""
+        stopping = (
+            {"early_stopping_patience": self.early_stopping[0], "early_stopping_threshold": self.early_stopping[1]}
+            if self.early_stopping
+            else {}
+        )
         return {
             "model": dataclasses.asdict(self.model),
             "data": dataclasses.asdict(self.data),
-            "training": self.training.to_dict(),
+            "training": {**self.training.to_dict(), **stopping},
             **({"peft": dict(self.peft)} if self.peft else {}),
         }
 
