@@ -58,3 +58,34 @@ def test_bad_conventions_are_one_line(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("tracker", "install"), [("trackio", "pip install trackio,"), ("comet_ml", "pip install comet-ml,")]
+)
+def test_a_tracker_not_installed_is_found_before_anything_is_written(tmp_path, capsys, tracker, install):
+    out = tmp_path / "run"
+    code = main(["train", "--training.report_to", tracker, "--training.output_dir", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and f"report_to names '{tracker}' but it is not installed; {install}" in err[0]
+    assert "trainformers[" not in err[0]  # no extra of that name exists
+    assert not out.exists()  # no tokenizer, no config.yaml
+
+
+def test_overwrite_output_dir_clears_the_old_tracker_logs_inside_it_only(tmp_path):
+    from conftest import PadCollator, lm_rows, make_args, tiny_llama
+
+    from trainformers import Trainer
+    from trainformers.checkpoint import clear_run
+
+    old = tmp_path / "run" / "runs" / "old_run"  # make_args' output_dir is tmp_path/run
+    old.mkdir(parents=True)
+    (old / "events.out.tfevents.1").write_text("old")
+    elsewhere = tmp_path / "logs"
+    elsewhere.mkdir()
+    (elsewhere / "keep").write_text("keep")
+    clear_run(tmp_path / "run", elsewhere)  # a logging_dir outside output_dir is never removed
+    assert (elsewhere / "keep").is_file() and old.is_dir()
+    args = make_args(tmp_path, overwrite_output_dir=True, max_steps=1)
+    Trainer(tiny_llama(), args, data_collator=PadCollator(), train_dataset=lm_rows(4)).train()
+    assert not old.exists()  # TensorBoard would have shown both runs' curves interleaved

@@ -85,6 +85,29 @@ def _reset_engine_state() -> None:
         shared["distributed_type"] = DistributedType.MULTI_CPU if launched else DistributedType.NO
 
 
+# report_to name -> (the module it imports, what pip installs); the extras this package declares
+_TRACKER_PACKAGES = {"comet_ml": ("comet_ml", "comet-ml")}
+_TRACKER_EXTRAS = ("tensorboard", "wandb", "mlflow")
+
+
+def check_trackers(args: Any) -> None:
+    """Refuse a `report_to` tracker that is not installed, naming the line that installs it.
+
+    Called by `build_accelerator`, and by the command line before anything is read or written.
+
+    Raises:
+        ConfigError: the first tracker whose package is missing.
+    """
+    for tracker in args.report_to:
+        module, package = _TRACKER_PACKAGES.get(tracker, (tracker, tracker))
+        if importlib.util.find_spec(module) is None:
+            extra = f" (or pip install 'trainformers[{tracker}]')" if tracker in _TRACKER_EXTRAS else ""
+            raise ConfigError(
+                f"training.report_to names '{tracker}' but it is not installed; pip install {package}{extra}, or drop "
+                "it from report_to"
+            )
+
+
 def check_engines(args: Any, *, launched: bool = True) -> None:
     """Refuse a DeepSpeed request this run cannot carry out (Accelerate would drop it without a word).
 
@@ -222,12 +245,7 @@ def build_accelerator(args: Any) -> Accelerator:
         raise ConfigError(
             "training.fp16=True needs a CUDA GPU and none is available; use bf16=True on CPU, or drop fp16"
         )
-    for tracker in args.report_to:
-        if importlib.util.find_spec(tracker) is None:
-            raise ConfigError(
-                f"training.report_to names '{tracker}' but it is not installed; pip install {tracker} "
-                f"(or trainformers[{tracker}]), or drop it from report_to"
-            )
+    check_trackers(args)
     mixed = "bf16" if args.bf16 else "fp16" if args.fp16 else "no"
     fp32_fallback = mixed == "bf16" and cpu and not cpu_has_native_bf16()
     if fp32_fallback:

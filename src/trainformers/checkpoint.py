@@ -185,8 +185,12 @@ def check_foreign_checkpoints(
         )
 
 
-def clear_run(output_dir: str | os.PathLike) -> None:
-    """Remove the checkpoints and log of an earlier run (for `overwrite_output_dir`)."""
+def clear_run(output_dir: str | os.PathLike, logging_dir: str | os.PathLike | None = None) -> None:
+    """Remove the checkpoints, log and reports of an earlier run (for `overwrite_output_dir`).
+
+    The tracker logs in `logging_dir` go too when it lies inside `output_dir` (TensorBoard would
+    otherwise show the two runs' curves interleaved); a folder elsewhere is never touched.
+    """
     root = Path(output_dir)
     if not root.is_dir():
         return
@@ -195,6 +199,10 @@ def clear_run(output_dir: str | os.PathLike) -> None:
             shutil.rmtree(child)
     for name in ("log.jsonl", "report.png", "report.md", "compare.png", "compare.md"):
         (root / name).unlink(missing_ok=True)
+    if logging_dir is not None:
+        logs = Path(logging_dir).resolve()
+        if logs.is_dir() and logs != root.resolve() and logs.is_relative_to(root.resolve()):
+            shutil.rmtree(logs)
 
 
 @contextmanager

@@ -21,7 +21,7 @@ import torch
 import yaml
 from transformers.trainer_utils import BestRun
 
-from .accel import check_engines
+from .accel import check_engines, check_trackers
 from .config import RunConfig
 from .errors import ConfigError
 from .search import SUMMARY_FILE, format_trials_table, import_optuna, search_space_from_config
@@ -206,6 +206,7 @@ def build_trainer(config: RunConfig, *, echo: Any = print, for_training: bool = 
     if for_training:
         ckpt.check_output_dir(out, resuming=bool(args.resume_from_checkpoint), overwrite=args.overwrite_output_dir)
     check_engines(args)  # before any data or weights load
+    check_trackers(args)
     if config.model.load_in_4bit or config.model.load_in_8bit:
         from .models.loading import check_quantization_available
 
@@ -226,7 +227,7 @@ def build_trainer(config: RunConfig, *, echo: Any = print, for_training: bool = 
             "set data.validation_split_percentage > 0 (or data.eval_split) or eval_strategy: no"
         )
     if for_training and not args.resume_from_checkpoint and args.overwrite_output_dir and args.should_save:
-        ckpt.clear_run(out)  # the old run's checkpoints and log; only once data and model are ready
+        ckpt.clear_run(out, args.logging_dir)  # the old run's checkpoints and log; only once data and model are ready
     n_params = sum(p.numel() for p in model.parameters())
     echo(f"model: {n_params / 1e6:.2f}M parameters | data: {data.summary()}")
     trainer = Trainer(

@@ -342,7 +342,9 @@ class Trainer(EvaluationMethods):
         )
         check_train_inputs(self.args, self.train_dataset, self.eval_dataset)
         if resume is None and self.args.overwrite_output_dir and self.args.should_save:
-            ckpt.clear_run(output_dir)  # only after every check passed: an error destroys nothing
+            ckpt.clear_run(
+                output_dir, self.args.logging_dir
+            )  # only after every check passed: an error destroys nothing
         if self.model_init is not None:
             # HF semantics: every train() starts from a fresh model_init() (hyperparameter trials)
             seed_everything(self.args)

@@ -511,7 +511,7 @@ class CycleTrainer:
                     f"pass train_dataset_{domain}=..."
                 )
         if resume is None and args.overwrite_output_dir and self.is_world_process_zero():
-            ckpt.clear_run(output_dir)
+            ckpt.clear_run(output_dir, args.logging_dir)
         if any(getattr(self.sides[s], "wrapped", None) is not None for s in SIDES):
             raise ConfigError("CycleTrainer.train() was already called on this trainer; build a new CycleTrainer")
         trained_models = [self.sides[s].model for s in self.trained]
