@@ -268,3 +268,18 @@ def test_trainer_writes_the_report_at_the_end_of_train(tmp_path):
     args = make_args(tmp_path, max_steps=2, report_at_end=True)
     Trainer(model=tiny_llama(), args=args, data_collator=PadCollator(), train_dataset=lm_rows(8)).train()
     assert png_size(tmp_path / "run" / "report.png") == (1200, 800) and (tmp_path / "run" / "report.md").is_file()
+
+
+def test_a_metric_logged_once_is_a_labelled_marker_with_its_value():
+    # perplexity computed only at the end used to be one unlabelled dot in the eval panel
+    from matplotlib.figure import Figure
+
+    from trainformers.report import draw_panel
+
+    rows = [{"step": s, "loss": 5.0 - s / 10} for s in range(1, 30)] + [{"step": 29, "eval_perplexity": 41.25}]
+    panel = next(p for p in report_panels({"run": rows}) if p.title == "eval metrics")
+    ax = Figure().subplots()
+    draw_panel(ax, panel, ["run"])
+    assert [t.get_text() for t in ax.texts] == ["eval_perplexity = 41.25"]
+    assert ax.get_legend() is not None and [t.get_text() for t in ax.get_legend().texts] == ["eval_perplexity"]
+    assert ax.get_title() == "eval metrics"

@@ -213,7 +213,7 @@ def _draw(panels: list[Panel], title: str, out: Path) -> Path:
     fig.suptitle(title)
     runs = list(dict.fromkeys(line.run for panel in panels for line in panel.lines))
     for ax, panel in zip(axes, panels):
-        _draw_panel(ax, panel, runs)
+        draw_panel(ax, panel, runs)
     for ax in axes[n:]:
         ax.set_axis_off()
     if not panels:
@@ -221,7 +221,7 @@ def _draw(panels: list[Panel], title: str, out: Path) -> Path:
     return save_png(fig, out)
 
 
-def _draw_panel(ax: Any, panel: Panel, runs: list[str]) -> None:
+def draw_panel(ax: Any, panel: Panel, runs: list[str]) -> None:
     """Several runs: one colour per run, one line style per key. One run: one colour per key."""
     multi = len(runs) > 1
     keys = list(dict.fromkeys(line.key for line in panel.lines))
@@ -234,6 +234,16 @@ def _draw_panel(ax: Any, panel: Panel, runs: list[str]) -> None:
             ax.plot(line.steps, line.values, style, color=color, linewidth=0.8, alpha=0.3, label="_nolegend_")
         elif line.kind == "smooth":
             ax.plot(line.steps, line.values, style, color=color, linewidth=1.8, label=f"{name} (EMA)")
+        elif len(line.steps) == 1:  # one value (e.g. perplexity computed at the end): a marker that says it
+            ax.plot(line.steps, line.values, "D", color=color, markersize=6, label=name)
+            ax.annotate(
+                f"{name} = {line.values[0]:.4g}",
+                (line.steps[0], line.values[0]),
+                textcoords="offset points",
+                xytext=(6, 6),
+                fontsize="small",
+                color=color,
+            )
         elif line.kind == "points":
             ax.plot(line.steps, line.values, style, color=color, marker="o", markersize=3.5, label=name)
         else:
@@ -244,8 +254,8 @@ def _draw_panel(ax: Any, panel: Panel, runs: list[str]) -> None:
     ax.grid(True, alpha=0.3)
     if panel.log_y:
         ax.set_yscale("log")
-    if len([line for line in panel.lines if line.kind != "raw"]) > 1:
-        ax.legend(fontsize="small")
+    if len([line for line in panel.lines if line.kind != "raw"]) > 1 or not panel.ylabel:
+        ax.legend(fontsize="small")  # the keys drawn say what the panel shows
 
 
 def plot_run(run_dir: str | Path, out_path: str | Path | None = None) -> Path:
