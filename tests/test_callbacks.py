@@ -556,7 +556,8 @@ def test_progress_with_disable_tqdm_makes_no_bar(capsys):
     assert captured.out == "" and captured.err == ""
 
 
-def test_progress_bar_counts_steps_from_a_resumed_step(capsys):
+def test_progress_bar_counts_steps_from_a_resumed_step(capsys, monkeypatch):
+    monkeypatch.setattr(ProgressCallback, "_terminal", staticmethod(lambda: True))  # as in a terminal
     cb = ProgressCallback()
     bars = []
     original = ProgressCallback.on_step_end
@@ -581,7 +582,7 @@ def test_printer_prints_rows_on_the_main_process_only(capsys):
     PrinterCallback().on_log(make_args(), TrainerState(), TrainerControl(), logs=logs)
     other_process = TrainerState(is_local_process_zero=False)
     PrinterCallback().on_log(make_args(), other_process, TrainerControl(), logs=logs)
-    assert capsys.readouterr().out == "{'loss': '0.1235', 'step': 3}\n"
+    assert capsys.readouterr().out == "{'loss': 0.1235, 'step': 3}\n"  # numbers as numbers
     assert "total_flos" in logs
 
 
@@ -619,3 +620,14 @@ def test_tracker_without_trackers_does_nothing():
     cb.on_log(make_args(), TrainerState(), TrainerControl(), logs={"loss": 0.5})
     cb.on_train_end(make_args(), TrainerState(), TrainerControl())
     assert accelerator.logged == []
+
+
+def test_without_a_terminal_every_row_is_a_line_of_its_own(capsys, monkeypatch):
+    # nohup, SLURM, CI: no bar whose redraws would hide the training loss in \r noise
+    monkeypatch.setattr(ProgressCallback, "_terminal", staticmethod(lambda: False))
+    cb = ProgressCallback()
+    drive_a_short_run(cb, make_args(), TrainerState(max_steps=6, global_step=2))
+    assert cb.training_bar is None
+    lines = capsys.readouterr().out.splitlines()
+    assert any("'loss': " in line and "'loss': '" not in line for line in lines), lines
+    assert any("eval_loss" in line for line in lines)

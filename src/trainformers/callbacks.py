@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import numbers
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -264,7 +265,8 @@ class DefaultFlowCallback(TrainerCallback):
 
 
 def _format_row(logs: Row, max_str_len: int | None = None) -> Row:
-    """Copy a log row for display: floats to 4 significant digits, without `total_flos`.
+    """Copy a log row for display: floats rounded to 4 significant digits (still numbers, so a printed
+    row reads `'loss': 6.142`, not `'loss': '6.142'`), without `total_flos`.
 
     Strings longer than `max_str_len` are replaced by a note of their length.
     """
@@ -272,8 +274,8 @@ def _format_row(logs: Row, max_str_len: int | None = None) -> Row:
     for k, v in logs.items():
         if k == "total_flos":
             continue
-        if isinstance(v, float):
-            v = f"{v:.4g}"
+        if isinstance(v, float) and math.isfinite(v):
+            v = float(f"{v:.4g}")
         elif isinstance(v, str) and max_str_len is not None and len(v) > max_str_len:
             v = f"[{len(v)} characters, more than max_str_len={max_str_len}]"
         shown[k] = v
@@ -296,7 +298,9 @@ class ProgressCallback(TrainerCallback):
 
     Training rows (those with a `loss`) update the bar's postfix (loss, lr, tok/s); other rows
     (evaluation metrics, the end-of-training summary) are printed once above the bar. Evaluation
-    and prediction loops get a second bar that disappears when they end.
+    and prediction loops get a second bar that disappears when they end. When the bar's stream is
+    not a terminal (nohup, SLURM, CI logs), where redraws would only pile up as `\r` noise, there
+    is no bar and every row is printed as a line of its own.
 
     Args:
         max_str_len: Longer string values of a printed row are replaced by their length.
@@ -312,10 +316,15 @@ class ProgressCallback(TrainerCallback):
     def _shows(args: Args, state: TrainerState) -> bool:
         return state.is_local_process_zero and not args.disable_tqdm
 
+    @staticmethod
+    def _terminal() -> bool:
+        """Whether tqdm's stream (stderr) is a terminal a bar can redraw in."""
+        return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
     def on_train_begin(self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         self._close_bars()
         self._last_step = state.global_step
-        if self._shows(args, state):
+        if self._shows(args, state) and self._terminal():
             # A resumed run starts the bar where the checkpoint left off.
             self.training_bar = tqdm(total=state.max_steps, initial=state.global_step, dynamic_ncols=True)
 
@@ -332,7 +341,7 @@ class ProgressCallback(TrainerCallback):
         eval_dataloader: Any = None,
         **kwargs: Any,
     ) -> None:
-        if not self._shows(args, state):
+        if not self._shows(args, state) or not self._terminal():
             return
         if self.prediction_bar is None:
             try:
