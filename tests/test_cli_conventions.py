@@ -89,3 +89,16 @@ def test_overwrite_output_dir_clears_the_old_tracker_logs_inside_it_only(tmp_pat
     args = make_args(tmp_path, overwrite_output_dir=True, max_steps=1)
     Trainer(tiny_llama(), args, data_collator=PadCollator(), train_dataset=lm_rows(4)).train()
     assert not old.exists()  # TensorBoard would have shown both runs' curves interleaved
+
+
+def test_the_header_lists_what_differs_and_verbose_prints_everything(tmp_path, capsys):
+    path = _run_file(tmp_path, output_dir=str(tmp_path / "run"), max_steps=2, save_steps=100, eval_steps=100)
+    assert main(["train", str(path), "--learning_rate", "1e-3"]) == 0
+    out = capsys.readouterr().out
+    header = out[: out.index("model: ")].splitlines()
+    assert header[0].startswith(f"# resolved configuration of {path}: ") and "--verbose" in header[0]
+    assert any(line.split() == ["training.learning_rate", "0.001"] for line in header), header
+    assert len(header) < 25 and "fsdp" not in out.split("model: ")[0]  # defaults are not listed
+    assert main(["train", str(path), "--training.output_dir", str(tmp_path / "v"), "--verbose"]) == 0
+    out = capsys.readouterr().out
+    assert "fsdp: []" in out and "lr_scheduler_type: linear" in out  # every setting, defaults too

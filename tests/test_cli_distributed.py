@@ -90,7 +90,7 @@ def test_two_processes_print_once_write_once_and_num_processes_agrees(tmp_path):
 
     # the seed framework's keys in the file and our flag agree: relaunched through accelerate, same run
     seeded = run_file(tmp_path, "seeded.yaml", output_dir="relaunched", distributed_strategy="ddp", num_gpus=2)
-    done = python("-m", "trainformers", "train", seeded.name, "--num-processes", "2", cwd=tmp_path)
+    done = python("-m", "trainformers", "train", seeded.name, "--num-processes", "2", "--verbose", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     printed_once(done.stdout)
     assert "distributed_strategy" not in done.stdout and "fsdp: []" in done.stdout  # ddp: nothing to set

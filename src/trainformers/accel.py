@@ -238,6 +238,10 @@ def build_accelerator(args: Any) -> Accelerator:
     # the first Accelerator; drop that, keeping the process group, so each Trainer gets its own
     AcceleratorState._reset_state(reset_partial_state=False)
     cpu = bool(args.use_cpu) or not torch.cuda.is_available()
+    if not torch.cuda.is_available():
+        # what DeepSpeed would pick itself, said up front: else importing it (transformers does, to
+        # save a model) prints a "Setting accelerator to CPU" warning into every run's output
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     deepspeed = bool(args.deepspeed) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     if deepspeed and args.use_cpu:
         raise ConfigError("training.deepspeed with use_cpu=True: DeepSpeed would take the GPUs anyway; drop one")

@@ -408,13 +408,37 @@ def _launch_if_asked(
     return subprocess.run(command, check=False).returncode
 
 
-def _train(config_path: str | None, overrides: Sequence[str], options: dict[str, str] | None = None) -> int:
+def _header(config: Any, config_path: str | None, verbose: bool) -> str:
+    """What a run prints first: the settings not at their defaults (all of them with `--verbose`)."""
+    from .config import SECTIONS
+    from .report import settings_changed
+
+    where = Path(config.training.output_dir) / "config.yaml"
+    source = config_path or "the embedded default run"
+    if verbose:
+        return f"# resolved configuration of {source} (saved as {where})\n{config.to_yaml()}"
+    changed = settings_changed(config.to_dict(), SECTIONS)
+    lines = [
+        f"# resolved configuration of {source}: {len(changed)} settings not at their defaults "
+        f"(all of them: {where}, or --verbose)"
+    ]
+    if config.num_processes is not None:
+        lines.append(config.to_yaml().splitlines()[0])  # "# on N processes: ..."
+    width = max((len(key) for key, _, _ in changed), default=0)
+    lines += [f"{key:<{width}}  {value!r}" for key, value, _ in changed]
+    return "\n".join(lines) + "\n"
+
+
+def _train(
+    config_path: str | None, overrides: Sequence[str], options: dict[str, str] | None = None, verbose: bool = False
+) -> int:
     """`trainformers train`: here, or on several processes through `accelerate launch` (LAUNCH_OPTIONS)."""
     from .config import load_config
     from .run import DEFAULT_RUN, run_training
 
     config = load_config(config_path, overrides, base=DEFAULT_RUN if config_path is None else None)
-    status = _launch_if_asked(config, config_path, overrides, options or {})
+    relaunched = [*overrides, *(["--verbose"] if verbose else [])]  # the launched processes print it the same way
+    status = _launch_if_asked(config, config_path, relaunched, options or {})
     if status is not None:
         return status
     main = config.training.process_index == 0
@@ -423,8 +447,7 @@ def _train(config_path: str | None, overrides: Sequence[str], options: dict[str,
         if main:  # rank 0 alone prints; the others would repeat it line for line
             print(*values, **kwargs)
 
-    echo("# resolved configuration" + (" (embedded default run)" if config_path is None else ""))
-    echo(config.to_yaml(), end="")
+    echo(_header(config, config_path, verbose), end="")
     result = run_training(config, echo=echo)
     if result.sample is not None:
         echo(f"\nsample: {result.sample!r}")
@@ -758,11 +781,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = tokens[0] if tokens and not tokens[0].startswith("-") else None
             overrides = tokens[1:] if config is not None else tokens
             config, overrides = _config_option(config, overrides)
+            verbose = command == "train" and "--verbose" in overrides  # the whole resolved configuration
+            overrides = [token for token in overrides if not (verbose and token == "--verbose")]
         else:
             args = _parser().parse_args(argv)
             command = args.command
         if command == "train":
-            return _train(config, overrides, options)
+            return _train(config, overrides, options, verbose)
         if command == "lr-find":
             return _lr_find(config, overrides)
         if command == "cycle":

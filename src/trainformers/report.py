@@ -533,6 +533,12 @@ def config_diff(run_dir: str | Path, training_args: Any = None) -> tuple[str, li
     return "no saved configuration", []
 
 
+def settings_changed(config: Mapping[str, Any], sections: Mapping[str, type]) -> list[tuple[str, Any, Any]]:
+    """`[(section.key, value, default), ...]` for the settings of a configuration (as `RunConfig.to_dict()`
+    gives it) that differ from their defaults; paths are left out."""
+    return _diff_sections(json.loads(json.dumps(dict(config), default=str)), sections)
+
+
 def _diff_sections(config: Any, sections: Mapping[str, type]) -> list[tuple[str, Any, Any]]:
     changes = []
     for section, values in (config or {}).items():
