@@ -589,9 +589,11 @@ def test_printer_prints_rows_on_the_main_process_only(capsys):
 class FakeTracker:
     def __init__(self):
         self.finished = False
+        self.finishes = 0
 
     def finish(self):
         self.finished = True
+        self.finishes += 1
 
 
 class FakeAccelerator:
@@ -611,7 +613,14 @@ def test_tracker_forwards_numeric_values_with_the_step():
     cb.on_log(make_args(), state, TrainerControl(), logs={"loss": 0.5, "epoch": 1, "note": "x", "flag": True})
     assert accelerator.logged == [({"loss": 0.5, "epoch": 1}, 12)]
     cb.on_train_end(make_args(), state, TrainerControl())
-    assert tracker.finished
+    assert not tracker.finished  # rows logged after train() (evaluate, perplexity) go to the same run
+    cb.on_log(make_args(), state, TrainerControl(), logs={"eval_perplexity": 41.0})
+    assert accelerator.logged[-1] == ({"eval_perplexity": 41.0}, 12)
+    cb.finish()  # at process exit (registered on the first row), or by accelerator.end_training()
+    cb.finish()
+    assert tracker.finished and tracker.finishes == 1
+    cb.on_log(make_args(), state, TrainerControl(), logs={"loss": 1.0})
+    assert len(accelerator.logged) == 2  # a finished run is sent nothing more
 
 
 def test_tracker_without_trackers_does_nothing():

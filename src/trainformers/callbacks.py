@@ -449,25 +449,45 @@ class TrackerCallback(TrainerCallback):
     Works with whatever trackers `accelerator.init_trackers` set up (TensorBoard, W&B, ...);
     does nothing when there are none.
 
+    The trackers stay open after `train()`: rows logged later (an `evaluate()`, the CLI's
+    perplexity) belong to the same run, and a finished W&B run refuses them. They are flushed at
+    the end of training and finished once, by `finish()`, which runs when the process exits (or
+    earlier through `accelerator.end_training()`, as the CLI does).
+
     Args:
         accelerator: The run's `accelerate.Accelerator`.
     """
 
     def __init__(self, accelerator: Any) -> None:
         self.accelerator = accelerator
+        self._finishing_at_exit = False
+        self._finished = False
 
     def on_log(
         self, args: Args, state: TrainerState, control: TrainerControl, logs: Row | None = None, **kwargs: Any
     ) -> None:
-        if not logs or not self.accelerator.trackers:
+        if not logs or not self.accelerator.trackers or self._finished:
             return
+        if not self._finishing_at_exit:
+            import atexit
+
+            atexit.register(self.finish)
+            self._finishing_at_exit = True
         values = {k: v for k, v in logs.items() if isinstance(v, numbers.Real) and not isinstance(v, bool)}
         if values:
             self.accelerator.log(values, step=state.global_step)
 
     def on_train_end(self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
-        # Finish the trackers (flush and close) rather than call `accelerator.end_training()`,
-        # which also destroys the process group that evaluate/save after training still need.
+        for tracker in self.accelerator.trackers:  # on disk now (TensorBoard); W&B and MLflow send as they go
+            writer = getattr(tracker, "writer", None)
+            if hasattr(writer, "flush"):
+                writer.flush()
+
+    def finish(self) -> None:
+        """Finish every tracker once (flush and close the run); later rows are not sent."""
+        if self._finished:
+            return
+        self._finished = True
         for tracker in self.accelerator.trackers:
             tracker.finish()
 

@@ -245,6 +245,17 @@ def build_trainer(config: RunConfig, *, echo: Any = print, for_training: bool = 
     return trainer, tokenizer, data
 
 
+def end_run(trainer: Any) -> None:
+    """`accelerator.end_training()` with the trackers finished once: every row of the run sent, the
+    trackers closed, a distributed run's process group left cleanly."""
+    from .callbacks import TrackerCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TrackerCallback):
+            callback.finish()
+    trainer.accelerator.state.destroy_process_group()
+
+
 def run_training(config: RunConfig, *, echo: Any = print) -> RunResult:
     """Run `config` start to finish; see the module docstring.
 
@@ -292,7 +303,7 @@ def run_training(config: RunConfig, *, echo: Any = print) -> RunResult:
     # deadlock: its destructor holds the GIL joining a worker thread that needs the GIL to free that
     # all-reduce's tensors (pytorch/pytorch#56297; seen on torch 2.13, 2 CPU processes).
     trainer.accelerator.wait_for_everyone()
-    trainer.accelerator.end_training()  # finish trackers; in a distributed run, leave the process group cleanly
+    end_run(trainer)
     return RunResult(
         out,
         time.perf_counter() - start,
@@ -380,5 +391,5 @@ def run_search_from_config(
     summary_path = out / SUMMARY_FILE
     if trainer.is_world_process_zero() and summary_path.is_file():
         echo(format_trials_table(json.loads(summary_path.read_text(encoding="utf-8"))))
-    trainer.accelerator.end_training()
+    end_run(trainer)
     return best
