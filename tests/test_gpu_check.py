@@ -17,13 +17,15 @@ CPU_ROWS = {
     "torch-compile-vs-eager",
     "grad-checkpointing-vs-off",
     "throughput-vs-hf",
-    # the engine rows run on CPU processes too (gloo): the script's GPU-day rows are checked here first
+    # FSDP2 runs on CPU processes too (gloo): the script's GPU-day engine harness is checked here first
     "fsdp2-save-resume-final",
-    "zero2-save-resume-final",
-    "zero3-save-resume-final",
 }
 GPU_ROWS = {
     "fp16-scaler-exact-resume",
+    # ZeRO runs on CPU too (tests/test_deepspeed.py), but DeepSpeed's first use compiles an op: over
+    # 165 s on a loaded 2-core CI machine, too long for a smoke row
+    "zero2-save-resume-final",
+    "zero3-save-resume-final",
     "qlora-4bit",
 }
 
@@ -53,7 +55,7 @@ def test_cpu_smoke_passes_its_rows_and_skips_the_gpu_ones(tmp_path):
     assert not failed and code == 0, (failed, output[-3000:])
     assert all(rows[r][0] == "PASS" for r in CPU_ROWS), rows
     assert all(rows[r] == ("SKIP", "needs CUDA") for r in GPU_ROWS), rows
-    for row in ("bf16-exact-resume", "ddp-save-resume-final", "fsdp2-save-resume-final", "zero3-save-resume-final"):
+    for row in ("bf16-exact-resume", "ddp-save-resume-final", "fsdp2-save-resume-final"):
         assert "bitwise equal" in rows[row][1], rows[row]
     assert "ours/HF" in rows["throughput-vs-hf"][1]
     assert "| check | status | seconds | detail |" in output  # the table is printed too
