@@ -272,6 +272,9 @@ def run_training(config: RunConfig, *, echo: Any = print) -> RunResult:
     if args.should_save:
         out.mkdir(parents=True, exist_ok=True)
         config.save(out / "config.yaml")
+        if config.data.sources:  # what the mixture drew from each source, under the entries that asked for it
+            with (out / "config.yaml").open("a", encoding="utf-8") as f:
+                f.write(f"# data as built: {data.summary()}\n")
     report, args.report_at_end = args.report_at_end, False  # written once, below, with eval_perplexity
     try:
         result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)

@@ -375,7 +375,9 @@ class Trainer(EvaluationMethods):
         state, meter, kernel = self.state, self.meter, self.step_kernel
         ga = args.gradient_accumulation_steps
         steps_per_epoch = math.ceil(micro_per_epoch / ga) if micro_per_epoch else None
-        start_epoch = state.global_step // steps_per_epoch if steps_per_epoch else 0
+        # a stream has no length: its pass is the one saved (set_epoch may reorder each pass, as
+        # interleaved or shuffled streams do)
+        start_epoch = state.global_step // steps_per_epoch if steps_per_epoch else int(state.epoch)
         skip = state.epoch_step if not args.ignore_data_skip else 0
         self.control = handler.on_train_begin(args, state, self.control)
         if args.eval_on_start and state.global_step == 0:

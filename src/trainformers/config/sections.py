@@ -11,6 +11,7 @@ import yaml
 
 from ..errors import ConfigError
 from .fields import DATA_FORMATS, MODEL_DTYPES, MODEL_PRESETS, TRAINING_MODES, arg, check_int, choice
+from .mixture import STOPPING_STRATEGIES, source_sections
 from .training import TrainingArguments
 from .yaml_io import YamlDumper
 
@@ -117,6 +118,18 @@ class DataSection:
         "None uses the corpus embedded in Python's standard library; else a local file (json, jsonl, csv, "
         "parquet, txt), several files or a glob, a save_to_disk directory, or a Hub dataset name.",
     )
+    sources: list[dict[str, Any]] | None = arg(
+        None,
+        "A mixture instead of data.source: a list of {source, weight, num_samples, ...}; weight: its share of "
+        "the training rows (on every entry or none), num_samples: its first N rows; an entry may also set subset, "
+        "split, eval_split, revision, text_field, format, template, response_field, system_prompt, "
+        "num_eval_samples (else the data section's).",
+    )
+    stopping_strategy: str = arg(
+        "all_exhausted",
+        "Weighted data.sources: all_exhausted draws until every source was read once (the smaller ones "
+        "repeat), first_exhausted stops when one runs out (the rest of the others unused).",
+    )
     subset: str | None = arg(None, "Hub dataset configuration name (e.g. 'wikitext-2-raw-v1').")
     split: str = arg("train", "Split to train on.")
     eval_split: str | None = arg(
@@ -193,6 +206,11 @@ class DataSection:
             raise ConfigError(
                 "data.format='template' needs data.template (e.g. 'Q: {question}') and data.response_field"
             )
+        self.stopping_strategy = choice("data.stopping_strategy", self.stopping_strategy, STOPPING_STRATEGIES)
+        if self.sources is not None:
+            if self.source is not None:
+                raise ConfigError("Can't set both data.source and data.sources; make data.source an entry of sources")
+            source_sections(self)  # every entry checked now, before any data is read
 
 
 SECTIONS: dict[str, type] = {"model": ModelSection, "data": DataSection, "training": TrainingArguments, "peft": dict}

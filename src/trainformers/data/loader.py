@@ -3,6 +3,8 @@
     source -> load_splits -> (train a tokenizer) -> tokenize_for_pretraining | tokenize_for_instruction
            -> collator (blocks, dynamic padding, or padding-free) -> Trainer / DataLoader
 
+A mixture (`data.sources`) runs the first steps once per source and then mixes (`mixture.py`).
+
 `prepare_data` is what `trainformers train` runs; `create_dataloader` is the one-call Python
 entry point for a ready `torch.utils.data.DataLoader`.
 """
@@ -15,8 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainformers.config import DataSection
+from trainformers.config.mixture import source_sections
 from trainformers.data.chat import detect_format, to_messages, tokenize_for_instruction
 from trainformers.data.collators import CausalLMCollator, PaddingFreeCollator
+from trainformers.data.mixture import Mixture, mix, source_label
 from trainformers.data.pretraining import tokenize_for_pretraining
 from trainformers.data.sources import check_text_field, dataset_columns, load_splits
 from trainformers.data.stats import DataStats
@@ -42,7 +46,16 @@ class TrainingData:
 
 
 def load_raw(data: DataSection, seed: int | None = None) -> tuple[Any, Any]:
-    """The untokenised train and held-out rows of `data.source`."""
+    """The untokenised train and held-out rows of `data.source`, or of each of `data.sources` (a `Mixture`)."""
+    seed = data.seed if data.seed is not None else (seed if seed is not None else 42)
+    if data.sources is not None:
+        sections, weights = zip(*source_sections(data))
+        splits = [load_raw(section, seed) for section in sections]
+        weighted = list(weights) if weights[0] is not None else None  # on every source or none
+        train = Mixture(list(sections), [t for t, _ in splits], weighted, seed, data.stopping_strategy)
+        held = [(section, e) for section, (_, e) in zip(sections, splits) if e is not None]
+        evaluation = Mixture([s for s, _ in held], [e for _, e in held], None, seed, data.stopping_strategy)
+        return train, evaluation if held else None
     return load_splits(
         data.source,
         subset=data.subset,
@@ -53,12 +66,16 @@ def load_raw(data: DataSection, seed: int | None = None) -> tuple[Any, Any]:
         num_samples=data.num_samples,
         num_eval_samples=data.num_eval_samples,
         validation_split_percentage=data.validation_split_percentage,
-        seed=data.seed if data.seed is not None else (seed if seed is not None else 42),
+        seed=seed,
     )
 
 
 def raw_texts(dataset: Any, data: DataSection) -> Iterator[str]:
     """The text of every row, for training a tokenizer (instruction rows: their messages' contents)."""
+    if isinstance(dataset, Mixture):  # every source's rows once, each read its own way
+        for section, part in zip(dataset.sections, dataset.parts):
+            yield from raw_texts(part, section)
+        return
     if data.training_mode == "pretraining":
         fields = check_text_field(dataset, data.text_field)
         for row in dataset:
@@ -99,6 +116,9 @@ def make_collator(data: DataSection, tokenizer: Any) -> tuple[Callable, bool]:
 
 def tokenize(data: DataSection, tokenizer: Any, dataset: Any, name: str) -> tuple[Any, DataStats]:
     """Tokenise one split the way `data.training_mode` asks."""
+    if isinstance(dataset, Mixture):  # each source tokenised as its own data section, then mixed
+        parts = zip(dataset.sections, dataset.parts)
+        return mix(dataset, [tokenize(s, tokenizer, part, f"{name} {source_label(s)}") for s, part in parts], name)
     if data.training_mode == "pretraining":
         return tokenize_for_pretraining(
             dataset,
@@ -198,6 +218,10 @@ def create_dataloader(
     unknown = set(data_options) - {f.name for f in dataclasses.fields(DataSection)}
     if unknown:
         raise ConfigError(f"create_dataloader got unknown options {sorted(unknown)}; see the data section fields")
+    if data_options.get("sources") is not None:
+        raise ConfigError(
+            "create_dataloader reads one source; for a mixture use prepare_data(DataSection(sources=...))"
+        )
     data = DataSection(
         source=None,
         split=split,
