@@ -93,7 +93,9 @@ def test_two_processes_print_once_write_once_and_num_processes_agrees(tmp_path):
     done = python("-m", "trainformers", "train", seeded.name, "--num-processes", "2", "--verbose", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     printed_once(done.stdout)
-    assert "distributed_strategy" not in done.stdout and "fsdp: []" in done.stdout  # ddp: nothing to set
+    mapped, _, resolved = done.stdout.partition("# resolved configuration")
+    assert "# mapped training.distributed_strategy='ddp' -> nothing" in mapped  # said once, in one line
+    assert "distributed_strategy" not in resolved and "fsdp: []" in resolved  # ddp: nothing to set
     relaunched = written_once(tmp_path / "relaunched")
     assert launched.keys() == relaunched.keys()
     for name in launched:

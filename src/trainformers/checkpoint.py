@@ -305,6 +305,28 @@ def save_model_files(
             save_file({k: v.contiguous() for k, v in state_dict.items()}, str(out_dir / "model.safetensors"))
 
 
+def cast_saved_weights(folder: str | os.PathLike, dtype: torch.dtype) -> None:
+    """Rewrite the floating-point tensors of each safetensors file in `folder` as `dtype`
+    (`model.save_dtype`); config.json's dtype follows. Each file is replaced atomically."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    folder = Path(folder)
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata()
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    config_path = folder / "config.json"
+    if config_path.is_file():
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        key = "torch_dtype" if "torch_dtype" in config and "dtype" not in config else "dtype"
+        config[key] = str(dtype).removeprefix("torch.")
+        write_json(config, config_path)
+
+
 def _save_hf_files_off_rank_zero(model: nn.Module, out_dir: Path) -> None:
     """What `save_pretrained` writes, from a process that is not rank 0 (`save_on_each_node`).
 

@@ -415,8 +415,9 @@ def _header(config: Any, config_path: str | None, verbose: bool) -> str:
 
     where = Path(config.training.output_dir) / "config.yaml"
     source = config_path or "the embedded default run"
+    mapped = "".join(f"# mapped {line}\n" for line in config.mapped)  # seed-layout keys, one line each
     if verbose:
-        return f"# resolved configuration of {source} (saved as {where})\n{config.to_yaml()}"
+        return f"{mapped}# resolved configuration of {source} (saved as {where})\n{config.to_yaml()}"
     changed = settings_changed(config.to_dict(), SECTIONS)
     lines = [
         f"# resolved configuration of {source}: {len(changed)} settings not at their defaults "
@@ -426,7 +427,7 @@ def _header(config: Any, config_path: str | None, verbose: bool) -> str:
         lines.append(config.to_yaml().splitlines()[0])  # "# on N processes: ..."
     width = max((len(key) for key, _, _ in changed), default=0)
     lines += [f"{key:<{width}}  {value!r}" for key, value, _ in changed]
-    return "\n".join(lines) + "\n"
+    return mapped + "\n".join(lines) + "\n"
 
 
 def _train(

@@ -293,6 +293,10 @@ def run_training(config: RunConfig, *, echo: Any = print) -> RunResult:
         perplexity = math.exp(min(eval_loss, 50.0))
         trainer.log({"eval_perplexity": perplexity})
     trainer.save_model(str(out / "final"))  # on every rank: a sharded model is gathered from all of them
+    if config.model.save_dtype is not None and args.should_save:
+        from .checkpoint import cast_saved_weights
+
+        cast_saved_weights(out / "final", getattr(torch, config.model.save_dtype))
     if trainer.is_world_process_zero():
         report_at_end(trainer)  # report.png + report.md, unless report_at_end is off
     sample = None

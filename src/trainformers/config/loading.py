@@ -1,7 +1,8 @@
 """`load_config`: defaults < base < run file < command line, each key checked against its section.
 
-A train run file's `training` section may also hold the distributed keys of the framework many of
-our users migrate from (`SEED_KEYS`); they are mapped onto our fields here and never kept as keys.
+A train run file's `training` section may also hold the keys of the framework many of our users
+migrate from (the seed layout, `seed_layout.py`); they are mapped onto our keys layer by layer and
+never kept as keys.
 """
 
 from __future__ import annotations
@@ -16,25 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, did_you_mean
-from .fields import PATH_OR_TRUE, check_int, choice, hf_field_names, is_number, unknown_field_message
+from .fields import PATH_OR_TRUE, hf_field_names, is_number, unknown_field_message
 from .sections import SECTIONS, DataSection, ModelSection, RunConfig
+from .seed_layout import CALLBACK_KEYS, DISTRIBUTED_KEYS, SEED_KEYS, apply_distributed, early_stopping, take_seed_keys
 from .training import TrainingArguments
 from .yaml_io import parse_value, read_yaml
-
-# The `training` keys of the framework many of our users migrate from, with their types; docs/distributed.md.
-SEED_KEYS: dict[str, Any] = {
-    "distributed_strategy": str | None,
-    "fsdp_sharding_strategy": str | None,
-    "num_gpus": int | None,
-}
-# Run-file keys of the training section that configure a callback rather than TrainingArguments
-# (transformers takes them as EarlyStoppingCallback's arguments); kept on RunConfig.
-CALLBACK_KEYS: dict[str, Any] = {
-    "early_stopping_patience": int | None,
-    "early_stopping_threshold": float | None,
-}
-SEED_STRATEGIES = ("ddp", "fsdp")
-SEED_SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD")
 
 
 def _flat_key(key: str) -> str:
@@ -44,16 +31,17 @@ def _flat_key(key: str) -> str:
         ConfigError: the key is no training field (the dotted spelling when another section has it).
     """
     name = key.replace("-", "_")
-    training = {f.name for f in dataclasses.fields(TrainingArguments)} | set(CALLBACK_KEYS) | set(SEED_KEYS)
+    training = (
+        {f.name for f in dataclasses.fields(TrainingArguments)}
+        | set(CALLBACK_KEYS)
+        | set(DISTRIBUTED_KEYS)
+        | set(SEED_KEYS)
+    )
     if name in training:
         return f"training.{name}"
-    elsewhere = [
-        section
-        for section, cls in SECTIONS.items()
-        if dataclasses.is_dataclass(cls) and name in {f.name for f in dataclasses.fields(cls)}
-    ]
+    elsewhere = _key_elsewhere(name, "training", SECTIONS)
     if elsewhere:
-        raise ConfigError(f"--{key} is not a training field; write --{elsewhere[0]}.{name} VALUE")
+        raise ConfigError(f"--{key} is not a training field; write --{elsewhere} VALUE")
     raise ConfigError(
         f"--{key} is not a training field{did_you_mean(name, sorted(training))}; write --section.key VALUE for "
         "the model and data sections"
@@ -85,6 +73,33 @@ def parse_overrides(tokens: Sequence[str]) -> dict[str, dict[str, Any]]:
             raise ConfigError(f"malformed override {token!r}; write --section.key VALUE or --section.key=VALUE")
         out.setdefault(section, {})[name] = parse_value(raw)
     return out
+
+
+# Keys other trainers' files and scripts use (HF example scripts, TRL, axolotl), with ours: a hint only
+OTHER_NAMES = {
+    "model_name_or_path": "model.name_or_path",
+    "model_name": "model.name_or_path",
+    "base_model": "model.name_or_path",
+    "tokenizer_name": "model.tokenizer",
+    "dataset_config_name": "data.subset",
+    "dataset_text_field": "data.text_field",
+    "max_seq_length": "data.max_length",
+    "block_size": "data.max_length",
+    "sequence_len": "data.max_length",
+    "train_file": "data.source",
+    "validation_file": "data.source with data.eval_split, or data.validation_split_percentage",
+    "datasets": "data.source",
+    "dataset_name": "data.source",
+}
+
+
+def _key_elsewhere(name: str, section: str, sections: Mapping[str, type]) -> str | None:
+    """`other.name` when another section of the run file has this key (or it is another trainer's
+    name for one of ours), so a hint points there instead of at a look-alike of this section."""
+    for other, cls in sections.items():
+        if other != section and dataclasses.is_dataclass(cls) and name in {f.name for f in dataclasses.fields(cls)}:
+            return f"{other}.{name}"
+    return OTHER_NAMES.get(name) if sections is SECTIONS else None
 
 
 @functools.cache
@@ -153,9 +168,12 @@ def merge_sections(
             merged[section].update(copy.deepcopy(dict(values)))
             continue
         known = [f.name for f in dataclasses.fields(cls) if f.init]
-        hinted = [*known, *SEED_KEYS] if cls is TrainingArguments else known  # load_config took the seed keys out
+        hinted = [*known, *SEED_KEYS, *DISTRIBUTED_KEYS, *CALLBACK_KEYS] if cls is TrainingArguments else known
         for name, value in values.items():
             if name not in known:
+                elsewhere = _key_elsewhere(str(name), section, sections)
+                if elsewhere:
+                    raise ConfigError(f"unknown key '{section}.{name}' in {origin}; write it as {elsewhere}")
                 if name in hf_field_names() and issubclass(cls, TrainingArguments):
                     raise ConfigError(unknown_field_message("training", name, hinted))
                 hint = did_you_mean(str(name), hinted).replace("'", f"'{section}.", 1)
@@ -164,85 +182,13 @@ def merge_sections(
             merged[section][name] = _coerce(f"{section}.{name}", _hints(cls)[name], copy.deepcopy(value))
 
 
-def _take_seed_keys(layer: Any, seeds: dict[str, Any]) -> Any:
-    """`layer` without the seed keys of its `training` section; their values go to `seeds` (later layers win)."""
-    if not isinstance(layer, Mapping) or not isinstance(layer.get("training"), Mapping):
-        return layer  # nothing to take, or malformed: merge_sections says what is wrong
-    training = dict(layer["training"])
-    for key, hint in {**SEED_KEYS, **CALLBACK_KEYS}.items():
-        if key in training:
-            seeds[key] = _coerce(f"training.{key}", hint, training.pop(key))
-    return {**layer, "training": training}
-
-
-def _early_stopping(training: dict[str, Any], keys: Mapping[str, Any]) -> tuple[int, float] | None:
-    """(patience, threshold) for EarlyStoppingCallback from the run file, checked before anything runs.
-
-    Without `metric_for_best_model` the evaluation loss decides, as `load_best_model_at_end` does.
-    """
-    patience, threshold = keys.get("early_stopping_patience"), keys.get("early_stopping_threshold")
-    if patience is None:
-        if threshold is not None:
-            raise ConfigError(
-                "training.early_stopping_threshold needs training.early_stopping_patience (evaluations without "
-                "improvement before stopping); add it"
-            )
-        return None
-    check_int("training.early_stopping_patience", patience, 1)
-    if threshold is not None and (not is_number(threshold) or threshold < 0):
-        raise ConfigError(f"training.early_stopping_threshold={threshold!r} must be a number >= 0")
-    if training.get("eval_strategy", training.get("evaluation_strategy", "no")) == "no":
-        raise ConfigError(
-            "training.early_stopping_patience stops on evaluations, but training.eval_strategy is 'no'; set "
-            "eval_strategy: steps (with eval_steps) or epoch"
-        )
-    training.setdefault("metric_for_best_model", "loss")
-    return patience, float(threshold or 0.0)
-
-
-def _fsdp_options(value: Any) -> list[str]:
-    """`training.fsdp` as given (a string, a list, true) as its list of options."""
-    if value is True:
-        return ["full_shard", "auto_wrap"]  # TrainingArguments' fsdp=True: on, FULL_SHARD, auto-wrapped
-    return str(value).split() if isinstance(value, str) else [str(v) for v in value or []]
-
-
-def _apply_seed_keys(training: dict[str, Any], seeds: Mapping[str, Any]) -> int | None:
-    """Map the seed keys onto the merged `training` section; return `num_gpus` (the processes to launch).
-
-    `distributed_strategy: fsdp` sets `fsdp` to "full_shard auto_wrap", with `fsdp_sharding_strategy`
-    (lower-cased) in place of full_shard; `ddp` sets nothing (a multi-process launch is DDP already).
-    Raises ConfigError for a value outside its choices or a key contradicting another.
-    """
-    strategy, sharding = seeds.get("distributed_strategy"), seeds.get("fsdp_sharding_strategy")
-    if strategy is not None:
-        choice("training.distributed_strategy", strategy, SEED_STRATEGIES)
-    if sharding is not None:
-        choice("training.fsdp_sharding_strategy", sharding, SEED_SHARDING)
-        if strategy == "ddp":
-            raise ConfigError(
-                f"Can't set both training.distributed_strategy=ddp and training.fsdp_sharding_strategy={sharding} "
-                "(a sharding strategy is for fsdp); drop one"
-            )
-        if strategy is None:
-            raise ConfigError(
-                f"training.fsdp_sharding_strategy={sharding} needs training.distributed_strategy=fsdp; add it"
-            )
-    engines = [name for name in ("fsdp", "deepspeed") if training.get(name)]
-    if strategy == "ddp" and engines:
-        raise ConfigError(f"Can't set both training.distributed_strategy=ddp and training.{engines[0]}; drop one")
-    if strategy == "fsdp":
-        mapped = f"{(sharding or 'FULL_SHARD').lower()} auto_wrap"
-        if "fsdp" in engines and sorted(_fsdp_options(training["fsdp"])) != sorted(mapped.split()):
-            raise ConfigError(
-                f"Can't set both training.distributed_strategy=fsdp (fsdp: '{mapped}') and "
-                f"training.fsdp={training['fsdp']!r}; drop one"
-            )
-        training["fsdp"] = mapped
-    num_gpus = seeds.get("num_gpus")
-    if num_gpus is not None:
-        check_int("training.num_gpus", num_gpus, 1)
-    return num_gpus
+def _take_seed_keys(layer: Any, taken: dict[str, Any], mapped: list[str]) -> Any:
+    """`layer` with its seed keys mapped (`seed_layout.take_seed_keys`); the kept ones checked against their types."""
+    here: dict[str, Any] = {}
+    layer = take_seed_keys(layer, here, mapped)
+    hints = {**DISTRIBUTED_KEYS, **CALLBACK_KEYS}
+    taken.update({key: _coerce(f"training.{key}", hints[key], v) if key in hints else v for key, v in here.items()})
+    return layer
 
 
 def load_config(
@@ -251,8 +197,10 @@ def load_config(
     """Build a `RunConfig` from defaults, a base mapping, a YAML run file and command-line overrides.
 
     Later sources win key by key: dataclass defaults < `base` < the file at `path` < `overrides`.
-    The seed keys (`SEED_KEYS`) of any source are mapped: `distributed_strategy`/`fsdp_sharding_strategy`
-    onto `training.fsdp`, `num_gpus` onto `RunConfig.num_processes`.
+    The seed layout's keys (`seed_layout.py`) in any source's `training` section are mapped onto ours
+    (`distributed_strategy`/`fsdp_sharding_strategy` onto `training.fsdp`, `num_gpus` onto
+    `RunConfig.num_processes`, `dataset_name` onto `data.source`, ...), each in one line of
+    `RunConfig.mapped`.
 
     Args:
         path: A YAML run file with sections `model`, `data` and `training`, or None.
@@ -268,19 +216,25 @@ def load_config(
             of the sections.
     """
     merged: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
-    seeds: dict[str, Any] = {}
-    merge_sections(merged, _take_seed_keys(base, seeds), "the base config")
+    taken: dict[str, Any] = {}
+    mapped: list[str] = []
+    merge_sections(merged, _take_seed_keys(base, taken, []), "the base config")
     if path is not None:
-        merge_sections(merged, _take_seed_keys(read_yaml(path), seeds), f"'{path}'")
-    merge_sections(merged, _take_seed_keys(parse_overrides(overrides), seeds), "the command line")
-    num_processes = _apply_seed_keys(merged["training"], seeds)
-    early_stopping = _early_stopping(merged["training"], seeds)
+        merge_sections(merged, _take_seed_keys(read_yaml(path), taken, mapped), f"'{path}'")
+    merge_sections(merged, _take_seed_keys(parse_overrides(overrides), taken, mapped), "the command line")
+    if taken.get("lora_lr") is not None and not merged["peft"]:
+        raise ConfigError(
+            "training.lora_lr sets the learning rate of LoRA adapters, but the run has no peft section; add "
+            "peft: {r: 16} (or another LoRA config) or drop lora_lr"
+        )
+    num_processes = apply_distributed(merged["training"], taken, mapped)
+    stopping = early_stopping(merged["training"], taken, mapped)
     try:
         training = TrainingArguments(**merged["training"])
     except ConfigError as err:
-        if seeds.get("distributed_strategy") != "fsdp" or "fsdp" not in str(err).lower():
+        if taken.get("distributed_strategy") != "fsdp" or "fsdp" not in str(err).lower():
             raise
-        given = ", ".join(f"{k}={seeds[k]}" for k in ("distributed_strategy", "fsdp_sharding_strategy") if seeds.get(k))
+        given = ", ".join(f"{k}={taken[k]}" for k in ("distributed_strategy", "fsdp_sharding_strategy") if taken.get(k))
         raise ConfigError(f"{err} (training.fsdp='{merged['training']['fsdp']}' comes from training.{given})") from None
     return RunConfig(
         model=ModelSection(**merged["model"]),
@@ -288,5 +242,6 @@ def load_config(
         training=training,
         peft=merged["peft"] or None,
         num_processes=num_processes,
-        early_stopping=early_stopping,
+        early_stopping=stopping,
+        mapped=mapped,
     )

@@ -66,11 +66,16 @@ class ModelSection:
     )
     dtype: str = arg("float32", "Dtype to load or build the weights in: float32, bfloat16, float16 or auto.")
     trust_remote_code: bool = arg(False, "Allow running model code downloaded from the Hub.")
+    save_dtype: str | None = arg(
+        None, "Dtype of the weights written to final/: bfloat16, float16 or float32; None: the dtype they trained in."
+    )
     sample_prompt: str = arg("The ", "Prompt of the sample generated at the end of a run; '' disables it.")
     sample_max_new_tokens: int = arg(40, "Tokens generated for the end-of-run sample.")
 
     def __post_init__(self) -> None:
         self.dtype = choice("model.dtype", self.dtype, MODEL_DTYPES)
+        if self.save_dtype is not None:
+            self.save_dtype = choice("model.save_dtype", self.save_dtype, MODEL_DTYPES[:3])
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "max_position_embeddings"):
             check_int(f"model.{name}", getattr(self, name), 1)
         check_int("model.sample_max_new_tokens", self.sample_max_new_tokens, 0)
@@ -242,6 +247,15 @@ class RunConfig:
         metadata={
             "help": "(patience, threshold) of EarlyStoppingCallback, from a run file's "
             "training.early_stopping_patience/early_stopping_threshold; None: no early stopping."
+        },
+    )
+
+    mapped: list[str] = field(
+        default_factory=list,
+        compare=False,
+        metadata={
+            "help": "One line per seed-layout key the run file used and what it became (printed in the run "
+            "header; config.yaml holds the keys it became)."
         },
     )
 
