@@ -8,6 +8,7 @@ from .cycle.config import CycleTrainingArguments
 from .cycle.trainer import CycleTrainer
 from .errors import CheckpointError, ConfigError, DataError, TrainformersError
 from .models import DecoderLM, DecoderLMConfig
+from .samples import SampleCallback
 from .seq2seq import Seq2SeqTrainer, Seq2SeqTrainingArguments
 from .state import TrainerControl, TrainerState
 from .trainer import Trainer
@@ -27,6 +28,7 @@ __all__ = [
     "PredictionOutput",
     "ProgressCallback",
     "RunConfig",
+    "SampleCallback",
     "Seq2SeqTrainer",
     "Seq2SeqTrainingArguments",
     "TrainOutput",

@@ -8,6 +8,7 @@ step/epoch schedule, the progress bar, the JSONL log, tracker forwarding and ear
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -23,6 +24,7 @@ from .errors import ConfigError
 from .events import TrainerCallback
 from .hub import HubCallback
 from .report import ReportCallback
+from .samples import send_samples
 from .state import ExportableState, TrainerControl, TrainerState, atomic_write_text, json_default
 
 logger = logging.getLogger(__name__)
@@ -133,6 +135,7 @@ class CallbackHandler(TrainerCallback):
             "lr_scheduler": self.lr_scheduler,
             "train_dataloader": self.train_dataloader,
             "eval_dataloader": self.eval_dataloader,
+            "log_row": functools.partial(self.log, args, state, control),
             **self.extra,
         }
         common.update(kwargs)  # an explicit keyword (e.g. eval_dataloader) wins
@@ -476,6 +479,8 @@ class TrackerCallback(TrainerCallback):
         values = {k: v for k, v in logs.items() if isinstance(v, numbers.Real) and not isinstance(v, bool)}
         if values:
             self.accelerator.log(values, step=state.global_step)
+        if logs.get("samples"):  # SampleCallback's text
+            send_samples(self.accelerator.trackers, logs["samples"], state.global_step)
 
     def on_train_end(self, args: Args, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         for tracker in self.accelerator.trackers:  # on disk now (TensorBoard); W&B and MLflow send as they go

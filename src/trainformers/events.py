@@ -32,7 +32,9 @@ class TrainerCallback:
     - `optimizer`, `lr_scheduler`: may be None before training starts;
     - `train_dataloader`, `eval_dataloader`: the current ones, or None;
     - `metrics`: the evaluation/prediction metrics, in `on_evaluate` and `on_predict` only;
-    - `logs`: the row being logged, in `on_log` only. Don't modify it; copy it first.
+    - `logs`: the row being logged, in `on_log` only. Don't modify it; copy it first;
+    - `log_row`: a function that logs a row of the callback's own at the current step, as
+      `Trainer.log` does (into `state.log_history`, log.jsonl, the printed rows and the trackers).
     """
 
     def on_init_end(

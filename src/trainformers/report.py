@@ -40,6 +40,7 @@ __all__ = [
     "read_log",
     "report_at_end",
     "report_panels",
+    "samples_by_step",
     "summarize_run",
     "write_report",
 ]
@@ -52,6 +53,7 @@ COMPARE_MD = "compare.md"
 FIGSIZE = (12.0, 8.0)  # inches; at DPI this is always 1200 x 800 px, whatever the panels
 DPI = 100
 SMOOTH_MIN_POINTS = 10  # shorter curves are drawn as they are: an EMA of 6 points says nothing
+SAMPLE_STEPS = 5  # report.md shows the samples (SampleCallback) of the last 5 evaluations that logged any
 ROUTER_KEYS = ("load_balance_loss", "auxiliary_loss", "router_z_loss", "expert_usage_max")
 PANEL_TITLES = (
     "loss",
@@ -445,6 +447,7 @@ def _run_markdown(label: str, run_dir: Path, rows: list[dict[str, Any]], diff: t
             lines.append("| " + " | ".join([key, *map(format_value, (final, step, best, best_step))]) + " |")
     else:
         lines.append("No metrics logged yet.")
+    lines += _samples_markdown(rows)
     source, changes = diff
     lines += ["", "## Configuration: differences from the defaults", "", f"Read from {source}.", ""]
     if changes:
@@ -453,6 +456,29 @@ def _run_markdown(label: str, run_dir: Path, rows: list[dict[str, Any]], diff: t
     else:
         lines.append("No differences found.")
     return "\n".join(lines) + "\n"
+
+
+def samples_by_step(rows: list[dict[str, Any]]) -> dict[Any, list[dict[str, str]]]:
+    """`{step: samples}` of the `samples` rows `SampleCallback` logs, in step order; a step logged
+    twice keeps its last row."""
+    found = {row.get("step"): row["samples"] for row in rows if isinstance(row.get("samples"), list)}
+    return dict(sorted(found.items(), key=lambda item: item[0] if _is_number(item[0]) else math.inf))
+
+
+def _samples_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    by_step = samples_by_step(rows)
+    if not by_step:
+        return []
+    shown = list(by_step.items())[-SAMPLE_STEPS:]
+    older = len(by_step) - len(shown)
+    note = f" (the last {len(shown)}; {older} earlier in log.jsonl)" if older else ""
+    lines = ["", "## Samples", "", f"Greedy completions at each evaluation{note}.", ""]
+    lines += ["| step | prompt | completion |", "| ---: | --- | --- |"]
+    for step, samples in shown:
+        for sample in samples:
+            prompt, completion = (_cell(str(sample.get(key, ""))) for key in ("prompt", "completion"))
+            lines.append(f"| {format_value(step)} | {prompt} | {completion} |")
+    return lines
 
 
 def _compare_markdown(
@@ -586,8 +612,9 @@ def summarize_run(run_dir: str | Path) -> dict[str, Any]:
         A dict with `steps` (last logged optimizer step, 0 if none), `epoch` (last logged,
         or None), `final_loss`, `min_loss`, `min_loss_step` (training loss), `best_eval_loss`,
         `best_eval_step`, `eval_step` and `eval` (the metrics of the last evaluation, keyed as
-        logged), `train_runtime` (seconds, summed over the `train()` calls that finished) and
-        `num_input_tokens_seen` (last logged). Values not logged are None (`eval` is then `{}`).
+        logged), `train_runtime` (seconds, summed over the `train()` calls that finished),
+        `num_input_tokens_seen` (last logged), and `samples_step` and `samples` (the last
+        `SampleCallback` row's). Values not logged are None (`eval` is then `{}`, `samples` `[]`).
 
     Raises:
         CheckpointError: as `read_log`.
@@ -606,6 +633,8 @@ def _summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     last_eval = eval_rows[-1] if eval_rows else {}
     runtimes = [row["train_runtime"] for row in rows if _is_number(row.get("train_runtime"))]
     seen = [row["num_input_tokens_seen"] for row in rows if _is_number(row.get("num_input_tokens_seen"))]
+    by_step = samples_by_step(rows)
+    samples_step, samples = list(by_step.items())[-1] if by_step else (None, [])
     return {
         "steps": max(steps, default=0),
         "epoch": epochs[-1] if epochs else None,
@@ -618,6 +647,8 @@ def _summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "eval": {k: v for k, v in last_eval.items() if k.startswith("eval_")},
         "train_runtime": sum(runtimes) if runtimes else None,
         "num_input_tokens_seen": seen[-1] if seen else None,
+        "samples_step": samples_step,
+        "samples": samples,
     }
 
 

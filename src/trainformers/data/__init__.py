@@ -13,9 +13,12 @@ from trainformers.data.chat import (
     detect_format,
     encode_chat,
     render_chat,
+    setup_chat_template,
+    stop_token_ids,
     to_messages,
     tokenize_for_instruction,
 )
+from trainformers.data.chat_templates import CHAT_TEMPLATES
 from trainformers.data.collators import (
     CausalLMCollator,
     CompletionOnlyCollator,
@@ -33,6 +36,7 @@ from trainformers.data.tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS, train_tok
 
 __all__ = [
     "CHAT_TEMPLATE",
+    "CHAT_TEMPLATES",
     "DEFAULT_CHAT_TEMPLATE",
     "FORMATS",
     "SPECIAL_TOKENS",
@@ -55,8 +59,10 @@ __all__ = [
     "prepare_data",
     "raw_texts",
     "render_chat",
+    "setup_chat_template",
     "split_paragraphs",
     "split_texts",
+    "stop_token_ids",
     "to_messages",
     "token_stream",
     "tokenize_for_instruction",

@@ -1,9 +1,10 @@
 """Instruction and chat rows → `input_ids` + `labels`, with the loss only on assistant tokens.
 
 A row in any of `FORMATS` becomes role/content messages (`to_messages`), is rendered to text by a
-chat template (the tokenizer's, or `DEFAULT_CHAT_TEMPLATE`), tokenised once with character
-offsets, and labelled: a token trains iff it overlaps an assistant answer (its end marker
-included). Rows with nothing to learn are skipped and counted in `DataStats`, never trained on.
+chat template (one named in `chat_templates.CHAT_TEMPLATES`, the tokenizer's, or
+`DEFAULT_CHAT_TEMPLATE`), tokenised once with character offsets, and labelled: a token trains iff
+it overlaps an assistant answer (its end marker included). Rows with nothing to learn are skipped
+and counted in `DataStats`, never trained on.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pyarrow.compute as pc
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from trainformers.config import INSTRUCTION_FORMATS as FORMATS
+from trainformers.data.chat_templates import end_of_turn_tokens, is_jinja, named_template, resolve_chat_template
 from trainformers.data.stats import DataStats
 from trainformers.errors import ConfigError, DataError, did_you_mean
 from trainformers.losses import IGNORE_INDEX
@@ -32,6 +34,8 @@ __all__ = [
     "detect_format",
     "encode_chat",
     "render_chat",
+    "setup_chat_template",
+    "stop_token_ids",
     "to_messages",
     "tokenize_for_instruction",
 ]
@@ -271,7 +275,7 @@ def render_chat(
     Args:
         messages: `{"role", "content"}` dicts.
         tokenizer: A `transformers` tokenizer (its special tokens fill the template).
-        chat_template: A Jinja template overriding the tokenizer's.
+        chat_template: A template name (`CHAT_TEMPLATES`) or a Jinja template, overriding the tokenizer's.
         add_generation_prompt: End with the header of a new assistant turn.
 
     Returns:
@@ -321,7 +325,7 @@ def encode_chat(
     Args:
         messages: `{"role", "content"}` dicts.
         tokenizer: A fast `transformers` tokenizer (character offsets are needed).
-        chat_template: A Jinja template overriding the tokenizer's.
+        chat_template: A template name (`CHAT_TEMPLATES`) or a Jinja template, overriding the tokenizer's.
         train_on_prompt: Label every token (labels == input_ids).
 
     Returns:
@@ -338,8 +342,58 @@ def encode_chat(
 def _template_for(tokenizer, chat_template: str | None) -> str | None:
     """None lets transformers use the tokenizer's own template (it may hold several, by name)."""
     if chat_template is not None:
-        return chat_template
+        return resolve_chat_template(chat_template)
     return None if tokenizer.chat_template else DEFAULT_CHAT_TEMPLATE
+
+
+def setup_chat_template(tokenizer, chat_template: str | None = None) -> list[str]:
+    """Make `tokenizer` carry the chat template a run trains with, and the tokens that template needs.
+
+    `tokenizer.chat_template` becomes the template used (a name resolved to its Jinja source; None:
+    the tokenizer's own, or `DEFAULT_CHAT_TEMPLATE` when it has none), so a saved tokenizer renders
+    conversations as training did. A named template's markers that the tokenizer lacks (`<|im_start|>`
+    for chatml, `<|eot_id|>` for llama3, ...) are added as special tokens, as TRL's
+    `setup_chat_format` does: the model's embeddings must then grow to `len(tokenizer)`
+    (`model.resize_token_embeddings`; `trainformers train` does it). Adding nothing twice, it can run
+    again on a tokenizer it has set up (a resumed run gets the same ids).
+
+    Args:
+        tokenizer: A `transformers` tokenizer, changed in place.
+        chat_template: A template name, a Jinja template, or None.
+
+    Returns:
+        The tokens added, in order (empty when the tokenizer had them all).
+
+    Raises:
+        ConfigError: an unknown template name.
+    """
+    template = _template_for(tokenizer, chat_template)
+    if template is not None:
+        tokenizer.chat_template = template
+    missing = _missing_tokens(tokenizer, chat_template)
+    if missing:
+        tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
+    return missing
+
+
+def _missing_tokens(tokenizer, chat_template: str | None) -> list[str]:
+    """The special tokens of a named template that are not (added) tokens of `tokenizer`."""
+    family = named_template(chat_template)
+    have = tokenizer.get_added_vocab()
+    return [token for token in family.special_tokens if token not in have] if family else []
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """The ids generation stops at: the model's and the tokenizer's EOS, and every named template's
+    end-of-turn token the tokenizer holds (`<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`, `<|end|>`)."""
+    ids: list[int] = []
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    added = tokenizer.get_added_vocab()
+    ends = [added[token] for token in end_of_turn_tokens() if token in added]
+    for value in [*(configured if isinstance(configured, list) else [configured]), tokenizer.eos_token_id, *ends]:
+        if value is not None and value not in ids:
+            ids.append(value)
+    return ids
 
 
 def _render_with_spans(
@@ -420,8 +474,10 @@ def tokenize_for_instruction(
         response_field: For "template": the column holding the assistant's answer.
         system_prompt: A system message put first in rows that have none.
         train_on_prompt: Label every token, prompt included.
-        chat_template: A Jinja template overriding the tokenizer's (default: the tokenizer's, or
-            `DEFAULT_CHAT_TEMPLATE` when it has none).
+        chat_template: A template name (`CHAT_TEMPLATES`: chatml, llama3, ...) or a Jinja template,
+            overriding the tokenizer's (default: the tokenizer's, or `DEFAULT_CHAT_TEMPLATE` when it
+            has none). A named template's special tokens must be tokens of `tokenizer`
+            (`setup_chat_template` adds them).
         num_proc: Processes for `datasets.map`.
         name: The dataset's name in the stats and messages.
 
@@ -464,16 +520,24 @@ def _check_tokenizer(tokenizer, chat_template: str | None, train_on_prompt: bool
             f"tokenizer {type(tokenizer).__name__} is not a fast tokenizer, so assistant tokens cannot be "
             "located by character offsets; load it with use_fast=True or set data.train_on_prompt=true"
         )
-    if _template_for(tokenizer, chat_template) == DEFAULT_CHAT_TEMPLATE and tokenizer.eos_token is None:
+    template = _template_for(tokenizer, chat_template)
+    if template is not None and "eos_token" in template and tokenizer.eos_token is None:
         raise ConfigError(
-            f"tokenizer {type(tokenizer).__name__} has no eos_token, which the default chat template puts "
-            "after each answer; set tokenizer.eos_token or pass data.chat_template"
+            f"tokenizer {type(tokenizer).__name__} has no eos_token, which the {_template_source(tokenizer, chat_template)} "
+            "chat template puts after each answer; set tokenizer.eos_token or pass another data.chat_template"
+        )
+    missing = _missing_tokens(tokenizer, chat_template)
+    if missing:
+        raise ConfigError(
+            f"data.chat_template {chat_template!r} needs the special tokens {', '.join(missing)}, which tokenizer "
+            f"{type(tokenizer).__name__} lacks; add them with trainformers.data.setup_chat_template(tokenizer, "
+            f"{chat_template!r}) and grow the model's embeddings to len(tokenizer) (trainformers train does both)"
         )
 
 
 def _template_source(tokenizer, chat_template: str | None) -> str:
     if chat_template is not None:
-        return "given"
+        return "given" if is_jinja(chat_template) else chat_template.strip().lower()
     return "the tokenizer's" if tokenizer.chat_template else "default"
 
 
