@@ -642,25 +642,11 @@ def _load_for_generation(path: Path) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def _stop_ids(model: Any, tokenizer: Any) -> list[int]:
-    """EOS of the model and the tokenizer, and `<|end|>` (end of a chat turn) when the tokenizer has it."""
-    from .data.tokenizer import END_TOKEN
-
-    ids: list[int] = []
-    configured = model.generation_config.eos_token_id
-    for value in [*(configured if isinstance(configured, list) else [configured]), tokenizer.eos_token_id]:
-        if value is not None and value not in ids:
-            ids.append(value)
-    if END_TOKEN in tokenizer.all_special_tokens:
-        ids.append(tokenizer.convert_tokens_to_ids(END_TOKEN))
-    return ids
-
-
 def _generate(args: argparse.Namespace) -> int:
     import torch
     from transformers import TextStreamer
 
-    from .data.chat import render_chat
+    from .data.chat import render_chat, stop_token_ids
 
     model, tokenizer = _load_for_generation(_model_dir(args.checkpoint))
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -671,7 +657,7 @@ def _generate(args: argparse.Namespace) -> int:
     else:
         text = args.prompt
         ids = tokenizer(text, return_tensors="pt")["input_ids"]
-    stop = _stop_ids(model, tokenizer)
+    stop = stop_token_ids(model, tokenizer)
     if ids.shape[1] == 0:  # an empty prompt: start from BOS (or EOS, a document boundary)
         ids = torch.tensor([[tokenizer.bos_token_id if tokenizer.bos_token_id is not None else stop[0]]])
     greedy = args.greedy or args.temperature == 0

@@ -132,7 +132,7 @@ def build_model(config: RunConfig, tokenizer: Any) -> torch.nn.Module:
         )
         for name, value in router.items():  # the run file overrides the saved router coefficients
             setattr(model.config, name, value)
-        return model
+        return _fit_to_tokenizer(model, tokenizer, config)
     if config.data.max_length > m.max_position_embeddings:
         raise ConfigError(
             f"data.max_length={config.data.max_length} exceeds model.max_position_embeddings="
@@ -158,7 +158,21 @@ def build_model(config: RunConfig, tokenizer: Any) -> torch.nn.Module:
         **router,
     )
     torch.manual_seed(config.training.seed)
-    return DecoderLM(decoder).to(dtype)
+    return _fit_to_tokenizer(DecoderLM(decoder).to(dtype), tokenizer, config)
+
+
+def _fit_to_tokenizer(model: Any, tokenizer: Any, config: RunConfig) -> Any:
+    """An instruction run's model: embeddings grown to the tokens its chat template added (new rows
+    drawn around the old ones' mean, seeded), generation stopping at the template's end of turn."""
+    if config.data.training_mode != "instruction":
+        return model
+    from .data import stop_token_ids
+
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        torch.manual_seed(config.training.seed)
+        model.resize_token_embeddings(len(tokenizer))
+    model.generation_config.eos_token_id = stop_token_ids(model, tokenizer)
+    return model
 
 
 def generate_sample(model: torch.nn.Module, tokenizer: Any, prompt: str, max_new_tokens: int, seed: int = 0) -> str:
@@ -218,6 +232,8 @@ def build_trainer(config: RunConfig, *, echo: Any = print, for_training: bool = 
     with args.main_process_first(local=args.save_on_each_node, desc="data and tokenizer"):
         raw = load_raw(config.data, args.seed)
         tokenizer = build_tokenizer(config, raw_texts(raw[0], config.data), reuse_saved=not args.should_save)
+    if config.data.training_mode == "instruction":
+        _setup_chat_template(config, tokenizer)
     model = build_model(config, tokenizer)
     with args.main_process_first(local=args.save_on_each_node, desc="tokenization"):
         data = prepare_data(config.data, tokenizer, raw=raw, seed=args.seed)
@@ -230,6 +246,11 @@ def build_trainer(config: RunConfig, *, echo: Any = print, for_training: bool = 
         ckpt.clear_run(out, args.logging_dir)  # the old run's checkpoints and log; only once data and model are ready
     n_params = sum(p.numel() for p in model.parameters())
     echo(f"model: {n_params / 1e6:.2f}M parameters | data: {data.summary()}")
+    callbacks: list[Any] = [EarlyStoppingCallback(*config.early_stopping)] if config.early_stopping else []
+    if config.model.generate_every_eval is not None:
+        from .samples import SampleCallback, run_prompts
+
+        callbacks.append(SampleCallback(run_prompts(config, data.eval), config.model.sample_max_new_tokens))
     trainer = Trainer(
         model=model,
         args=args,
@@ -238,11 +259,27 @@ def build_trainer(config: RunConfig, *, echo: Any = print, for_training: bool = 
         eval_dataset=data.eval,
         processing_class=tokenizer,
         peft_config=config.peft,
-        callbacks=[EarlyStoppingCallback(*config.early_stopping)] if config.early_stopping else None,
+        callbacks=callbacks or None,
     )
     if data.padding_free:
         check_padding_free_model(trainer.model)  # documents must not attend to each other
     return trainer, tokenizer, data
+
+
+def _setup_chat_template(config: RunConfig, tokenizer: Any) -> None:
+    """The tokenizer carries the run's chat template and its special tokens (`setup_chat_template`),
+    so `final/` and every checkpoint render conversations as training did."""
+    from .data import setup_chat_template
+
+    added = setup_chat_template(tokenizer, config.data.chat_template)
+    peft = config.peft or {}
+    if added and peft and not {"modules_to_save", "trainable_token_indices"} & set(peft):
+        raise ConfigError(
+            f"data.chat_template {config.data.chat_template!r} needs the tokens {', '.join(added)}, which the "
+            "tokenizer lacks, and under peft their new embeddings would stay untrained; set "
+            "peft.modules_to_save: [embed_tokens, lm_head], use a template the tokenizer has (unset: its own), "
+            "or train without peft"
+        )
 
 
 def end_run(trainer: Any) -> None:

@@ -70,7 +70,15 @@ class ModelSection:
         None, "Dtype of the weights written to final/: bfloat16, float16 or float32; None: the dtype they trained in."
     )
     sample_prompt: str = arg("The ", "Prompt of the sample generated at the end of a run; '' disables it.")
-    sample_max_new_tokens: int = arg(40, "Tokens generated for the end-of-run sample.")
+    sample_max_new_tokens: int = arg(
+        40, "Tokens generated for the end-of-run sample and each generate_every_eval sample."
+    )
+    generate_every_eval: list[str] | int | None = arg(
+        None,
+        "Greedy samples at every evaluation (log.jsonl, the trackers, report.md): a list of prompts, or N for "
+        "the first N prompts of the eval set (instruction rows: the conversation up to its first answer; "
+        "text: a row's first 16 tokens); None: off.",
+    )
 
     def __post_init__(self) -> None:
         self.dtype = choice("model.dtype", self.dtype, MODEL_DTYPES)
@@ -79,6 +87,7 @@ class ModelSection:
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "max_position_embeddings"):
             check_int(f"model.{name}", getattr(self, name), 1)
         check_int("model.sample_max_new_tokens", self.sample_max_new_tokens, 0)
+        self._check_generate_every_eval()
         if self.preset is not None:
             self.preset = choice("model.preset", self.preset, tuple(MODEL_PRESETS))
             defaults = {f.name: f.default for f in dataclasses.fields(self)}
@@ -112,6 +121,24 @@ class ModelSection:
             )
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"model.dropout={self.dropout!r} must be in [0, 1)")
+
+    def _check_generate_every_eval(self) -> None:
+        prompts = self.generate_every_eval
+        if isinstance(prompts, str):
+            self.generate_every_eval = prompts = [prompts]  # one prompt
+        if isinstance(prompts, int):
+            check_int("model.generate_every_eval", prompts, 1)
+        elif prompts is not None and not (
+            isinstance(prompts, list) and prompts and all(isinstance(p, str) for p in prompts)
+        ):
+            raise ConfigError(
+                f"model.generate_every_eval={prompts!r} must be a list of prompts, a number of eval-set rows, or null"
+            )
+        if prompts is not None and self.sample_max_new_tokens < 1:
+            raise ConfigError(
+                "Can't set both model.generate_every_eval and model.sample_max_new_tokens=0: the samples would be "
+                "empty; raise sample_max_new_tokens"
+            )
 
 
 @dataclass
@@ -159,7 +186,9 @@ class DataSection:
     system_prompt: str | None = arg(None, "A system message added to instruction rows that have none.")
     train_on_prompt: bool = arg(False, "Instruction mode: also compute the loss on the prompt (user/system) tokens.")
     chat_template: str | None = arg(
-        None, "A Jinja chat template overriding the tokenizer's; None uses the tokenizer's, or the built-in default."
+        None,
+        "A chat template by name (alpaca, chatml, gemma, llama2, llama3, mistral, phi3, vicuna, zephyr) or a Jinja "
+        "template, overriding the tokenizer's; None uses the tokenizer's, or the built-in default.",
     )
     max_length: int = arg(128, "Longest sequence in tokens: the block length when packing, else the truncation length.")
     packing: bool = arg(
@@ -211,6 +240,10 @@ class DataSection:
             raise ConfigError(
                 "data.format='template' needs data.template (e.g. 'Q: {question}') and data.response_field"
             )
+        if self.chat_template is not None:
+            from ..data.chat_templates import resolve_chat_template
+
+            resolve_chat_template(self.chat_template)  # an unknown name fails here, before anything is read
         self.stopping_strategy = choice("data.stopping_strategy", self.stopping_strategy, STOPPING_STRATEGIES)
         if self.sources is not None:
             if self.source is not None:
@@ -262,6 +295,11 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.data.seed is None:
             self.data.seed = self.training.seed
+        if self.model.generate_every_eval is not None and self.training.eval_strategy == "no":
+            raise ConfigError(
+                "model.generate_every_eval samples at each evaluation, but training.eval_strategy is 'no'; "
+                "set training.eval_strategy to steps or epoch, or drop generate_every_eval"
+            )
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The resolved configuration as plain data, one dict per section."""
