@@ -20,6 +20,12 @@ torch.set_num_threads(1)  # tests run two at a time (xdist) on two cores
 VOCAB = 64
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _trackio_stays_in_tmp(tmp_path_factory):
+    """trackio keeps runs under TRACKIO_DIR (else HF_HOME/trackio), read once when first imported."""
+    os.environ.setdefault("TRACKIO_DIR", str(tmp_path_factory.mktemp("trackio")))
+
+
 def tiny_llama(seed: int = 0, vocab: int = VOCAB):
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -587,40 +587,42 @@ def test_printer_prints_rows_on_the_main_process_only(capsys):
 
 
 class FakeTracker:
-    def __init__(self):
-        self.finished = False
+    def __init__(self, name):
+        self.name = name
+        self.logged = []
         self.finishes = 0
 
+    def log(self, values, step=None):
+        self.logged.append((values, step))
+
     def finish(self):
-        self.finished = True
         self.finishes += 1
 
 
 class FakeAccelerator:
     def __init__(self, trackers):
         self.trackers = trackers
-        self.logged = []
-
-    def log(self, values, step=None):
-        self.logged.append((values, step))
 
 
-def test_tracker_forwards_numeric_values_with_the_step():
-    tracker = FakeTracker()
-    accelerator = FakeAccelerator([tracker])
+def test_tracker_forwards_numeric_values_with_the_step_named_as_hf_names_them():
+    from trainformers.trackers import finish_trackers
+
+    panels, mlflow = FakeTracker("tensorboard"), FakeTracker("mlflow")
+    accelerator = FakeAccelerator([panels, mlflow])
     cb = TrackerCallback(accelerator)
     state = TrainerState(global_step=12)
     cb.on_log(make_args(), state, TrainerControl(), logs={"loss": 0.5, "epoch": 1, "note": "x", "flag": True})
-    assert accelerator.logged == [({"loss": 0.5, "epoch": 1}, 12)]
+    assert panels.logged == [({"train/loss": 0.5, "train/epoch": 1}, 12)]
+    assert mlflow.logged == [({"loss": 0.5, "epoch": 1}, 12)]  # HF's MLflowCallback keeps the names
     cb.on_train_end(make_args(), state, TrainerControl())
-    assert not tracker.finished  # rows logged after train() (evaluate, perplexity) go to the same run
+    assert panels.finishes == 0  # rows logged after train() (evaluate, perplexity) go to the same run
     cb.on_log(make_args(), state, TrainerControl(), logs={"eval_perplexity": 41.0})
-    assert accelerator.logged[-1] == ({"eval_perplexity": 41.0}, 12)
-    cb.finish()  # at process exit (registered on the first row), or by accelerator.end_training()
-    cb.finish()
-    assert tracker.finished and tracker.finishes == 1
+    assert panels.logged[-1] == ({"eval/perplexity": 41.0}, 12)
+    finish_trackers(accelerator)  # at process exit, when the next run starts, or by the CLI's end_run
+    finish_trackers(accelerator)
+    assert panels.finishes == mlflow.finishes == 1
     cb.on_log(make_args(), state, TrainerControl(), logs={"loss": 1.0})
-    assert len(accelerator.logged) == 2  # a finished run is sent nothing more
+    assert len(panels.logged) == 2  # a finished run is sent nothing more
 
 
 def test_tracker_without_trackers_does_nothing():
@@ -628,7 +630,6 @@ def test_tracker_without_trackers_does_nothing():
     cb = TrackerCallback(accelerator)
     cb.on_log(make_args(), TrainerState(), TrainerControl(), logs={"loss": 0.5})
     cb.on_train_end(make_args(), TrainerState(), TrainerControl())
-    assert accelerator.logged == []
 
 
 def test_without_a_terminal_every_row_is_a_line_of_its_own(capsys, monkeypatch):

@@ -61,6 +61,7 @@ SHARED_MODULES = (
     "report",
     "state",
     "step",
+    "trackers",
 )
 # Modules of trainformers.cycle that build a run from a file or a demo; they do not train, so no claim may point there.
 NOT_THE_TRAINER = frozenset({"cycle.__init__", "cycle.demo", "cycle.demo_data", "cycle.run", "cycle.tasks"})
@@ -78,7 +79,9 @@ HONOURED: dict[str, str] = {
     # output and run
     "output_dir": "cycle.trainer.CycleTrainer.train",
     "overwrite_output_dir": "cycle.trainer.CycleTrainer.train",
-    "run_name": "cycle.trainer.CycleTrainer._train_loop",  # accel.init_trackers(run_name, ...)
+    "run_name": "trackers.run_name",  # the run's name in every tracker
+    "project": "trackers.build_trackers",  # trackio's and W&B's project
+    "trackio_space_id": "trackers.build_trackers",
     "seed": "loop_utils.seed_everything",  # and the domain streams' seeds in _train_loop
     "data_seed": "cycle.trainer.CycleTrainer._train_loop",
     "full_determinism": "loop_utils.seed_everything",
@@ -119,7 +122,7 @@ HONOURED: dict[str, str] = {
     "logging_steps": "loop_utils.new_state",  # resolved into state.logging_steps for DefaultFlowCallback
     "logging_first_step": "callbacks.DefaultFlowCallback",
     "report_at_end": "report.ReportCallback",
-    "report_to": "accel.build_accelerator",
+    "report_to": "trackers.build_trackers",  # Accelerator(log_with=build_trackers(args))
     "logging_dir": "accel.build_accelerator",
     "disable_tqdm": "callbacks.default_callbacks",
     # evaluation

@@ -27,6 +27,7 @@ from torch import nn
 from .deepspeed_config import deepspeed_builds, load_deepspeed_config, resolve_deepspeed_config, zero_stage
 from .errors import ConfigError
 from .fsdp import fsdp_plugin, fsdp_settings
+from .trackers import build_trackers, check_trackers
 
 
 def _fsdp_request(args: Any, cpu: bool) -> Any:
@@ -83,29 +84,6 @@ def _reset_engine_state() -> None:
     else:
         launched = shared.get("num_processes", 1) > 1 or "LOCAL_RANK" in os.environ  # torchrun's, one process too
         shared["distributed_type"] = DistributedType.MULTI_CPU if launched else DistributedType.NO
-
-
-# report_to name -> (the module it imports, what pip installs); the extras this package declares
-_TRACKER_PACKAGES = {"comet_ml": ("comet_ml", "comet-ml")}
-_TRACKER_EXTRAS = ("tensorboard", "wandb", "mlflow")
-
-
-def check_trackers(args: Any) -> None:
-    """Refuse a `report_to` tracker that is not installed, naming the line that installs it.
-
-    Called by `build_accelerator`, and by the command line before anything is read or written.
-
-    Raises:
-        ConfigError: the first tracker whose package is missing.
-    """
-    for tracker in args.report_to:
-        module, package = _TRACKER_PACKAGES.get(tracker, (tracker, tracker))
-        if importlib.util.find_spec(module) is None:
-            extra = f" (or pip install 'trainformers[{tracker}]')" if tracker in _TRACKER_EXTRAS else ""
-            raise ConfigError(
-                f"training.report_to names '{tracker}' but it is not installed; pip install {package}{extra}, or drop "
-                "it from report_to"
-            )
 
 
 def check_engines(args: Any, *, launched: bool = True) -> None:
@@ -296,7 +274,7 @@ def build_accelerator(args: Any) -> Accelerator:
             even_batches=accel_config.get("even_batches", True),
             non_blocking=accel_config.get("non_blocking", False),
         ),
-        log_with=list(args.report_to) or None,
+        log_with=build_trackers(args) or None,  # HF names: W&B project, MLflow experiment, run name
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=args.logging_dir),
         kwargs_handlers=handlers,
         fsdp_plugin=fsdp,

@@ -26,6 +26,7 @@ from .hub import HubCallback
 from .report import ReportCallback
 from .samples import send_samples
 from .state import ExportableState, TrainerControl, TrainerState, atomic_write_text, json_default
+from .trackers import send_row
 
 logger = logging.getLogger(__name__)
 
@@ -447,15 +448,16 @@ def _row_step(line: str) -> float:
 
 
 class TrackerCallback(TrainerCallback):
-    """Forwards the numeric values of each logged row to the Accelerate trackers.
+    """Forwards the numeric values of each logged row to the Accelerate trackers, named as HF's
+    callbacks name them (`trackers.send_row`: `train/loss`, `eval/loss` where a tracker has panels).
 
-    Works with whatever trackers `accelerator.init_trackers` set up (TensorBoard, W&B, ...);
-    does nothing when there are none.
+    Works with whatever trackers `trackers.start_trackers` started (TensorBoard, W&B, ...); does
+    nothing when there are none.
 
     The trackers stay open after `train()`: rows logged later (an `evaluate()`, the CLI's
     perplexity) belong to the same run, and a finished W&B run refuses them. They are flushed at
-    the end of training and finished once, by `finish()`, which runs when the process exits (or
-    earlier through `accelerator.end_training()`, as the CLI does).
+    the end of training and finished once (`trackers.finish_trackers`): when the process exits, when
+    the next run of this process starts, or earlier through the CLI's `run.end_run`.
 
     Args:
         accelerator: The run's `accelerate.Accelerator`.
@@ -463,22 +465,15 @@ class TrackerCallback(TrainerCallback):
 
     def __init__(self, accelerator: Any) -> None:
         self.accelerator = accelerator
-        self._finishing_at_exit = False
-        self._finished = False
 
     def on_log(
         self, args: Args, state: TrainerState, control: TrainerControl, logs: Row | None = None, **kwargs: Any
     ) -> None:
-        if not logs or not self.accelerator.trackers or self._finished:
+        if not logs or not self.accelerator.trackers:
             return
-        if not self._finishing_at_exit:
-            import atexit
-
-            atexit.register(self.finish)
-            self._finishing_at_exit = True
         values = {k: v for k, v in logs.items() if isinstance(v, numbers.Real) and not isinstance(v, bool)}
         if values:
-            self.accelerator.log(values, step=state.global_step)
+            send_row(self.accelerator.trackers, values, state.global_step)
         if logs.get("samples"):  # SampleCallback's text
             send_samples(self.accelerator.trackers, logs["samples"], state.global_step)
 
@@ -487,14 +482,6 @@ class TrackerCallback(TrainerCallback):
             writer = getattr(tracker, "writer", None)
             if hasattr(writer, "flush"):
                 writer.flush()
-
-    def finish(self) -> None:
-        """Finish every tracker once (flush and close the run); later rows are not sent."""
-        if self._finished:
-            return
-        self._finished = True
-        for tracker in self.accelerator.trackers:
-            tracker.finish()
 
 
 class EarlyStoppingCallback(TrainerCallback, ExportableState):

@@ -195,11 +195,6 @@ def new_state(args: Any, max_steps: int, num_epochs: int, accel: Any) -> Trainer
     return state
 
 
-def scalar_config(args: Any) -> dict[str, Any]:
-    """Trackers (TensorBoard hparams) accept only scalars."""
-    return {k: v for k, v in args.to_dict().items() if isinstance(v, (int, float, str, bool))}
-
-
 def prepare_model(model: nn.Module, args: Any, device: torch.device) -> None:
     """Gradient checkpointing (`args.gradient_checkpointing`), `use_cache` and device placement.
 

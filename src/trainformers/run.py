@@ -21,10 +21,11 @@ import torch
 import yaml
 from transformers.trainer_utils import BestRun
 
-from .accel import check_engines, check_trackers
+from .accel import check_engines
 from .config import RunConfig
 from .errors import ConfigError
 from .search import SUMMARY_FILE, format_trials_table, import_optuna, search_space_from_config
+from .trackers import check_trackers, finish_trackers, start_trackers
 
 # The embedded default run. Sized so a 2-core CPU finishes in about two minutes with a held-out
 # perplexity well below the unigram baseline; the numbers are in docs/benchmarks.md.
@@ -285,11 +286,7 @@ def _setup_chat_template(config: RunConfig, tokenizer: Any) -> None:
 def end_run(trainer: Any) -> None:
     """`accelerator.end_training()` with the trackers finished once: every row of the run sent, the
     trackers closed, a distributed run's process group left cleanly."""
-    from .callbacks import TrackerCallback
-
-    for callback in trainer.callback_handler.callbacks:
-        if isinstance(callback, TrackerCallback):
-            callback.finish()
+    finish_trackers(trainer.accelerator)
     trainer.accelerator.state.destroy_process_group()
 
 
@@ -312,6 +309,8 @@ def run_training(config: RunConfig, *, echo: Any = print) -> RunResult:
         if config.data.sources:  # what the mixture drew from each source, under the entries that asked for it
             with (out / "config.yaml").open("a", encoding="utf-8") as f:
                 f.write(f"# data as built: {data.summary()}\n")
+    # every section's settings go to the trackers (a Trainer knows only the training ones)
+    start_trackers(trainer.accelerator, args, trainer.model, sections=config.to_dict())
     report, args.report_at_end = args.report_at_end, False  # written once, below, with eval_perplexity
     try:
         result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)

@@ -38,7 +38,6 @@ from .loop_utils import (
     new_state,
     prepare_model,
     safe_len,
-    scalar_config,
     seed_everything,
     take,
     training_length,
@@ -55,6 +54,7 @@ from .sampling import EpochSampler, skip_first_batches
 from .sharded import DeepSpeedState, ShardedModel, is_sharded
 from .state import TrainerControl, TrainerState
 from .step import StepKernel
+from .trackers import start_trackers
 from .trainer_evaluation import EvaluationMethods
 
 
@@ -492,8 +492,7 @@ class Trainer(EvaluationMethods):
         handler = self.callback_handler
         handler.model, handler.optimizer, handler.lr_scheduler = self.model, self.optimizer, self.lr_scheduler
         handler.train_dataloader = dataloader
-        if self.state.global_step == 0 and accel.trackers == [] and args.report_to:
-            accel.init_trackers(args.run_name or "trainformers", config=scalar_config(args))
+        start_trackers(accel, args, self.model)  # unless started (an earlier train(), the CLI); resumed runs too
         return model, dataloader, micro_per_epoch
 
     def _epoch_batches(self, dataloader: DataLoader, epoch: int, skip: int) -> Any:

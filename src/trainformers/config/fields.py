@@ -27,7 +27,8 @@ HUB_STRATEGIES = ("end", "every_save", "checkpoint", "all_checkpoints")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical", "passive")
 SAMPLING_STRATEGIES = ("random", "sequential", "group_by_length")
 TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio", "comet_ml", "clearml", "dvclive", "aim", "swanlab")
-AUTO_TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")  # what report_to="all" looks for
+# what report_to='all' looks for: each tracker transformers' 'all' finds when installed (it has no aim)
+AUTO_TRACKERS = tuple(t for t in TRACKERS if t != "aim")
 FSDP_OPTIONS = (
     "full_shard", "shard_grad_op", "hybrid_shard", "hybrid_shard_zero2", "offload", "auto_wrap", "no_shard",
 )  # fmt: skip

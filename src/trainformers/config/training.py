@@ -66,7 +66,15 @@ class TrainingArguments(ProcessInfo):
     overwrite_output_dir: bool = arg(
         False, "Allow writing into a non-empty output_dir instead of refusing to clobber a previous run."
     )
-    run_name: str | None = arg(None, "Name of the run shown by trackers (wandb, mlflow, ...); defaults to output_dir.")
+    run_name: str | None = arg(
+        None, "Name of the run in every tracker (W&B, MLflow, trackio, TensorBoard's folder); None: output_dir's name."
+    )
+    project: str = arg(
+        "huggingface", "Project the trackers file the run under: trackio's, and W&B's unless WANDB_PROJECT is set."
+    )
+    trackio_space_id: str | None = arg(
+        None, "Hugging Face Space trackio logs to ('user/name'); None logs locally (TRACKIO_DIR, else HF_HOME/trackio)."
+    )
     seed: int = arg(42, "Random seed set at the start of training, before the model is initialised.")
     data_seed: int | None = arg(None, "Seed for the data samplers only; None uses seed.")
     full_determinism: bool = arg(False, "Enable deterministic torch algorithms for bitwise-reproducible runs (slower).")

@@ -46,7 +46,6 @@ from ..loop_utils import (
     apply_log_level,
     new_state,
     prepare_model,
-    scalar_config,
     seed_everything,
     unwrap_peft,
 )
@@ -57,6 +56,7 @@ from ..optim import create_optimizer, create_scheduler
 from ..preemption import SigtermCheckpoint
 from ..state import TrainerControl, TrainerState
 from ..step import StepKernel, WindowStep
+from ..trackers import start_trackers
 from .config import CycleTrainingArguments, cycle_args_from, resolve_callable
 from .datasets import as_dataset, check_datasets, get_rows, row_texts
 from .generation import generate_ids
@@ -541,8 +541,7 @@ class CycleTrainer:
         meter = self.meter = Meter(accel.device)
         if resume is not None:
             state = self.state = ckpt.load_checkpoint(resume, self._resumable(), accel)
-        if state.global_step == 0 and accel.trackers == [] and args.report_to:
-            accel.init_trackers(args.run_name or "trainformers-cycle", config=scalar_config(args))
+        start_trackers(accel, args)  # unless started by an earlier train(); resumed runs too
         self.control = handler.on_train_begin(args, state, self.control)
         if args.eval_on_start and state.global_step == 0:
             self._evaluate_during_training()
