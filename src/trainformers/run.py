@@ -25,7 +25,7 @@ from .accel import check_engines
 from .config import RunConfig
 from .errors import ConfigError
 from .search import SUMMARY_FILE, format_trials_table, import_optuna, search_space_from_config
-from .trackers import check_trackers, finish_trackers, start_trackers
+from .trackers import check_trackers, finish_trackers
 
 # The embedded default run. Sized so a 2-core CPU finishes in about two minutes with a held-out
 # perplexity well below the unigram baseline; the numbers are in docs/benchmarks.md.
@@ -309,8 +309,7 @@ def run_training(config: RunConfig, *, echo: Any = print) -> RunResult:
         if config.data.sources:  # what the mixture drew from each source, under the entries that asked for it
             with (out / "config.yaml").open("a", encoding="utf-8") as f:
                 f.write(f"# data as built: {data.summary()}\n")
-    # every section's settings go to the trackers (a Trainer knows only the training ones)
-    start_trackers(trainer.accelerator, args, trainer.model, sections=config.to_dict())
+    trainer.tracker_sections = config.to_dict()  # every section's settings go to the trackers
     report, args.report_at_end = args.report_at_end, False  # written once, below, with eval_perplexity
     try:
         result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)

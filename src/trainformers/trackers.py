@@ -63,7 +63,8 @@ def build_trackers(args: Any) -> list[Any]:
         return []
     name = run_name(args)
     build = {
-        "tensorboard": lambda: TensorBoardTracker(name, args.logging_dir),
+        # absolute: the writer flushes from a thread, and a later chdir would send it elsewhere
+        "tensorboard": lambda: TensorBoardTracker(name, os.path.abspath(args.logging_dir)),
         "wandb": lambda: WandBTracker(os.environ.get("WANDB_PROJECT") or args.project, name=name),
         "mlflow": lambda: _MLflowRun(os.environ.get("MLFLOW_EXPERIMENT_NAME"), run_name=name),
         "trackio": lambda: TrackioTracker(

@@ -120,6 +120,8 @@ class Trainer(EvaluationMethods):
         self.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
         self.meter = Meter(self.accelerator.device)  # what the running train() accumulates between log rows
         self.run_meter = Meter(self.accelerator.device)  # what it accumulates over the whole run
+        # every section's settings for the trackers (the CLI sets its run file's); a Trainer knows only `args`
+        self.tracker_sections: dict[str, Any] | None = None
         self._shards: ShardedModel | DeepSpeedState | None = None  # set by train(): FSDP/DeepSpeed state
         self.step_kernel: StepKernel | None = None  # the running train()'s backward/clip/step path
         self._sigterm = SigtermCheckpoint(self.args.enable_jit_checkpoint)
@@ -492,7 +494,9 @@ class Trainer(EvaluationMethods):
         handler = self.callback_handler
         handler.model, handler.optimizer, handler.lr_scheduler = self.model, self.optimizer, self.lr_scheduler
         handler.train_dataloader = dataloader
-        start_trackers(accel, args, self.model)  # unless started (an earlier train(), the CLI); resumed runs too
+        # after clear_run (an overwritten run's TensorBoard folder goes before the writer opens its file),
+        # unless an earlier train() started them; resumed runs too
+        start_trackers(accel, args, self.model, self.tracker_sections)
         return model, dataloader, micro_per_epoch
 
     def _epoch_batches(self, dataloader: DataLoader, epoch: int, skip: int) -> Any:

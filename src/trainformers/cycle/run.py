@@ -27,7 +27,6 @@ import yaml
 from .. import checkpoint as ckpt
 from ..config import DataSection, ModelSection, RunConfig, YamlDumper, merge_sections, parse_overrides, read_yaml
 from ..errors import ConfigError
-from ..trackers import start_trackers
 from .config import CYCLE_SECTIONS, CycleDataSection, CycleTrainingArguments
 from .tasks import CycleTaskData
 
@@ -203,7 +202,7 @@ def run_cycle(config: CycleRunConfig) -> dict[str, Any]:
     if trainer.is_world_process_zero():
         out.mkdir(parents=True, exist_ok=True)
         (out / "cycle_config.yaml").write_text(config.to_yaml(), encoding="utf-8")
-    start_trackers(trainer.accelerator, args, sections=config.to_dict())  # every section's settings
+    trainer.tracker_sections = config.to_dict()  # every section's settings go to the trackers
     report, args.report_at_end = args.report_at_end, False  # written once, below, with the final evaluation
     try:
         train_output = trainer.train()

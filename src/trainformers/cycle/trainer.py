@@ -216,6 +216,7 @@ class CycleTrainer:
         )
         self.control = TrainerControl()
         self._sigterm = SigtermCheckpoint(args.enable_jit_checkpoint)
+        self.tracker_sections: dict[str, Any] | None = None  # every section's settings (the CLI sets them)
         self.callback_handler = CallbackHandler(
             default_callbacks(args, self.accelerator) + list(callbacks or []), pair["A"], toks["A"], None, None
         )
@@ -541,7 +542,7 @@ class CycleTrainer:
         meter = self.meter = Meter(accel.device)
         if resume is not None:
             state = self.state = ckpt.load_checkpoint(resume, self._resumable(), accel)
-        start_trackers(accel, args)  # unless started by an earlier train(); resumed runs too
+        start_trackers(accel, args, sections=self.tracker_sections)  # after clear_run; unless an earlier train() did
         self.control = handler.on_train_begin(args, state, self.control)
         if args.eval_on_start and state.global_step == 0:
             self._evaluate_during_training()
