@@ -264,6 +264,8 @@ ALTERNATIVES: dict[str, tuple[Any, ...]] = {
     "eval_use_gather_object": (True,),
     "logging_nan_inf_filter": (True,),
     "average_tokens_across_devices": (False,),
+    "chunked_cross_entropy": (True,),
+    "use_liger_kernel": (True,),
 }
 
 

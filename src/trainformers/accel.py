@@ -86,6 +86,24 @@ def _reset_engine_state() -> None:
         shared["distributed_type"] = DistributedType.MULTI_CPU if launched else DistributedType.NO
 
 
+def check_liger(cpu: bool) -> None:
+    """Refuse `use_liger_kernel` where Liger Kernel can't run (its kernels are Triton, CUDA only).
+
+    Raises:
+        ConfigError: the package is missing, or the run is on the CPU.
+    """
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise ConfigError(
+            "training.use_liger_kernel=True but liger-kernel is not installed; pip install liger-kernel, or drop it "
+            "(chunked_cross_entropy, on by default, already keeps the logits out of memory)"
+        )
+    if cpu:
+        raise ConfigError(
+            "training.use_liger_kernel=True needs a CUDA GPU (its kernels are Triton) and this run is on the CPU; "
+            "drop it (chunked_cross_entropy, on by default, keeps the logits out of memory on CPU)"
+        )
+
+
 def check_engines(args: Any, *, launched: bool = True) -> None:
     """Refuse a DeepSpeed request this run cannot carry out (Accelerate would drop it without a word).
 
@@ -227,6 +245,8 @@ def build_accelerator(args: Any) -> Accelerator:
         raise ConfigError(
             "training.fp16=True needs a CUDA GPU and none is available; use bf16=True on CPU, or drop fp16"
         )
+    if args.use_liger_kernel:
+        check_liger(cpu)
     check_trackers(args)
     mixed = "bf16" if args.bf16 else "fp16" if args.fp16 else "no"
     fp32_fallback = mixed == "bf16" and cpu and not cpu_has_native_bf16()

@@ -16,6 +16,24 @@ from typing import Any
 import torch
 
 
+def peak_memory_mb(device: torch.device) -> float:
+    """This process's peak memory so far, in MiB: `torch.cuda.max_memory_allocated` on a CUDA device,
+    else the peak resident set size (weights, optimizer state, activations, data and the Python
+    runtime; the kernel's high-water mark, so no spike is missed)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+    except ImportError:  # Windows: psutil's peak working set
+        import psutil
+
+        return float(getattr(psutil.Process().memory_info(), "peak_wset", 0)) / 2**20
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
 def _rss() -> int:
     import psutil  # a dependency of accelerate
 

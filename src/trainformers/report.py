@@ -23,6 +23,7 @@ from typing import Any
 
 from .errors import CheckpointError, ConfigError
 from .events import TrainerCallback
+from .results import memory_text
 
 __all__ = [
     "COMPARE_FILE",
@@ -411,11 +412,13 @@ def _overview(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
     else:
         tokens_text = f"{int(tokens):,}" if tokens is not None else "n/a"
     epoch = summary["epoch"]
+    peak = summary["peak_memory_mb"]
     return [
         ("steps", str(summary["steps"])),
         ("epochs", format_value(epoch) if epoch is not None else "n/a"),
         ("training time", _duration(runtime) if runtime is not None else "n/a (run not finished)"),
         ("tokens seen", tokens_text),
+        ("peak memory", memory_text(peak) if peak is not None else "n/a"),
     ]
 
 
@@ -613,8 +616,8 @@ def summarize_run(run_dir: str | Path) -> dict[str, Any]:
         or None), `final_loss`, `min_loss`, `min_loss_step` (training loss), `best_eval_loss`,
         `best_eval_step`, `eval_step` and `eval` (the metrics of the last evaluation, keyed as
         logged), `train_runtime` (seconds, summed over the `train()` calls that finished),
-        `num_input_tokens_seen` (last logged), and `samples_step` and `samples` (the last
-        `SampleCallback` row's). Values not logged are None (`eval` is then `{}`, `samples` `[]`).
+        `num_input_tokens_seen` (last logged), `samples_step` and `samples` (the last
+        `SampleCallback` row's), and `peak_memory_mb` (the highest logged). Values not logged are None (`eval` is then `{}`, `samples` `[]`).
 
     Raises:
         CheckpointError: as `read_log`.
@@ -635,6 +638,7 @@ def _summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     seen = [row["num_input_tokens_seen"] for row in rows if _is_number(row.get("num_input_tokens_seen"))]
     by_step = samples_by_step(rows)
     samples_step, samples = list(by_step.items())[-1] if by_step else (None, [])
+    peaks = [row[key] for row in rows for key in ("peak_memory_mb", "train_peak_memory_mb") if _is_number(row.get(key))]
     return {
         "steps": max(steps, default=0),
         "epoch": epochs[-1] if epochs else None,
@@ -649,6 +653,7 @@ def _summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "num_input_tokens_seen": seen[-1] if seen else None,
         "samples_step": samples_step,
         "samples": samples,
+        "peak_memory_mb": max(peaks, default=None),
     }
 
 

@@ -54,3 +54,8 @@ def save_metrics(output_dir: str | Path, split: str, metrics: Mapping[str, Any],
         merged.update(metrics)
         atomic_write_text(every, json.dumps(merged, indent=4, sort_keys=True))
     return path
+
+
+def memory_text(mb: float) -> str:
+    """'1.85 GiB' (or '640 MiB' below 1 GiB): a peak_memory_mb value for the summaries."""
+    return f"{mb / 1024:.2f} GiB" if mb >= 1024 else f"{mb:.0f} MiB"

@@ -24,6 +24,7 @@ from transformers.trainer_utils import BestRun
 from .accel import check_engines
 from .config import RunConfig
 from .errors import ConfigError
+from .results import memory_text
 from .search import SUMMARY_FILE, format_trials_table, import_optuna, search_space_from_config
 from .trackers import check_trackers, finish_trackers
 
@@ -365,6 +366,8 @@ def throughput_line(metrics: dict[str, float], peak: Any) -> str | None:
     line = f"{metrics['train_tokens_per_second']:,.0f} tokens/s, {metrics['train_tflops']:.3g} TFLOP/s model FLOPs"
     if "train_mfu" in metrics and peak is not None:
         line += f", MFU {metrics['train_mfu']:.2f} of the {peak.describe()}"
+    if "train_peak_memory_mb" in metrics:
+        line += f"; peak memory {memory_text(metrics['train_peak_memory_mb'])}"
     return line
 
 

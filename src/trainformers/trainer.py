@@ -25,6 +25,7 @@ from transformers.trainer_utils import EvalPrediction, TrainOutput
 from . import checkpoint as ckpt
 from .accel import build_accelerator, configure_deepspeed
 from .callbacks import CallbackHandler, HubCallback, TrainerCallback, default_callbacks
+from .chunked_loss import chunkable_head, head_input, linear_cross_entropy
 from .config import TrainingArguments
 from .dataloaders import check_train_inputs, remove_unused_columns, train_dataloader
 from .errors import ConfigError, DataError
@@ -44,7 +45,7 @@ from .loop_utils import (
     unwrap_peft,
 )
 from .losses import count_label_items, lm_loss, model_output_loss, window_share
-from .memory import MemoryTracker
+from .memory import MemoryTracker, peak_memory_mb
 from .meter import Meter, add_loss_terms, loss_term_means
 from .neftune import neftune_noise
 from .optim import create_optimizer, create_scheduler, describe_param_groups
@@ -162,7 +163,12 @@ class Trainer(EvaluationMethods):
         """Gradient checkpointing and device placement, done once per model object."""
         prepare_model(model, self.args, self.accelerator.device)
         unwrapped = unwrap_peft(model)
+        if self.args.use_liger_kernel:  # build_accelerator checked the package and the GPU
+            from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+            _apply_liger_kernel_to_instance(model=unwrapped)  # as transformers' Trainer does
         self._shift_labels = loss_shifts_labels(unwrapped)
+        self._chunked_head: nn.Linear | None = None  # chosen when train() prepares the model
         from transformers.utils import can_return_loss, find_labels
 
         self.label_names = self.args.label_names or find_labels(unwrapped.__class__) or ["labels"]
@@ -256,9 +262,12 @@ class Trainer(EvaluationMethods):
         micro-batch's share of the window mean; without it, the micro-batch mean.
         """
         labels = None
-        if self.compute_loss_func is not None or self.args.label_smoothing_factor > 0:
+        chunked = self._chunked_head is not None and model.training and self.compute_loss_func is None
+        if chunked or self.compute_loss_func is not None or self.args.label_smoothing_factor > 0:
             labels = inputs.get("labels")
         model_inputs = {k: v for k, v in inputs.items() if k != "labels"} if labels is not None else inputs
+        if chunked and labels is not None:
+            return self._chunked_loss(model, model_inputs, labels, inputs, return_outputs, num_items_in_batch)
         outputs = model(**model_inputs)
         terms = outputs.get("loss_terms") if isinstance(outputs, Mapping) else None
         if terms and model.training:
@@ -279,6 +288,59 @@ class Trainer(EvaluationMethods):
             if num_items_in_batch is not None:
                 loss = window_share(loss, self.count_items(inputs), num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
+
+    def _chunked_loss(
+        self,
+        model: nn.Module,
+        model_inputs: dict[str, Any],
+        labels: torch.Tensor,
+        inputs: Mapping[str, Any],
+        return_outputs: bool,
+        num_items_in_batch: torch.Tensor | int | None,
+    ) -> Any:
+        """`compute_loss` of a causal LM without its logits (`chunked_loss`; args.chunked_cross_entropy).
+
+        The head returns its input during the forward, so `outputs.logits` are the last hidden
+        states; the loss is the plain path's, term for term: the micro-batch's mean token loss plus
+        any router loss the model returns (`aux_loss`), as its share of the window.
+        """
+        head = self._chunked_head
+        assert head is not None
+        with head_input(head):
+            outputs = model(**model_inputs)
+        hidden = outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
+        token_loss = linear_cross_entropy(
+            hidden, head, labels, shift=True, label_smoothing=self.args.label_smoothing_factor
+        )
+        loss = token_loss
+        aux = outputs.get("aux_loss") if isinstance(outputs, Mapping) else None
+        if aux is not None:
+            loss = loss + aux
+        terms = outputs.get("loss_terms") if isinstance(outputs, Mapping) else None
+        if terms:
+            add_loss_terms(self.meter, {**terms, "lm_loss": token_loss.detach()})
+        if num_items_in_batch is not None:
+            loss = window_share(loss, self.count_items(inputs), num_items_in_batch)
+        if isinstance(outputs, Mapping):
+            outputs["logits"] = None  # they were the hidden states; the real logits were never made
+        return (loss, outputs) if return_outputs else loss
+
+    def _choose_chunked_head(self, model: nn.Module) -> nn.Linear | None:
+        """The head `_chunked_loss` stands in for, or None (with one line saying why) when it can't."""
+        args = self.args
+        if not args.chunked_cross_entropy or not self._shift_labels or self.compute_loss_func is not None:
+            return None
+        if args.use_liger_kernel:
+            return None  # Liger's fused linear cross-entropy computes the loss inside the patched forward
+        engine = self.accelerator.distributed_type.value
+        if engine in ("FSDP", "DEEPSPEED") or args.torch_compile:
+            reason = f"under {engine}" if engine in ("FSDP", "DEEPSPEED") else "with torch_compile"
+            head = None
+        else:
+            head, reason = chunkable_head(unwrap_peft(self.accelerator.unwrap_model(model)))
+        if head is None and self.is_world_process_zero():
+            print(f"chunked_cross_entropy: off ({reason}); this run materialises the full logits")
+        return head
 
     def count_items(self, inputs: Mapping[str, Any]) -> torch.Tensor:
         """The label items of one micro-batch: what its mean loss averages over (`losses.count_label_items`)."""
@@ -466,6 +528,7 @@ class Trainer(EvaluationMethods):
             model, self.optimizer, dataloader = accel.prepare(model, self.optimizer, dataloader)
             self._shards = self._sharded_model(model)
         self.model_wrapped = model
+        self._chunked_head = self._choose_chunked_head(model)
         micro_per_epoch = safe_len(dataloader)
         max_steps, num_epochs = training_length(args, micro_per_epoch)
         # on the torch optimizer: the step kernel may step it past Accelerate's wrapper, and the
@@ -551,6 +614,7 @@ class Trainer(EvaluationMethods):
             "train_steps_per_second": round(steps_done / max(runtime, 1e-9), 3),
             "total_flos": state.total_flos,
             "train_tokens_per_second": round(self._run_tokens * accel.num_processes / training_seconds, 2),
+            "train_peak_memory_mb": round(peak_memory_mb(accel.device), 1),
             **self._flops_row(state.total_flos - flops_at_start, training_seconds, "train_"),
             "train_loss": self._mean_loss_of_run(),
             "epoch": state.epoch,
@@ -573,6 +637,7 @@ class Trainer(EvaluationMethods):
         elapsed = meter.elapsed()
         logs["tokens_per_second"] = round(meter.read("tokens") * world / elapsed, 2)
         logs["samples_per_second"] = round(meter.read("samples") * world / elapsed, 3)
+        logs["peak_memory_mb"] = round(peak_memory_mb(accel.device), 1)
         logs.update(self._flops_row(meter.read("flops"), elapsed))
         if self.args.include_num_input_tokens_seen:
             self.state.num_input_tokens_seen += int(meter.pop("input_tokens_seen"))

@@ -136,6 +136,17 @@ class TrainingArguments(ProcessInfo):
         0, "Linear warmup: an integer >= 1 is a number of steps, a float in [0, 1) a fraction of all steps."
     )
     label_smoothing_factor: float = arg(0.0, "Label smoothing for the cross-entropy loss, in [0, 1).")
+    chunked_cross_entropy: bool = arg(
+        True,
+        "Causal LMs: compute the training loss chunk by chunk from the last hidden states and the output layer, "
+        "never holding the (batch, seq, vocab) logits (same loss and gradients); a model it can't handle says so "
+        "and trains the plain way.",
+    )
+    use_liger_kernel: bool = arg(
+        False,
+        "Patch the model with Liger Kernel's fused Triton layers (fused linear cross-entropy, RMSNorm, RoPE, "
+        "SwiGLU); needs the liger-kernel package and a CUDA GPU.",
+    )
     neftune_noise_alpha: float | None = arg(
         None,
         "NEFTune: add uniform noise of scale alpha / sqrt(sequence length x hidden size) to the input embeddings "

@@ -53,6 +53,9 @@ NOT_IN_CYCLE: dict[str, tuple[Any, str]] = {
     "fp16_full_eval": (False, "evaluation runs in the training precision"),
     "include_num_input_tokens_seen": (False, "the log counts rows per direction instead"),
     "peak_tflops": (None, "the cycle log shows generation and training seconds, not MFU"),
+    # the cycle's losses come from the logits of models it batches itself (cycle.trainer._window_loss)
+    "chunked_cross_entropy": (False, "the cycle computes its losses from the models' logits"),
+    "use_liger_kernel": (False, "the cycle computes its losses from the models' logits"),
     "skip_memory_metrics": (True, "the cycle reports generation and training seconds, not memory"),
     "logging_nan_inf_filter": (False, "CycleTrainer logs each loss as it is, NaN and inf included"),
     # the cycle generates with each model between steps; sharded generation is not supported
@@ -164,6 +167,9 @@ class CycleTrainingArguments(TrainingArguments):
     )
     logging_nan_inf_filter: bool = arg(
         False, "Not available in cycle runs (each loss is logged as it is, NaN and inf included); true is refused."
+    )
+    chunked_cross_entropy: bool = arg(
+        False, "Not available in cycle runs (their losses come from the models' logits); true is refused."
     )
     dataloader_drop_last: bool = arg(
         True,

@@ -1,18 +1,20 @@
 """The embedded default corpus, and text as a plain list of documents.
 
-`default_corpus` and `split_paragraphs` make documents out of raw text (`sources.py` reads
-`.txt` files with them, and its `load_texts` gives any source as a `list[str]`). `split_texts`
-holds out a seeded part of such a list: the in-memory path of small runs.
+`default_corpus` and `split_paragraphs` make documents out of raw text; `documents_from_lines`
+does the same for a file read line by line (`sources.py` reads `.txt` files with it, and its
+`load_texts` gives any source as a `list[str]`). `split_texts` holds out a seeded part of such a
+list: the in-memory path of small runs.
 """
 
 from __future__ import annotations
 
 import random
 import re
+from collections.abc import Iterable, Iterator
 
 from trainformers.errors import ConfigError
 
-__all__ = ["default_corpus", "split_paragraphs", "split_texts"]
+__all__ = ["default_corpus", "documents_from_lines", "split_paragraphs", "split_texts"]
 
 # Documents of about this many characters give the default corpus several hundred documents.
 DEFAULT_DOCUMENT_CHARS = 2000
@@ -35,21 +37,51 @@ def split_paragraphs(text: str, max_chars: int = DEFAULT_DOCUMENT_CHARS) -> list
     Returns:
         The non-empty documents, in order; paragraphs inside one are joined by a blank line.
     """
-    documents: list[str] = []
+    return list(_group_paragraphs(_BLANK_LINE.split(text), max_chars))
+
+
+def documents_from_lines(lines: Iterable[str], max_chars: int = DEFAULT_DOCUMENT_CHARS) -> Iterator[str]:
+    """`split_paragraphs` of the lines joined, yielded as they are read.
+
+    For a text file iterated line by line (`sources.py` reads `.txt` files so): it holds the
+    current paragraph, not the file, so memory does not grow with the file
+    (`bench/scaling.py`: the whole file and its list of documents were held before).
+    """
+    return _group_paragraphs(_blank_line_pieces(lines), max_chars)
+
+
+def _blank_line_pieces(lines: Iterable[str]) -> Iterator[str]:
+    """`_BLANK_LINE.split("".join(lines))`, without joining all the lines.
+
+    A match ends only at the end of a blank line (spaces or tabs, then a newline), so the lines
+    held so far are split there; what follows the last match is held on, as `re.split` would
+    resume there. Matches found in a prefix are those of the whole text: one running past the
+    prefix's end has only spaces and tabs after its newline, so no other match can start there.
+    """
+    held: list[str] = []
+    for line in lines:
+        held.append(line)
+        if line.endswith("\n") and not line[:-1].strip(" \t"):
+            pieces = _BLANK_LINE.split("".join(held))
+            held = [pieces.pop()]
+            yield from pieces
+    yield from _BLANK_LINE.split("".join(held))
+
+
+def _group_paragraphs(pieces: Iterable[str], max_chars: int) -> Iterator[str]:
     current: list[str] = []
     size = 0
-    for raw in _BLANK_LINE.split(text):
+    for raw in pieces:
         paragraph = raw.rstrip().lstrip("\n")
         if not paragraph.strip():
             continue
         if current and size + 2 + len(paragraph) > max_chars:
-            documents.append("\n\n".join(current))
+            yield "\n\n".join(current)
             current, size = [], 0
         size += (2 if current else 0) + len(paragraph)
         current.append(paragraph)
     if current:
-        documents.append("\n\n".join(current))
-    return documents
+        yield "\n\n".join(current)
 
 
 def default_corpus() -> list[str]:

@@ -21,7 +21,7 @@ from datasets.data_files import EmptyDatasetError
 from datasets.exceptions import DatasetNotFoundError
 from datasets.fingerprint import Hasher
 
-from trainformers.data.corpus import DEFAULT_DOCUMENT_CHARS, default_corpus, split_paragraphs
+from trainformers.data.corpus import DEFAULT_DOCUMENT_CHARS, default_corpus, documents_from_lines
 from trainformers.errors import ConfigError, DataError, did_you_mean
 
 __all__ = ["check_text_field", "dataset_columns", "load_source", "load_splits", "load_texts", "quiet_progress"]
@@ -29,7 +29,7 @@ __all__ = ["check_text_field", "dataset_columns", "load_source", "load_splits", 
 AnyDataset = datasets.Dataset | datasets.IterableDataset
 Source = str | os.PathLike | Sequence[str] | datasets.Dataset | datasets.DatasetDict | None
 
-# File types read through a `datasets` packaged builder; `.txt` is read by `split_paragraphs`.
+# File types read through a `datasets` packaged builder; `.txt` is read by `documents_from_lines`.
 _BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 _SUFFIXES = (".txt", *_BUILDERS)
 _TEXT_FEATURES = datasets.Features({"text": datasets.Value("string")})
@@ -369,8 +369,9 @@ def _load_txt(files: list[str], *, streaming: bool) -> AnyDataset:
 
 def _txt_documents(files: list[str]) -> Iterator[dict[str, str]]:
     for file in files:
-        for document in split_paragraphs(Path(file).read_text("utf-8")):
-            yield {"text": document}
+        with open(file, encoding="utf-8") as lines:  # line by line: a paragraph is held, not the file
+            for document in documents_from_lines(lines):
+                yield {"text": document}
 
 
 # ---- checks ----------------------------------------------------------------------------------

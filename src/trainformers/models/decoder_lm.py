@@ -357,6 +357,7 @@ class DecoderLMOutput(CausalLMOutputWithPast):
     which the Trainer logs separately (MoE models only)."""
 
     loss_terms: dict[str, torch.Tensor] | None = None
+    aux_loss: torch.Tensor | None = None  # the weighted router loss (MoE), with its gradient; in `loss` too
 
 
 class DecoderLM(PreTrainedModel, GenerationMixin):
@@ -455,7 +456,7 @@ class DecoderLM(PreTrainedModel, GenerationMixin):
         x = self.norm(x)
         logits = self.lm_head(x[:, -logits_to_keep:] if logits_to_keep else x)  # (B, T, V)
 
-        loss, terms = None, {}
+        loss, terms, aux = None, {}, None
         if labels is not None:
             loss = lm_loss(logits, labels, shift=True, num_items_in_batch=num_items_in_batch)
             terms["lm_loss"] = loss.detach()
@@ -473,6 +474,7 @@ class DecoderLM(PreTrainedModel, GenerationMixin):
             loss=loss,
             logits=logits,
             loss_terms=terms if router_stats else None,
+            aux_loss=aux,
             **{CACHE_FIELD: kv if use_cache else None},
         )
 
