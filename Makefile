@@ -28,7 +28,7 @@ $(BIN)/trainformers: pyproject.toml $(LOCK)
 venv: $(BIN)/trainformers
 
 train: venv
-	$(BIN)/trainformers train
+	$(BIN)/trainformers train --training.overwrite_output_dir true  # replaces an earlier `make train` run
 
 test: venv
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup

@@ -339,7 +339,7 @@ def test_overwrite_with_bad_data_destroys_nothing(tmp_path, capsys, monkeypatch)
     capsys.readouterr()
     before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "run").rglob("*"))
     (tmp_path / "rows.jsonl").write_text('{"body": "x"}\n')
-    code, err = run_main(capsys, *base, "--data.source", "rows.jsonl")  # overwrite_output_dir is on
+    code, err = run_main(capsys, *base, "--data.source", "rows.jsonl", "--training.overwrite_output_dir", "true")
     assert code == 2 and "text_field 'text' not in columns ['body']" in err
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "run").rglob("*")) == before
 

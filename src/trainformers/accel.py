@@ -122,6 +122,11 @@ def check_engines(args: Any, *, launched: bool = True) -> None:
     """
     if not args.deepspeed:
         return
+    if getattr(args, "nan_policy", "stop") == "skip_step":
+        raise ConfigError(
+            "nan_policy='skip_step' can't be honoured under DeepSpeed, whose engine steps inside the backward "
+            "before the loss can be checked; use nan_policy: stop (stops before any checkpoint) or ignore"
+        )
     _check_deepspeed_config(load_deepspeed_config(args.deepspeed))
     if importlib.util.find_spec("deepspeed") is None:
         raise ConfigError(

@@ -119,24 +119,144 @@ def check_checkpoint(path: str | os.PathLike, model_dirs: tuple[str, ...] = ("",
 
 
 def resolve_resume(
-    value: str | bool | None, output_dir: str | os.PathLike, model_dirs: tuple[str, ...] = ("",)
+    value: str | bool | None,
+    output_dir: str | os.PathLike,
+    model_dirs: tuple[str, ...] = ("",),
+    *,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    notice: Callable[[str], None] = print,
 ) -> Path | None:
-    """The checkpoint `resume_from_checkpoint` names: a path, True for the newest, None/False for none.
+    """The checkpoint `resume_from_checkpoint` names: a path, True for the newest that loads, None/False for none.
+
+    With True, a newest checkpoint that is damaged or incomplete (`checkpoint_problem`) is skipped
+    for the one before it, with a one-line `notice` saying which and why.
+
+    Args:
+        shapes: The live model's parameter shapes by name, to refuse weights of another shape.
 
     Raises:
-        CheckpointError: True with no complete checkpoint in `output_dir`, or a missing/incomplete path.
+        CheckpointError: True and no checkpoint in `output_dir` loads, or a named one is missing or damaged.
     """
     if value is None or value is False:
         return None
-    if value is True:
-        found = latest_checkpoint(output_dir)
-        if found is None:
+    if value is not True:
+        check_checkpoint(value, model_dirs)
+        problem = checkpoint_problem(Path(value), model_dirs, shapes=shapes)
+        if problem:
             raise CheckpointError(
-                f"resume_from_checkpoint=True but output_dir '{output_dir}' has no complete checkpoint; "
-                "start without resume_from_checkpoint"
+                f"resume_from_checkpoint '{value}' can't be resumed: {problem}; name an older checkpoint, or "
+                "resume_from_checkpoint=True for the newest one that loads"
             )
-        return check_checkpoint(found, model_dirs)
-    return check_checkpoint(value, model_dirs)
+        return Path(value)
+    skipped = []
+    for path in reversed(list_checkpoints(output_dir)):
+        problem = checkpoint_problem(path, model_dirs, shapes=shapes)
+        if problem is None:
+            return path
+        skipped.append(path.name)
+        notice(f"resume: skipped {path.name}: {problem}")
+    if skipped or run_exists(output_dir):
+        found = f"none of its checkpoints loads ({', '.join(skipped)})" if skipped else "no checkpoint was completed"
+        raise CheckpointError(
+            f"resume_from_checkpoint=True but output_dir '{output_dir}' holds a run that can't be resumed: {found}; "
+            "start over with overwrite_output_dir=True, or use another output_dir"
+        )
+    raise CheckpointError(
+        f"resume_from_checkpoint=True but output_dir '{output_dir}' has no complete checkpoint; start without "
+        "resume_from_checkpoint"
+    )
+
+
+def checkpoint_problem(
+    path: Path,
+    model_dirs: tuple[str, ...] = ("",),
+    *,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+) -> str | None:
+    """Why checkpoint `path` can't be resumed, in a few words, or None when every file it needs is whole.
+
+    Reads every header and checksum, not the tensors: safetensors files must be as long as their
+    header says (and hold `shapes` where the names meet), torch archives must pass their CRCs,
+    JSON files must parse to what the loop reads. A checkpoint written with `save_only_model` has
+    no training state: it is reported by `load_checkpoint`, which names the fix.
+    """
+    try:
+        names = {p.name for p in path.iterdir()}
+    except OSError as err:
+        return f"the directory is unreadable ({err.strerror or err})"
+    from .state import TrainerState
+
+    try:
+        state = TrainerState.load_from_json(path / STATE_NAME)
+    except ValueError as err:
+        return f"{STATE_NAME} is damaged ({_short(err)})"
+    match = _CKPT_RE.match(path.name)
+    if match and int(match.group(1)) != state.global_step:
+        return f"{STATE_NAME} says global_step {state.global_step}, not {match.group(1)}"
+    for sub in model_dirs:
+        folder = path / sub if sub else path
+        files = sorted(folder.glob("*.safetensors"))
+        if not files and not any((folder / name).is_file() for name in WEIGHT_FILES):
+            return f"no model weights{f' in {sub}/' if sub else ''}"
+        for file in files:
+            problem = safetensors_problem(file, shapes if not sub and file.name.startswith("model") else None)
+            if problem:
+                return f"{file.relative_to(path)} is {problem}"
+    training = [n for n in sorted(names) if n.endswith((".pt", ".pth"))]
+    for name in training:
+        problem = archive_problem(path / name)
+        if problem:
+            return f"{name} is {problem}"
+    resumable = any(n.startswith("optimizer") for n in names) or DEEPSPEED_DIR in names
+    if resumable:
+        if "rng_state_0.pth" not in names:  # other ranks' may be absent: written by fewer processes
+            return "rng_state_0.pth is missing (the random state; without it the run would not continue as it was)"
+    for name in sorted(n for n in names if n.startswith("loop_state_")):
+        try:
+            loaded = json.loads((path / name).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            return f"{name} is damaged ({_short(err)})"
+        if not isinstance(loaded, dict):
+            return f"{name} is damaged (not a JSON object)"
+    return None
+
+
+def safetensors_problem(path: Path, shapes: Mapping[str, tuple[int, ...]] | None = None) -> str | None:
+    """'empty', 'truncated or damaged (...)' or 'of another model (...)' for a bad safetensors file; None when whole."""
+    from safetensors import SafetensorError, safe_open
+
+    if path.stat().st_size == 0:
+        return "empty"
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            saved = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        return f"truncated or damaged ({_short(err)})"
+    for name, shape in saved.items():
+        want = (shapes or {}).get(name)
+        if want is not None and tuple(want) != shape:
+            return f"of another model ({name} is {list(shape)} there, {list(want)} here)"
+    return None
+
+
+def archive_problem(path: Path) -> str | None:
+    """'empty' or 'truncated or damaged' for a torch.save archive whose zip structure or CRCs fail; None when whole."""
+    import zipfile
+
+    if path.stat().st_size == 0:
+        return "empty"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()  # reads every member and checks its CRC-32
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        return f"truncated or damaged ({_short(err)})"
+    return None if bad is None else f"damaged ({bad} fails its checksum)"
+
+
+def _short(err: BaseException) -> str:
+    """The first line of an error, cut to 120 characters: enough for a one-line message."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def run_exists(output_dir: str | os.PathLike) -> bool:
@@ -157,10 +277,15 @@ def check_output_dir(output_dir: str | os.PathLike, *, resuming: bool, overwrite
     Raises:
         CheckpointError: `output_dir` holds a run and neither flag is set.
     """
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"output_dir '{output_dir}' is a file; give a directory (new or holding a run)")
     if not resuming and not overwrite and run_exists(output_dir):
+        resume = "resume_from_checkpoint=True to continue it, " if list_checkpoints(output_dir) else ""
+        held = "a run" if resume else "a run with no complete checkpoint (stopped before its first save)"
         raise CheckpointError(
-            f"output_dir '{output_dir}' already holds a run; pass resume_from_checkpoint=True to continue it, "
-            "overwrite_output_dir=True to start over, or another output_dir"
+            f"output_dir '{output_dir}' already holds {held}; pass {resume}overwrite_output_dir=True to start "
+            "over, or another output_dir"
         )
 
 
@@ -223,9 +348,13 @@ def atomic_checkpoint(
     barrier()
     try:
         yield tmp
-    except BaseException:
+    except BaseException as err:
+        short_of_space = is_main and out_of_space(err, final.parent)
+        written = _tree_bytes(tmp) if short_of_space else 0
         if is_main:
             shutil.rmtree(tmp, ignore_errors=True)
+        if short_of_space:
+            raise no_space_error(final, max(written, _tree_bytes(latest_checkpoint(final.parent)))) from None
         raise
     barrier()
     if is_main:
@@ -234,6 +363,41 @@ def atomic_checkpoint(
             shutil.rmtree(final)
         os.replace(tmp, final)
     barrier()
+
+
+def out_of_space(err: BaseException, where: Path) -> bool:
+    """Whether `err` means the disk under `where` is full: ENOSPC/EDQUOT, or torch's archive writer
+    failing ('unexpected pos', 'failed writing file') with almost nothing left free."""
+    import errno
+
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(err, RuntimeError) and any(m in str(err) for m in ("unexpected pos", "failed writing file")):
+        try:
+            return shutil.disk_usage(where).free < 16 * 2**20
+        except OSError:
+            return False
+    return False
+
+
+def no_space_error(target: Path, needed: int) -> CheckpointError:
+    """The one-line error for a write that ran out of disk space (the partial files are already gone)."""
+    try:
+        free = f", {shutil.disk_usage(target.parent).free / 2**20:,.0f} MiB free now"
+    except OSError:
+        free = ""
+    need = f" needs about {needed / 2**20:,.0f} MiB" if needed else ""
+    return CheckpointError(
+        f"no space left on device writing '{target}' (it{need}{free}); free some space or lower save_total_limit, "
+        "then resume: the earlier checkpoints are intact"
+    )
+
+
+def _tree_bytes(root: Path | None) -> int:
+    """Bytes of the files under `root` (0 for None or a missing folder)."""
+    if root is None or not root.exists():
+        return 0
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
 def _fsync_tree(root: Path) -> None:
@@ -432,6 +596,11 @@ def load_state(path: str | os.PathLike) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint file '{path}' is missing; the checkpoint is incomplete") from None
+    except Exception as err:  # a torn archive, garbage, or a pickle that is not plain state (refused, not run)
+        raise CheckpointError(
+            f"checkpoint file '{path}' is damaged or not a plain state file ({_short(err)}); resume from an "
+            "older checkpoint"
+        ) from None
 
 
 def rng_state() -> dict[str, Any]:
@@ -558,10 +727,14 @@ def restore_rng(path: Path, rank: int, world: int) -> None:
     import warnings
 
     rng_file = path / f"rng_state_{rank}.pth"
-    if rng_file.is_file():
-        set_rng_state(load_state(rng_file))
-    elif world > 1:
+    if not rng_file.is_file() and rank > 0:  # written by fewer processes than resume it
         warnings.warn(f"{rng_file} missing: this rank's random state is not restored", stacklevel=3)
+        return
+    saved = load_state(rng_file)  # rank 0's is required (`checkpoint_problem`)
+    try:
+        set_rng_state(saved)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"checkpoint file '{rng_file}' does not hold a random state ({_short(err)})") from None
 
 
 # ---- the checkpoint, defined once -----------------------------------------------------------
@@ -697,13 +870,19 @@ def load_checkpoint(path: Path, run: Resumable, accel: Any) -> Any:
             f"cycle_directions or engine{sharding}?); it can be loaded as a model but not resumed"
         )
     if shards is not None:
-        shards.load(path, run.optimizers)  # every rank, its shard of the weights and optimizer states
+        with _loading(path, "the model and optimizer shards"):
+            shards.load(path, run.optimizers)  # every rank, its shard of the weights and optimizer states
     else:
-        run.load_models(path)
+        with _loading(path, "the model weights"):
+            run.load_models(path)
         for key, optimizer in run.optimizers.items():
-            optimizer.load_state_dict(load_state(path / keyed(OPTIMIZER_NAME, key)))
+            saved = load_state(path / keyed(OPTIMIZER_NAME, key))
+            with _loading(path, "the optimizer state"):
+                optimizer.load_state_dict(saved)
     for key, scheduler in run.schedulers.items():
-        scheduler.load_state_dict(load_state(path / keyed(SCHEDULER_NAME, key)))
+        saved = load_state(path / keyed(SCHEDULER_NAME, key))
+        with _loading(path, "the scheduler state"):
+            scheduler.load_state_dict(saved)
     if accel.scaler is not None and (path / SCALER_NAME).is_file():
         accel.scaler.load_state_dict(load_state(path / SCALER_NAME))
     loop_state = _read_loop_state(path, accel.process_index)
@@ -718,6 +897,20 @@ def load_checkpoint(path: Path, run: Resumable, accel: Any) -> Any:
     loaded = restore_trainer_state(path, run.state, run.callbacks if run.restore_callbacks else ())
     restore_rng(path, accel.process_index, accel.num_processes)
     return loaded
+
+
+@contextmanager
+def _loading(path: Path, what: str) -> Iterator[None]:
+    """Any failure inside is a one-line CheckpointError naming the checkpoint and what did not load."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except Exception as err:
+        raise CheckpointError(
+            f"checkpoint '{path}': {what} don't load ({_short(err)}); resume with the same settings or from an "
+            "older checkpoint"
+        ) from None
 
 
 def _read_loop_state(path: Path, rank: int) -> dict[str, Any]:

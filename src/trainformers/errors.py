@@ -26,6 +26,10 @@ class CheckpointError(TrainformersError, ValueError):
     """A checkpoint or output directory cannot be used as asked."""
 
 
+class NonFiniteLossError(TrainformersError, FloatingPointError):
+    """A training step's loss or gradient was NaN or infinite (`nan_policy`)."""
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean 'x'?)' for the closest choice, or '' when nothing is close."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)

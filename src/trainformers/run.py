@@ -22,9 +22,11 @@ import yaml
 from transformers.trainer_utils import BestRun
 
 from .accel import check_engines
+from .callbacks import TrainerCallback
 from .config import RunConfig
 from .errors import ConfigError
 from .results import memory_text
+from .run_lock import RunLock
 from .search import SUMMARY_FILE, format_trials_table, import_optuna, search_space_from_config
 from .trackers import check_trackers, finish_trackers
 
@@ -40,8 +42,9 @@ DEFAULT_RUN: dict[str, dict[str, Any]] = {
     },
     "data": {"source": None, "max_length": 128, "validation_split_percentage": 5},
     "training": {
+        # no overwrite_output_dir here: a run is replaced only when this invocation asks for it
+        # (`make train` does, with --training.overwrite_output_dir true)
         "output_dir": "runs/default",
-        "overwrite_output_dir": True,  # `make train` twice replaces the demo run instead of refusing
         "num_train_epochs": 8,
         "per_device_train_batch_size": 16,
         "per_device_eval_batch_size": 32,
@@ -77,31 +80,52 @@ class RunResult:
 
 
 def build_tokenizer(config: RunConfig, train_texts: Iterable[str], *, reuse_saved: bool = False) -> Any:
-    """Load the configured tokenizer, reuse the run's own, or train one on the data.
+    """Load the configured tokenizer, reuse the run's own, or train one on the data (saved at once).
 
     With `reuse_saved`, a tokenizer already saved where this run trains its own is loaded, not trained
     again: the other processes of a distributed run load what the main process trained.
+    """
+    tokenizer, unsaved = obtain_tokenizer(config, train_texts, reuse_saved=reuse_saved)
+    if unsaved is not None:
+        tokenizer.save_pretrained(str(unsaved))
+    return tokenizer
+
+
+def obtain_tokenizer(
+    config: RunConfig, train_texts: Iterable[str], *, reuse_saved: bool = False
+) -> tuple[Any, Path | None]:
+    """`build_tokenizer` without its write: `(tokenizer, where a tokenizer trained here is to be saved)`,
+    the second None when it was loaded. `trainformers train` saves it once every check has passed.
+
+    Raises:
+        ConfigError: `model.tokenizer` names a file (it takes a directory, a Hub name, or where to train one).
     """
     from transformers import AutoTokenizer
 
     from .data import train_tokenizer
 
     model = config.model
+    if model.tokenizer and Path(model.tokenizer).is_file():
+        raise ConfigError(
+            f"model.tokenizer='{model.tokenizer}' is a file; give the directory that holds its tokenizer.json, "
+            "a Hub name, or a new directory to train one into"
+        )
     # from scratch, `model.tokenizer` may name where to train one (first step), not an existing one
     train_to = Path(model.tokenizer) if model.tokenizer and not model.name_or_path else None
     if train_to is not None and (train_to / "tokenizer.json").is_file():
-        return AutoTokenizer.from_pretrained(train_to)
+        return AutoTokenizer.from_pretrained(train_to), None
     name = model.tokenizer or model.name_or_path
     if name and (train_to is None or _looks_like_hub_name(name)):
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=model.trust_remote_code)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token  # documented: causal LMs often ship without one
-        return tokenizer
+        return tokenizer, None
     saved = train_to or Path(config.training.output_dir) / "tokenizer"
     if (config.training.resume_from_checkpoint or reuse_saved) and (saved / "tokenizer.json").is_file():
-        return AutoTokenizer.from_pretrained(saved)  # a resumed run, or another rank, must see the very same ids
+        # a resumed run, or another rank, must see the very same ids
+        return AutoTokenizer.from_pretrained(saved), None
     chat = config.data.training_mode == "instruction"  # role markers become single tokens
-    return train_tokenizer(train_texts, model.vocab_size, saved, chat_tokens=chat)
+    return train_tokenizer(train_texts, model.vocab_size, chat_tokens=chat), saved
 
 
 def _looks_like_hub_name(name: str) -> bool:
@@ -233,7 +257,10 @@ def build_trainer(config: RunConfig, *, echo: Any = print, for_training: bool = 
     # the others then find both on disk.
     with args.main_process_first(local=args.save_on_each_node, desc="data and tokenizer"):
         raw = load_raw(config.data, args.seed)
-        tokenizer = build_tokenizer(config, raw_texts(raw[0], config.data), reuse_saved=not args.should_save)
+        tokenizer, unsaved = obtain_tokenizer(config, raw_texts(raw[0], config.data), reuse_saved=not args.should_save)
+        if unsaved is not None and (not for_training or args.world_size > 1):
+            tokenizer.save_pretrained(str(unsaved))  # the other processes load it from there
+            unsaved = None
     if config.data.training_mode == "instruction":
         _setup_chat_template(config, tokenizer)
     model = build_model(config, tokenizer)
@@ -244,11 +271,11 @@ def build_trainer(config: RunConfig, *, echo: Any = print, for_training: bool = 
             f"training.eval_strategy='{args.eval_strategy}' but there is no held-out data; "
             "set data.validation_split_percentage > 0 (or data.eval_split) or eval_strategy: no"
         )
-    if for_training and not args.resume_from_checkpoint and args.overwrite_output_dir and args.should_save:
-        ckpt.clear_run(out, args.logging_dir)  # the old run's checkpoints and log; only once data and model are ready
     n_params = sum(p.numel() for p in model.parameters())
     echo(f"model: {n_params / 1e6:.2f}M parameters | data: {data.summary()}")
     callbacks: list[Any] = [EarlyStoppingCallback(*config.early_stopping)] if config.early_stopping else []
+    if for_training:
+        callbacks.append(RunFiles(config, tokenizer, unsaved, data.summary() if config.data.sources else None))
     if config.model.generate_every_eval is not None:
         from .samples import SampleCallback, run_prompts
 
@@ -266,6 +293,35 @@ def build_trainer(config: RunConfig, *, echo: Any = print, for_training: bool = 
     if data.padding_free:
         check_padding_free_model(trainer.model)  # documents must not attend to each other
     return trainer, tokenizer, data
+
+
+class RunFiles(TrainerCallback):
+    """Writes what `trainformers train` keeps beside the checkpoints (config.yaml, the tokenizer it
+    trained) when training begins: after every check, the output directory's clearing and the
+    checkpoint's load, so a start that fails leaves the directory as it was.
+
+    Args:
+        config: The resolved run configuration (saved as config.yaml).
+        tokenizer: The run's tokenizer.
+        unsaved: Where the tokenizer this run trained goes; None when it was loaded (or already written).
+        data_summary: What a data mixture drew from each source (a comment under the config), or None.
+    """
+
+    def __init__(self, config: RunConfig, tokenizer: Any, unsaved: Path | None, data_summary: str | None) -> None:
+        self.config, self.tokenizer, self.unsaved, self.data_summary = config, tokenizer, unsaved, data_summary
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not args.should_save:
+            return
+        out = Path(args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.config.save(out / "config.yaml")
+        if self.data_summary is not None:  # what the mixture drew from each source, under the entries that asked
+            with (out / "config.yaml").open("a", encoding="utf-8") as f:
+                f.write(f"# data as built: {self.data_summary}\n")
+        if self.unsaved is not None:
+            self.tokenizer.save_pretrained(str(self.unsaved))
+            self.unsaved = None
 
 
 def _setup_chat_template(config: RunConfig, tokenizer: Any) -> None:
@@ -298,24 +354,31 @@ def run_training(config: RunConfig, *, echo: Any = print) -> RunResult:
         TrainformersError: any problem with the configuration, the data or the output directory;
             nothing in an existing run directory is changed before these checks pass.
     """
-    from .report import report_at_end
-
     args = config.training
     out = Path(args.output_dir)
     start = time.perf_counter()
     trainer, tokenizer, data = build_trainer(config, echo=echo)
-    if args.should_save:
-        out.mkdir(parents=True, exist_ok=True)
-        config.save(out / "config.yaml")
-        if config.data.sources:  # what the mixture drew from each source, under the entries that asked for it
-            with (out / "config.yaml").open("a", encoding="utf-8") as f:
-                f.write(f"# data as built: {data.summary()}\n")
     trainer.tracker_sections = config.to_dict()  # every section's settings go to the trackers
     report, args.report_at_end = args.report_at_end, False  # written once, below, with eval_perplexity
     try:
         result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     finally:
         args.report_at_end = report
+    # train() released its lock: hold one again (this process only) while final/ and the report are written
+    lock = RunLock(out, enabled=args.should_save)
+    lock.acquire()
+    try:
+        return _finish_run(config, trainer, tokenizer, data, result, start)
+    finally:
+        lock.release()
+
+
+def _finish_run(config: RunConfig, trainer: Any, tokenizer: Any, data: Any, result: Any, start: float) -> RunResult:
+    """After training: the final evaluation and perplexity, final/, the report, the sample."""
+    from .report import report_at_end
+
+    args = config.training
+    out = Path(args.output_dir)
     eval_loss = perplexity = None
     if data.eval is not None:
         done = (
@@ -328,11 +391,16 @@ def run_training(config: RunConfig, *, echo: Any = print) -> RunResult:
     if eval_loss is not None:
         perplexity = math.exp(min(eval_loss, 50.0))
         trainer.log({"eval_perplexity": perplexity})
-    trainer.save_model(str(out / "final"))  # on every rank: a sharded model is gathered from all of them
-    if config.model.save_dtype is not None and args.should_save:
-        from .checkpoint import cast_saved_weights
+    from .checkpoint import atomic_checkpoint, cast_saved_weights
 
-        cast_saved_weights(out / "final", getattr(torch, config.model.save_dtype))
+    # written like a checkpoint (under final.tmp, renamed when whole): a crash or a full disk never
+    # leaves a final/ with its config and no weights
+    with atomic_checkpoint(
+        out / "final", is_main=args.should_save, barrier=trainer.accelerator.wait_for_everyone
+    ) as tmp:
+        trainer.save_model(str(tmp))  # on every rank: a sharded model is gathered from all of them
+        if config.model.save_dtype is not None and args.should_save:
+            cast_saved_weights(tmp, getattr(torch, config.model.save_dtype))
     if trainer.is_world_process_zero():
         report_at_end(trainer)  # report.png + report.md, unless report_at_end is off
     sample = None

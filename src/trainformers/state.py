@@ -170,8 +170,30 @@ class TrainerState:
             raise ValueError(f"can't read trainer state {path}: {e}") from None
         if not isinstance(data, dict):
             raise ValueError(f"trainer state {path} is not a JSON object")
+        for name, kinds in _STATE_TYPES.items():
+            value = data.get(name)
+            if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+                raise ValueError(f"{name}={value!r} is not {_KIND_NAMES[kinds[0]]}")
+        if data.get("global_step", 0) < 0:
+            raise ValueError(f"global_step={data['global_step']} is below 0")
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# what a resumed loop reads from trainer_state.json, by the types it can use
+_STATE_TYPES: dict[str, tuple[type, ...]] = {
+    "global_step": (int,),
+    "epoch": (float, int),
+    "epoch_step": (int,),
+    "micro_step": (int,),
+    "total_flos": (float, int),
+    "best_metric": (float, int),
+    "best_global_step": (int,),
+    "best_model_checkpoint": (str,),
+    "log_history": (list,),
+    "stateful_callbacks": (dict,),
+}
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a mapping"}
 
 
 def is_stateful(callback: Any) -> bool:

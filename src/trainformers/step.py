@@ -46,10 +46,57 @@ class WindowStep:
     Attributes:
         loss: This rank's part of the window's mean loss (detached); None when the window was skipped.
         grad_norm: The gradient norm before clipping (a tensor), or None without clipping.
+        finite: False when `check_finite` found a non-finite loss or gradient on some rank; the
+            optimizer did not step (except under DeepSpeed, whose engine steps inside the backward).
     """
 
     loss: torch.Tensor | None
     grad_norm: torch.Tensor | None
+    finite: bool = True
+
+
+class NonFiniteGuard:
+    """What a loop does with a window whose loss or gradient is not finite (`nan_policy`).
+
+    `stop` raises `NonFiniteLossError` before the optimizer step, so the weights (and every
+    checkpoint written later) are those of the last good step; `skip_step` drops the window's
+    update and counts it, raising after `limit` skipped steps in a row; `ignore` steps anyway.
+    """
+
+    def __init__(self, policy: str, limit: int) -> None:
+        self.policy, self.limit = policy, limit
+        self.in_a_row = 0
+
+    @property
+    def checks(self) -> bool:
+        return self.policy != "ignore"
+
+    def stepped(self, done: WindowStep, step: int) -> bool:
+        """True when `done` updated the model; raises under `stop`, or after too many skips."""
+        from .errors import NonFiniteLossError
+
+        if done.finite:
+            self.in_a_row = 0
+            return True
+        what = f"loss {_value(done.loss)}, gradient norm {_value(done.grad_norm)}"
+        if self.policy == "stop":
+            raise NonFiniteLossError(
+                f"optimizer step {step}: the {what} is not finite; stopped before the update, so the weights and "
+                "checkpoints are those of the last good step; lower learning_rate, check the data, or set "
+                "nan_policy: skip_step"
+            )
+        self.in_a_row += 1
+        if self.in_a_row >= self.limit:
+            raise NonFiniteLossError(
+                f"optimizer step {step}: {self.in_a_row} steps in a row had a non-finite loss or gradient ({what}; "
+                f"nan_skip_limit={self.limit}); stopped with the weights of the last good step; lower "
+                "learning_rate or check the data"
+            )
+        return False
+
+
+def _value(x: torch.Tensor | None) -> str:
+    return "not computed" if x is None else f"{float(x):.4g}"
 
 
 class StepKernel:
@@ -77,6 +124,9 @@ class StepKernel:
         items_across_ranks: Sum the label count over the ranks (`average_tokens_across_devices`).
         always_count: Count label items even for a window of one micro-batch on one rank (whose
             mean needs no count), e.g. because a `compute_loss_func` wants `num_items_in_batch`.
+        check_finite: Before the optimizer step, check that the window's loss and gradient norm are
+            finite on every rank (one host sync, and one all-reduce of a flag across ranks); a window
+            that is not skips the step and comes back with `finite=False` (`NonFiniteGuard`).
     """
 
     def __init__(
@@ -90,6 +140,7 @@ class StepKernel:
         ranks: int,
         items_across_ranks: bool,
         always_count: bool = False,
+        check_finite: bool = False,
     ) -> None:
         from accelerate.utils import DistributedType
 
@@ -117,6 +168,7 @@ class StepKernel:
             if accel.distributed_type == DistributedType.DEEPSPEED
             else None
         )
+        self.check_finite = check_finite
         self.scale = 1.0  # the current window's backward multiplier (see the module docstring)
         self.learning_rate: Any = None  # the first group's rate in the last step taken (what a log row shows)
         self.skipped = False  # the last step was skipped (fp16 overflow); never without a scaler
@@ -181,6 +233,14 @@ class StepKernel:
             if on_micro is not None:
                 on_micro(batch, part, last)
         grad_norm = self.clip() if self.max_grad_norm is not None else None
+        if self.check_finite and not self.finite(total, grad_norm):
+            if self.engine_accumulation is None:
+                self.zero_grad()  # the update never happens: the weights stay those of the last good step
+                return WindowStep(total, grad_norm, finite=False)
+            # DeepSpeed's engine stepped inside the last backward; the loop still stops before any save
+            if self.scheduler is not None and not is_plateau(self.scheduler):
+                self.scheduler.step()
+            return WindowStep(total, grad_norm, finite=False)
         if before_step is not None:
             before_step()
         self.step()
@@ -214,6 +274,29 @@ class StepKernel:
         if self.direct is None and self.scaler is None:
             return self.accel.clip_grad_norm_(self.params, max_norm)
         return torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+
+    def finite(self, loss: torch.Tensor | None, grad_norm: torch.Tensor | None) -> bool:
+        """Whether the window's loss and gradient norm are finite on every rank.
+
+        Under an fp16 grad scaler only the loss is checked: an overflowing gradient is the scaler's
+        business (it skips that step and lowers its scale).
+        """
+        checks = [] if loss is None else [torch.isfinite(loss).all()]
+        if self.scaler is None and self.engine_accumulation is None:
+            if grad_norm is None:  # no clipping: the norm is computed here, once per step
+                grads = [p.grad for p in self.params if p.grad is not None]
+                grad_norm = torch.nn.utils.get_total_norm(grads) if grads else None
+            if grad_norm is not None:
+                checks.append(torch.isfinite(grad_norm).all())
+        elif grad_norm is not None and self.engine_accumulation is not None:
+            checks.append(torch.isfinite(torch.as_tensor(grad_norm)).all())
+        if not checks:
+            return True
+        ok = torch.stack([c.to(self.accel.device) for c in checks]).all()
+        if self.ranks > 1 or self.accel.num_processes > 1:
+            bad = self.accel.reduce((~ok).to(torch.float32).reshape(1), reduction="sum")
+            return not bool(bad.item() > 0)
+        return bool(ok)
 
     def step(self) -> None:
         """The optimizer step, then the scheduler's (unless the step was skipped or it is a plateau one)."""

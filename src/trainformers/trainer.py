@@ -51,10 +51,11 @@ from .neftune import neftune_noise
 from .optim import create_optimizer, create_scheduler, describe_param_groups
 from .preemption import SigtermCheckpoint
 from .results import format_metrics_block, metrics_format, save_metrics
+from .run_lock import RunLock
 from .sampling import EpochSampler, skip_first_batches
 from .sharded import DeepSpeedState, ShardedModel, is_sharded
 from .state import TrainerControl, TrainerState
-from .step import StepKernel
+from .step import NonFiniteGuard, StepKernel
 from .trackers import start_trackers
 from .trainer_evaluation import EvaluationMethods
 
@@ -395,7 +396,12 @@ class Trainer(EvaluationMethods):
         self._memory.start("train")
         if resume_from_checkpoint is None:
             resume_from_checkpoint = self.args.resume_from_checkpoint
-        resume = ckpt.resolve_resume(resume_from_checkpoint, self.args.output_dir)
+        resume = ckpt.resolve_resume(
+            resume_from_checkpoint,
+            self.args.output_dir,
+            shapes=None if self.model is None else {k: tuple(v.shape) for k, v in self.model.state_dict().items()},
+            notice=print if self.is_world_process_zero() else lambda line: None,
+        )
         output_dir = Path(self.args.output_dir)
         ckpt.check_foreign_checkpoints(
             output_dir,
@@ -405,10 +411,6 @@ class Trainer(EvaluationMethods):
             saving=self.args.save_strategy != "no",
         )
         check_train_inputs(self.args, self.train_dataset, self.eval_dataset)
-        if resume is None and self.args.overwrite_output_dir and self.args.should_save:
-            ckpt.clear_run(
-                output_dir, self.args.logging_dir
-            )  # only after every check passed: an error destroys nothing
         if self.model_init is not None:
             # HF semantics: every train() starts from a fresh model_init() (hyperparameter trials)
             seed_everything(self.args)
@@ -421,17 +423,26 @@ class Trainer(EvaluationMethods):
             from .lr_finder import use_suggested_learning_rate
 
             use_suggested_learning_rate(self)
-        with neftune_noise([self.model], self.args.neftune_noise_alpha), self._sigterm:
-            if self.args.auto_find_batch_size:
-                from accelerate.utils import find_executable_batch_size
+        self._lock = RunLock(output_dir, enabled=self.args.should_save)  # taken by `_start_run`
+        try:
+            with neftune_noise([self.model], self.args.neftune_noise_alpha), self._sigterm:
+                if self.args.auto_find_batch_size:
+                    from accelerate.utils import find_executable_batch_size
 
-                def attempt(batch_size: int) -> TrainOutput:
-                    self.args.per_device_train_batch_size = batch_size
-                    self.optimizer = self.lr_scheduler = None
-                    return self._train_loop(resume)
+                    def attempt(batch_size: int) -> TrainOutput:
+                        self.args.per_device_train_batch_size = batch_size
+                        self.optimizer = self.lr_scheduler = None
+                        return self._train_loop(resume)
 
-                return find_executable_batch_size(attempt, starting_batch_size=self.args.per_device_train_batch_size)()
-            return self._train_loop(resume)
+                    start = self.args.per_device_train_batch_size
+                    return find_executable_batch_size(attempt, starting_batch_size=start)()
+                return self._train_loop(resume)
+        except OSError as err:  # a log row, a report or a tracker file (checkpoints say it themselves)
+            if ckpt.out_of_space(err, output_dir):
+                raise ckpt.no_space_error(Path(err.filename or output_dir), 0) from None
+            raise
+        finally:
+            self._lock.release()
 
     def _train_loop(self, resume: Path | None) -> TrainOutput:
         args, handler = self.args, self.callback_handler
@@ -479,9 +490,13 @@ class Trainer(EvaluationMethods):
                 )
                 if done.grad_norm is not None:
                     meter.set("grad_norm", done.grad_norm)
+                window_loss, self._window_loss = self._window_loss, None  # `_record_micro_batch` summed it
+                if self._nan_guard.stepped(done, state.global_step + 1):
+                    self._add_step_loss(window_loss)
+                else:
+                    meter.add("skipped_steps", 1)
                 state.global_step += 1
                 meter.add("steps", 1)
-                self.run_meter.add("steps", 1)
                 state.epoch = epoch + state.epoch_step / micro_per_epoch if micro_per_epoch else float(epoch)
                 self.control = handler.on_step_end(args, state, self.control)
                 self._sigterm.stop_if_requested(self.control)
@@ -540,6 +555,11 @@ class Trainer(EvaluationMethods):
         self.run_meter = Meter(accel.device)  # the whole run's loss, for train_loss
         if resume is not None:
             self.state = ckpt.load_checkpoint(resume, self._resumable(), accel)
+            if self.state.global_step >= max_steps and self.is_world_process_zero():
+                print(
+                    f"resume: {resume.name} is at step {self.state.global_step}, at or past max_steps={max_steps}: "
+                    "nothing left to train (raise max_steps or num_train_epochs to go on)"
+                )
         if micro_per_epoch and self.state.epoch_step >= micro_per_epoch:
             self.state.epoch_step = 0  # saved at the end of an epoch: the next one starts from its beginning
         self.step_kernel = StepKernel(
@@ -553,10 +573,18 @@ class Trainer(EvaluationMethods):
             # a window of one micro-batch on one rank needs no count (its mean is the window's):
             # tensor ops and a graph node per step, 2% of a nano model's step (bench/step_overhead.py)
             always_count=self.compute_loss_func is not None,
+            check_finite=args.nan_policy != "ignore",
         )
+        self._nan_guard = NonFiniteGuard(args.nan_policy, args.nan_skip_limit)
+        self._window_loss: torch.Tensor | None = None  # the logged loss of the optimizer step in progress
         handler = self.callback_handler
         handler.model, handler.optimizer, handler.lr_scheduler = self.model, self.optimizer, self.lr_scheduler
         handler.train_dataloader = dataloader
+        self._lock.acquire()  # one writer per output_dir, from the first write on (re-entrant: batch-size retries)
+        if resume is None and args.overwrite_output_dir and args.should_save:
+            # the first write of the run, once every check passed (the optimizer built, a checkpoint
+            # loaded): a start that fails leaves the old run as it was
+            ckpt.clear_run(args.output_dir, args.logging_dir)
         # after clear_run (an overwritten run's TensorBoard folder goes before the writer opens its file),
         # unless an earlier train() started them; resumed runs too
         start_trackers(accel, args, self.model, self.tracker_sections)
@@ -578,12 +606,14 @@ class Trainer(EvaluationMethods):
     def _record_micro_batch(self, batch: dict[str, Any], loss_share: torch.Tensor, last: bool) -> None:
         """What the loop counts per micro-batch: its loss share, tokens, samples, FLOPs, progress."""
         args, state, meter = self.args, self.state, self.meter
-        if args.logging_nan_inf_filter:
-            # a NaN/inf micro-step is logged as the row's running average (HF semantics), on device
-            average = meter.get("loss") / max(meter.get("micro_batches"), 1)
+        if args.logging_nan_inf_filter and args.nan_policy == "ignore":
+            # an updated-anyway NaN/inf micro-step is logged as the row's running average (HF semantics),
+            # on device; with nothing finite yet in the row there is nothing to average: it stays NaN
+            so_far = meter.get("loss") + (0 if self._window_loss is None else self._window_loss)
+            seen = meter.get("micro_batches")
+            average = so_far / seen if seen else torch.tensor(float("nan"), device=loss_share.device)
             loss_share = torch.where(torch.isfinite(loss_share), loss_share, average)
-        meter.add("loss", loss_share)
-        self.run_meter.add("loss", loss_share)
+        self._window_loss = loss_share if self._window_loss is None else self._window_loss + loss_share
         meter.add("micro_batches", 1)
         tokens, samples, seq_len = batch_size_info(batch)
         flops = self._flops.per_batch(tokens, seq_len)
@@ -600,6 +630,15 @@ class Trainer(EvaluationMethods):
         state.epoch_step += 1
         if not last:
             self.control = self.callback_handler.on_substep_end(args, state, self.control)
+
+    def _add_step_loss(self, loss: torch.Tensor | None) -> None:
+        """Count an optimizer step's loss (this rank's share of the window mean) in the row and the run."""
+        if loss is None:
+            return
+        meter = self.meter
+        meter.add("loss", loss)
+        self.run_meter.add("loss", loss)
+        self.run_meter.add("steps", 1)
 
     def _end_run(self, model: nn.Module, runtime: float, steps_done: int, flops_at_start: float) -> TrainOutput:
         """After the last step: the best model back if asked, the train_* metrics row, on_train_end."""
@@ -630,7 +669,12 @@ class Trainer(EvaluationMethods):
     def _log_training(self) -> None:
         """Build and emit a training log row: the only place the loop syncs with the host."""
         accel, meter, world = self.accelerator, self.meter, self.accelerator.num_processes
-        logs: dict[str, float] = {"loss": meter.summed_over_ranks("loss", accel) / max(meter.read("steps"), 1)}
+        skipped = meter.read("skipped_steps")
+        taken = meter.read("steps") - skipped  # a skipped (non-finite) step has no loss to average
+        loss = meter.summed_over_ranks("loss", accel)
+        logs: dict[str, float] = {"loss": loss / taken if taken else float("nan")}
+        if skipped:
+            logs["skipped_steps"] = skipped
         if meter.get("grad_norm", None) is not None:
             logs["grad_norm"] = meter.read("grad_norm")
         logs["learning_rate"] = float(self.step_kernel.learning_rate)  # the rate the last step used, as HF logs it

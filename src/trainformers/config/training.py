@@ -47,6 +47,8 @@ from .fields import (
 from .process import ProcessInfo
 from .yaml_io import parse_value
 
+NAN_POLICIES = ("stop", "skip_step", "ignore")  # what a non-finite step does (step.NonFiniteGuard)
+
 
 @dataclass
 class TrainingArguments(ProcessInfo):
@@ -187,8 +189,16 @@ class TrainingArguments(ProcessInfo):
     logging_steps: float = arg(500, "Log every N optimizer steps, or a fraction in (0, 1) of the total steps.")
     logging_first_step: bool = arg(False, "Also log after the first optimizer step.")
     logging_nan_inf_filter: bool = arg(
-        True, "Leave NaN/inf step losses out of the logged average (the update still happens)."
+        True,
+        "With nan_policy=ignore: leave NaN/inf step losses out of the logged average (the update still happens).",
     )
+    nan_policy: str = arg(
+        "stop",
+        "A step whose loss or gradient is NaN/inf, caught before the update: 'stop' (an error naming the step; "
+        "weights and checkpoints stay those of the last good step), 'skip_step' (drop that update, count it as "
+        "skipped_steps in the log) or 'ignore' (update anyway, as transformers does).",
+    )
+    nan_skip_limit: int = arg(10, "With nan_policy=skip_step: stop after this many skipped steps in a row.")
     report_at_end: bool = arg(
         True, "At the end of train(), write report.png and report.md (curves, metrics, config diff) into output_dir."
     )
@@ -486,6 +496,8 @@ class TrainingArguments(ProcessInfo):
         """Reject values out of range and settings that contradict each other."""
         for item in self.include_for_metrics:
             choice("include_for_metrics", item, METRIC_INPUTS)
+        choice("nan_policy", self.nan_policy, NAN_POLICIES)
+        check_int("nan_skip_limit", self.nan_skip_limit, 1)
         self.optim_args_dict()  # parse once so a malformed string fails now, not at step 0
 
         check_int("per_device_train_batch_size", self.per_device_train_batch_size, 1)

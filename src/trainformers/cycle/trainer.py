@@ -54,8 +54,9 @@ from ..meter import Meter
 from ..neftune import neftune_noise
 from ..optim import create_optimizer, create_scheduler
 from ..preemption import SigtermCheckpoint
+from ..run_lock import RunLock
 from ..state import TrainerControl, TrainerState
-from ..step import StepKernel, WindowStep
+from ..step import NonFiniteGuard, StepKernel, WindowStep
 from ..trackers import start_trackers
 from .config import CycleTrainingArguments, cycle_args_from, resolve_callable
 from .datasets import as_dataset, check_datasets, get_rows, row_texts
@@ -87,6 +88,7 @@ class CycleSide:
     wrapped: nn.Module | None = None  # after accelerator.prepare (DDP)
     params: list[nn.Parameter] = field(default_factory=list)
     kernel: StepKernel | None = None  # backward, clip, step, schedule, zero_grad (after accelerator.prepare)
+    nan_guard: NonFiniteGuard = field(default_factory=lambda: NonFiniteGuard("stop", 1))  # set with the kernel
 
 
 class CycleTrainer:
@@ -427,7 +429,9 @@ class CycleTrainer:
         start = time.perf_counter()
         step = self._train_window(side, batches)
         meter = self.meter
-        if step.loss is not None:
+        if not side.nan_guard.stepped(step, self.state.global_step + 1):
+            meter.add(f"skipped_steps_{trained}", 1)
+        elif step.loss is not None:
             meter.add(f"loss_{trained}", step.loss)
             meter.add(f"loss_steps_{trained}", 1)
             if step.grad_norm is not None:
@@ -481,7 +485,9 @@ class CycleTrainer:
                 ranks=accel.num_processes,
                 items_across_ranks=self.args.average_tokens_across_devices,
                 always_count=True,
+                check_finite=self.args.nan_policy != "ignore",
             )
+            side.nan_guard = NonFiniteGuard(self.args.nan_policy, self.args.nan_skip_limit)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> TrainOutput:
         """Run cycle training; resume from a checkpoint path, or the newest with True.
@@ -511,15 +517,17 @@ class CycleTrainer:
                     f"train() needs train_dataset_{domain}: model {other(domain)} trains on real domain-{domain} texts; "
                     f"pass train_dataset_{domain}=..."
                 )
-        if resume is None and args.overwrite_output_dir and self.is_world_process_zero():
-            ckpt.clear_run(output_dir, args.logging_dir)
         if any(getattr(self.sides[s], "wrapped", None) is not None for s in SIDES):
             raise ConfigError("CycleTrainer.train() was already called on this trainer; build a new CycleTrainer")
         trained_models = [self.sides[s].model for s in self.trained]
-        with neftune_noise(trained_models, args.neftune_noise_alpha), self._sigterm:
-            return self._train_loop(resume)
+        lock = RunLock(output_dir, enabled=self.is_world_process_zero())
+        try:
+            with neftune_noise(trained_models, args.neftune_noise_alpha), self._sigterm:
+                return self._train_loop(resume, lock)
+        finally:
+            lock.release()
 
-    def _train_loop(self, resume: Path | None) -> TrainOutput:
+    def _train_loop(self, resume: Path | None, lock: RunLock) -> TrainOutput:
         args, accel, handler = self.args, self.accelerator, self.callback_handler
         rows_per_step = args.gradient_accumulation_steps * args.per_device_train_batch_size * accel.num_processes
         seed = args.data_seed if args.data_seed is not None else args.seed
@@ -542,6 +550,9 @@ class CycleTrainer:
         meter = self.meter = Meter(accel.device)
         if resume is not None:
             state = self.state = ckpt.load_checkpoint(resume, self._resumable(), accel)
+        lock.acquire()  # one writer per output_dir, from the first write on
+        if resume is None and args.overwrite_output_dir and self.is_world_process_zero():
+            ckpt.clear_run(args.output_dir, args.logging_dir)  # the first write: every check has passed
         start_trackers(accel, args, sections=self.tracker_sections)  # after clear_run; unless an earlier train() did
         self.control = handler.on_train_begin(args, state, self.control)
         if args.eval_on_start and state.global_step == 0:
@@ -609,6 +620,8 @@ class CycleTrainer:
             if meter.get(f"grad_norm_{s}", None) is not None:
                 logs[f"grad_norm_{s}"] = meter.read(f"grad_norm_{s}")
             logs[f"dropped_{s}"] = meter.read(f"dropped_{s}")
+            if meter.read(f"skipped_steps_{s}"):
+                logs[f"skipped_steps_{s}"] = meter.read(f"skipped_steps_{s}")
         elapsed, steps = meter.elapsed(), max(meter.read("steps"), 1)
         logs["generation_seconds_per_step"] = round(meter.read("generation_seconds") / steps, 4)
         logs["training_seconds_per_step"] = round(meter.read("training_seconds") / steps, 4)
