@@ -17,6 +17,13 @@ from trainformers.losses import lm_loss
 RTOL = 1e-5
 
 
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    """7 rows of a 64-token vocabulary a chunk: the tiny models here chunk (a micro-batch whose logits
+    fit in one chunk takes the plain path), in many chunks with a ragged last one."""
+    monkeypatch.setattr(chunked, "CHUNK_ELEMENTS", 7 * 64)
+
+
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).detach())
 
@@ -95,6 +102,22 @@ def test_a_model_it_cannot_handle_trains_the_plain_way_and_says_so(tmp_path, cap
     losses, _, widths = train(tmp_path, "capped", model)
     assert widths == {64} and losses
     assert "chunked_cross_entropy: off (its config scales the logits after the head" in capsys.readouterr().out
+
+
+def test_logits_that_fit_in_one_chunk_take_the_plain_path(tmp_path, monkeypatch):
+    monkeypatch.setattr(chunked, "CHUNK_ELEMENTS", 2**25)  # the shipped size: far above a tiny model's logits
+    on = train(tmp_path, "on", tiny_llama())
+    off = train(tmp_path, "off", tiny_llama(), chunked_cross_entropy=False)
+    assert on[2] == off[2] == {64} and on[0] == off[0]  # the same path, bit for bit
+
+
+def test_prompt_tuning_trains_the_plain_way_and_says_so(tmp_path, capsys):
+    from peft import PromptTuningConfig, TaskType, get_peft_model
+
+    model = get_peft_model(tiny_llama(), PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=4))
+    args = make_args(tmp_path / "prompt", max_steps=2)
+    Trainer(model=model, args=args, train_dataset=lm_rows(8), data_collator=PadCollator()).train()
+    assert "chunked_cross_entropy: off (prompt-learning PEFT prepends virtual tokens" in capsys.readouterr().out
 
 
 def test_use_liger_kernel_is_refused_where_it_cannot_run(tmp_path, monkeypatch):

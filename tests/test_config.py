@@ -78,6 +78,8 @@ def test_fields_are_transformers_fields_except_documented_extras():
         "report_at_end",
         "peak_tflops",
         "chunked_cross_entropy",
+        "nan_policy",
+        "nan_skip_limit",
     }
 
 

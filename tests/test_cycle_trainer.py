@@ -239,12 +239,12 @@ def test_resume_equals_uninterrupted(tmp_path, macct):
     assert {p.name for p in checkpoint.iterdir()} >= {
         "A",
         "B",
-        "optimizer_A.pt",
-        "optimizer_B.pt",
-        "scheduler_A.pt",
+        "optimizer_A.safetensors",
+        "optimizer_B.safetensors",
+        "scheduler_A.safetensors",
         "loop_state_0.json",
         "trainer_state.json",
-        "rng_state_0.pth",
+        "rng_state_0.safetensors",
     }
 
 

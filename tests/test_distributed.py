@@ -115,6 +115,6 @@ def test_two_nodes_without_a_shared_disk_each_save_and_resume_with_save_on_each_
         assert result["rank"] == rank and result["world"] == 2 and result["should_save"]
         assert result["same_weights"]  # resumed from this disk's own checkpoint-2 to the identical weights
         checkpoint = disk / "run" / "checkpoint-2"
-        assert (checkpoint / "model.safetensors").is_file() and (checkpoint / "optimizer.pt").is_file()
-        assert (checkpoint / f"rng_state_{rank}.pth").is_file()  # each machine holds its own ranks' states
-        assert not (checkpoint / f"rng_state_{1 - rank}.pth").exists()
+        assert (checkpoint / "model.safetensors").is_file() and (checkpoint / "optimizer.safetensors").is_file()
+        assert (checkpoint / f"rng_state_{rank}.safetensors").is_file()  # each machine holds its own ranks' states
+        assert not (checkpoint / f"rng_state_{1 - rank}.safetensors").exists()

@@ -67,6 +67,12 @@ def _garble(path: Path) -> None:
     path.write_bytes(os.urandom(path.stat().st_size))
 
 
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # inside the last tensor: only its checksum can tell
+    path.write_bytes(bytes(data))
+
+
 def _wrong_shapes(path: Path) -> None:
     other = tiny_llama(vocab=96)
     save_file({k: v.contiguous() for k, v in other.state_dict().items() if k != "lm_head.weight"}, str(path))
@@ -86,11 +92,12 @@ DAMAGE = {
     "weights empty": ("model.safetensors", lambda p: p.write_bytes(b""), "model.safetensors is empty"),
     "weights garbled": ("model.safetensors", _garble, "model.safetensors is truncated or damaged"),
     "weights of another shape": ("model.safetensors", _wrong_shapes, "model.safetensors is of another model"),
-    "optimizer garbled": ("optimizer.pt", _garble, "optimizer.pt is truncated or damaged"),
-    "optimizer truncated": ("optimizer.pt", _truncate, "optimizer.pt is truncated or damaged"),
-    "scheduler empty": ("scheduler.pt", lambda p: p.write_bytes(b""), "scheduler.pt is empty"),
-    "rng missing": ("rng_state_0.pth", lambda p: p.unlink(), "rng_state_0.pth is missing"),
-    "rng garbled": ("rng_state_0.pth", _garble, "rng_state_0.pth is truncated or damaged"),
+    "optimizer garbled": ("optimizer.safetensors", _garble, "optimizer.safetensors is damaged"),
+    "optimizer truncated": ("optimizer.safetensors", _truncate, "optimizer.safetensors is damaged"),
+    "optimizer bit flip": ("optimizer.safetensors", _flip_last_byte, "fails its checksum"),
+    "scheduler empty": ("scheduler.safetensors", lambda p: p.write_bytes(b""), "scheduler.safetensors is empty"),
+    "rng missing": ("rng_state_0.safetensors", lambda p: p.unlink(), "rng_state_0.safetensors is missing"),
+    "rng garbled": ("rng_state_0.safetensors", _garble, "rng_state_0.safetensors is damaged"),
     "state of wrong types": ("trainer_state.json", _state(global_step="six"), "global_step='six' is not an integer"),
     "state torn": ("trainer_state.json", _truncate, "trainer_state.json is damaged"),
     "state from elsewhere": ("trainer_state.json", _state(global_step=999), "global_step 999, not 6"),
@@ -115,10 +122,12 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(finished_run, 
 def test_naming_a_damaged_checkpoint_is_one_line(finished_run, tmp_path):
     out = _copy(run := finished_run[0], tmp_path)
     assert run != out
-    _truncate(out / "checkpoint-6" / "optimizer.pt")
+    _truncate(out / "checkpoint-6" / "optimizer.safetensors")
     with pytest.raises(CheckpointError) as info:
         _trainer(tmp_path).train(resume_from_checkpoint=str(out / "checkpoint-6"))
-    assert str(info.value).startswith(f"resume_from_checkpoint '{out / 'checkpoint-6'}' can't be resumed: optimizer.pt")
+    assert str(info.value).startswith(
+        f"resume_from_checkpoint '{out / 'checkpoint-6'}' can't be resumed: optimizer.safetensors"
+    )
     assert "\n" not in str(info.value)
 
 
@@ -139,7 +148,7 @@ def test_an_unreadable_checkpoint_is_skipped(finished_run, tmp_path, capsys, mon
 def test_no_checkpoint_that_loads_says_start_over(finished_run, tmp_path):
     out = _copy(finished_run[0], tmp_path)
     for step in (2, 4, 6):
-        (out / f"checkpoint-{step}" / "rng_state_0.pth").unlink()
+        (out / f"checkpoint-{step}" / "rng_state_0.safetensors").unlink()
     before = tree(out)
     with pytest.raises(
         CheckpointError,
@@ -152,8 +161,8 @@ def test_no_checkpoint_that_loads_says_start_over(finished_run, tmp_path):
 def test_a_damaged_file_the_checks_cannot_see_is_still_one_line(finished_run, tmp_path, monkeypatch):
     out = _copy(finished_run[0], tmp_path)
     monkeypatch.setattr(ckpt, "checkpoint_problem", lambda *a, **k: None)  # as if the damage passed every check
-    _truncate(out / "checkpoint-6" / "scheduler.pt")
-    with pytest.raises(CheckpointError, match=r"scheduler.pt' is damaged or not a plain state file"):
+    _truncate(out / "checkpoint-6" / "scheduler.safetensors")
+    with pytest.raises(CheckpointError, match=r"scheduler.safetensors' is damaged \(invalid header length\)"):
         _trainer(tmp_path).train(resume_from_checkpoint=True)
 
 
@@ -321,3 +330,54 @@ def test_a_second_writer_is_refused_before_it_writes(tmp_path):
         assert tree(out) == before
     finally:
         holder.communicate("\n", timeout=60)
+
+
+# ---- no pickle ------------------------------------------------------------------------------------
+
+
+def test_no_pickle_in_a_checkpoint(finished_run):
+    import zipfile
+
+    for path in (finished_run[0] / "checkpoint-6").iterdir():
+        assert path.suffix in {".safetensors", ".json", ".jinja"} or path.is_dir(), path.name
+        assert not zipfile.is_zipfile(path) if path.is_file() else True
+
+
+def test_the_pt_files_of_an_older_release_still_resume(finished_run, tmp_path):
+    from trainformers.state_files import load_state_file
+
+    out = _copy(finished_run[0], tmp_path)
+    import shutil
+
+    shutil.rmtree(out / "checkpoint-6")
+    for path in (out / "checkpoint-4").glob("*.safetensors"):
+        if path.name != "model.safetensors":
+            torch.save(load_state_file(path), path.with_suffix(".pth" if path.name.startswith("rng") else ".pt"))
+            path.unlink()
+    trainer = _trainer(tmp_path)
+    trainer.train(resume_from_checkpoint=True)
+    for key, value in weights(trainer.model).items():
+        assert torch.equal(value, finished_run[1][key]), key
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.mkdir, ("/tmp/trainformers-pwned",))
+
+
+def test_a_malicious_pickle_is_skipped_and_never_run(finished_run, tmp_path, capsys):
+    out = _copy(finished_run[0], tmp_path)
+    (out / "checkpoint-6" / "optimizer.safetensors").unlink()
+    torch.save({"state": _Payload()}, out / "checkpoint-6" / "optimizer.pt")
+    assert ckpt.resolve_resume(True, out) == out / "checkpoint-4"
+    assert "resume: skipped checkpoint-6: optimizer.pt is not a plain state file" in capsys.readouterr().out
+    assert not Path("/tmp/trainformers-pwned").exists()
+
+
+def test_a_tokenizer_file_is_refused_not_silently_retrained(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tokenizer.json").write_text("{}")
+    code = main(["train", *_SMALL, "--training.output_dir", "r", "--model.tokenizer", "tokenizer.json"])
+    err = capsys.readouterr().err
+    assert code == 2 and "model.tokenizer='tokenizer.json' is a file; give the directory" in err
+    assert not (tmp_path / "r").exists()

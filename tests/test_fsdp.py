@@ -158,7 +158,7 @@ def test_fsdp2_on_two_cpu_processes_shards_matches_one_process_and_resumes_exact
     for folder in ("model_shards", "optimizer_shards"):
         names = {p.name for p in (checkpoint / folder).iterdir()}
         assert names == {".metadata", "__0_0.distcp", "__1_0.distcp"}, folder  # each rank its shard
-    assert not (checkpoint / "model.safetensors").exists() and not (checkpoint / "optimizer.pt").exists()
+    assert not (checkpoint / "model.safetensors").exists() and not (checkpoint / "optimizer.safetensors").exists()
     _assert_same_model(tmp_path / "run" / "final", ref_dir / "run" / "final")
     torch.testing.assert_close(
         load_file(tmp_path / "resumed" / "final" / "model.safetensors"),

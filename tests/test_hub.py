@@ -20,7 +20,7 @@ from huggingface_hub.utils import filter_repo_objects
 from trainformers import Trainer, TrainerCallback, hub
 
 TOKEN = "hf_fake_secret_token_123"
-TRAINING_STATE = {"optimizer.pt", "scheduler.pt", "trainer_state.json"}
+TRAINING_STATE = {"optimizer.safetensors", "scheduler.safetensors", "trainer_state.json"}
 # Trainer.create_model_card is another module's job; here a missing card must not stop the push
 pytestmark = pytest.mark.filterwarnings("ignore:model card not written")
 
@@ -156,7 +156,7 @@ def test_checkpoint_also_pushes_last_checkpoint_to_resume_from(tmp_path, fake):
         "Training in progress, step 2, checkpoint",
         "Training in progress, step 4, checkpoint",
     ]
-    assert all(TRAINING_STATE | {"model.safetensors", "rng_state_0.pth"} <= u["files"] for u in last)
+    assert all(TRAINING_STATE | {"model.safetensors", "rng_state_0.safetensors"} <= u["files"] for u in last)
     root = fake.at(None)
     assert len(root) == 3 and not any(u["files"] & TRAINING_STATE for u in root)
     assert_final_push(root[-1])

@@ -141,5 +141,9 @@ def test_no_private_name_is_imported_across_modules():
 
 
 def test_no_source_file_is_much_over_800_lines():
-    sizes = {path.name: len(path.read_text(encoding="utf-8").splitlines()) for path in PACKAGE.rglob("*.py")}
+    # by path: trainer.py and cycle/trainer.py are two files (keyed by name, one hid the other)
+    sizes = {
+        str(path.relative_to(PACKAGE)): len(path.read_text(encoding="utf-8").splitlines())
+        for path in PACKAGE.rglob("*.py")
+    }
     assert max(sizes.values()) <= 820, sorted(sizes.items(), key=lambda item: -item[1])[:3]

@@ -141,9 +141,9 @@ def test_one_model_and_a_pair_share_the_checkpoint_layout(tmp_path):
     )
     pair.train()
     two = {p.name for p in (tmp_path / "pair" / "checkpoint-2").iterdir()}
-    shared = {"rng_state_0.pth", "loop_state_0.json", "training_args.json", "trainer_state.json"}
-    assert shared | {"optimizer.pt", "scheduler.pt", "model.safetensors"} <= one
-    assert shared | {"optimizer_A.pt", "optimizer_B.pt", "scheduler_A.pt", "scheduler_B.pt", "A", "B"} <= two
+    shared = {"rng_state_0.safetensors", "loop_state_0.json", "training_args.json", "trainer_state.json"}
+    assert shared | {"optimizer.safetensors", "scheduler.safetensors", "model.safetensors"} <= one
+    assert shared | {"optimizer_A.safetensors", "optimizer_B.safetensors", "scheduler_A.safetensors", "scheduler_B.safetensors", "A", "B"} <= two
     loop_one = json.loads((tmp_path / "one" / "run" / "checkpoint-2" / "loop_state_0.json").read_text())
     loop_two = json.loads((tmp_path / "pair" / "checkpoint-2" / "loop_state_0.json").read_text())
     assert set(loop_one) == {"meter", "run"} and set(loop_two) == {"meter", "streams"}

@@ -218,13 +218,13 @@ def test_checkpoint_is_pickle_free_and_complete(tmp_path):
     assert {
         "model.safetensors",
         "config.json",
-        "optimizer.pt",
-        "scheduler.pt",
-        "rng_state_0.pth",
+        "optimizer.safetensors",
+        "scheduler.safetensors",
+        "rng_state_0.safetensors",
         "trainer_state.json",
         "training_args.json",
     } <= names
-    for name in ("optimizer.pt", "scheduler.pt", "rng_state_0.pth"):
+    for name in ("optimizer.safetensors", "scheduler.safetensors", "rng_state_0.safetensors"):
         torch.load(c / name, weights_only=True)  # raises if anything needs unpickling
     state = json.loads((c / "trainer_state.json").read_text())
     assert state["global_step"] == 3 and state["epoch_step"] == 3 and state["micro_step"] == 3
@@ -586,7 +586,7 @@ def test_save_only_model_checkpoint_cannot_be_resumed(tmp_path):
     t = _trainer(tmp_path, save_strategy="steps", save_steps=2, max_steps=2, save_only_model=True)
     t.train()
     c = Path(t.args.output_dir) / "checkpoint-2"
-    assert (c / "model.safetensors").is_file() and not (c / "optimizer.pt").exists()
+    assert (c / "model.safetensors").is_file() and not (c / "optimizer.safetensors").exists()
     again = _trainer(tmp_path, save_strategy="steps", save_steps=2, max_steps=4)
     with pytest.raises(CheckpointError, match="save_only_model"):
         again.train(resume_from_checkpoint=True)

@@ -6,7 +6,12 @@ or a pair (see `Resumable`).
 A checkpoint is a directory `checkpoint-N/` written first as `checkpoint-N.tmp/` and renamed when
 every file is in place, so a crash mid-save never leaves something that looks complete. Model
 weights are in HF format (safetensors + config.json, or a PEFT adapter); optimizer, scheduler,
-scaler and RNG states load with `torch.load(weights_only=True)`; the rest is JSON.
+scaler and RNG states are safetensors state files (tensors, with the rest of their structure as
+JSON in the header: state_files.py); the rest is JSON. Nothing is unpickled; `.pt`/`.pth` state
+of older releases and of Hugging Face's Trainer is read with `torch.load(weights_only=True)`.
+
+Resuming checks a checkpoint before it loads a byte into the live objects (`checkpoint_problem`):
+`resume_from_checkpoint=True` skips a damaged or incomplete newest checkpoint for the one before.
 """
 
 from __future__ import annotations
@@ -24,31 +29,53 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from .errors import CheckpointError
-from .state import atomic_write_text, json_default
+from .model_files import (
+    MODEL_SHARDS,
+    SHARD_MARKER,
+    safetensors_problem,
+)
+from .model_files import cast_saved_weights as cast_saved_weights
+from .model_files import load_model_files as load_model_files
+from .model_files import quiet_hf_progress as quiet_hf_progress
+from .model_files import read_weights as read_weights
+from .model_files import save_model_files as save_model_files
+from .state import write_json
+from .state_files import (
+    STATE_SUFFIX,
+    load_legacy_state,
+    load_state_file,
+    save_state_file,
+    short_error,
+    state_file_problem,
+)
 
 PREFIX = "checkpoint"
 TMP_SUFFIX = ".tmp"
 STATE_NAME = "trainer_state.json"
 ARGS_NAME = "training_args.json"
-OPTIMIZER_NAME = "optimizer.pt"
-SCHEDULER_NAME = "scheduler.pt"
-SCALER_NAME = "scaler.pt"
+# state files are safetensors with their structure as JSON (state_files.py); the .pt/.pth names of
+# older releases and of Hugging Face's Trainer are still read (`load_state`)
+OPTIMIZER_NAME = "optimizer.safetensors"
+SCHEDULER_NAME = "scheduler.safetensors"
+SCALER_NAME = "scaler.safetensors"
+RNG_NAME = "rng_state_{rank}.safetensors"
 OPTIMIZER_SHARDS = "optimizer_shards"  # a sharded optimizer's DCP folder (optimizer_shards_A for model "A")
-MODEL_SHARDS = "model_shards"  # a sharded model's DCP folder (sharded.py)
-SHARD_MARKER = ".metadata"  # written by DCP's coordinator once every rank's shard is in
 DEEPSPEED_DIR = "deepspeed"  # a DeepSpeed engine's own checkpoint folder (sharded.DeepSpeedState)
 DEEPSPEED_MARKER = "latest"  # written by DeepSpeed's rank 0 once every rank's files are in
 LOOP_STATE_NAME = "loop_state_{rank}.json"  # the meter's unlogged sums, data positions: one per rank
 # the files of a checkpoint that resume training, as opposed to the model files a user loads
 TRAINING_STATE_FILES = (
+    "optimizer*.safetensors",
     "optimizer*.pt",
     "optimizer_shards*",
     DEEPSPEED_DIR,
+    "scheduler*.safetensors",
     "scheduler*.pt",
     SCALER_NAME,
+    "scaler.pt",
+    "rng_state_*.safetensors",
     "rng_state_*.pth",
     "loop_state_*.json",
     STATE_NAME,
@@ -124,6 +151,7 @@ def resolve_resume(
     model_dirs: tuple[str, ...] = ("",),
     *,
     shapes: Mapping[str, tuple[int, ...]] | None = None,
+    rank: int = 0,
     notice: Callable[[str], None] = print,
 ) -> Path | None:
     """The checkpoint `resume_from_checkpoint` names: a path, True for the newest that loads, None/False for none.
@@ -133,6 +161,7 @@ def resolve_resume(
 
     Args:
         shapes: The live model's parameter shapes by name, to refuse weights of another shape.
+        rank: This process's rank (rank 0 needs its own random state; see `checkpoint_problem`).
 
     Raises:
         CheckpointError: True and no checkpoint in `output_dir` loads, or a named one is missing or damaged.
@@ -141,7 +170,7 @@ def resolve_resume(
         return None
     if value is not True:
         check_checkpoint(value, model_dirs)
-        problem = checkpoint_problem(Path(value), model_dirs, shapes=shapes)
+        problem = checkpoint_problem(Path(value), model_dirs, shapes=shapes, rank=rank)
         if problem:
             raise CheckpointError(
                 f"resume_from_checkpoint '{value}' can't be resumed: {problem}; name an older checkpoint, or "
@@ -150,7 +179,7 @@ def resolve_resume(
         return Path(value)
     skipped = []
     for path in reversed(list_checkpoints(output_dir)):
-        problem = checkpoint_problem(path, model_dirs, shapes=shapes)
+        problem = checkpoint_problem(path, model_dirs, shapes=shapes, rank=rank)
         if problem is None:
             return path
         skipped.append(path.name)
@@ -167,11 +196,32 @@ def resolve_resume(
     )
 
 
+def resume_point(
+    value: str | bool | None,
+    args: Any,
+    *,
+    main: bool,
+    model_dirs: tuple[str, ...] = ("",),
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+) -> Path | None:
+    """`resolve_resume` as a trainer's `train()` calls it: in `args.output_dir`, for this process's
+    rank, its notices printed by the main process only."""
+    return resolve_resume(
+        value,
+        args.output_dir,
+        model_dirs,
+        shapes=shapes,
+        rank=args.process_index,
+        notice=print if main else lambda line: None,
+    )
+
+
 def checkpoint_problem(
     path: Path,
     model_dirs: tuple[str, ...] = ("",),
     *,
     shapes: Mapping[str, tuple[int, ...]] | None = None,
+    rank: int = 0,
 ) -> str | None:
     """Why checkpoint `path` can't be resumed, in a few words, or None when every file it needs is whole.
 
@@ -189,53 +239,45 @@ def checkpoint_problem(
     try:
         state = TrainerState.load_from_json(path / STATE_NAME)
     except ValueError as err:
-        return f"{STATE_NAME} is damaged ({_short(err)})"
+        return f"{STATE_NAME} is damaged ({short_error(err)})"
     match = _CKPT_RE.match(path.name)
     if match and int(match.group(1)) != state.global_step:
         return f"{STATE_NAME} says global_step {state.global_step}, not {match.group(1)}"
     for sub in model_dirs:
         folder = path / sub if sub else path
-        files = sorted(folder.glob("*.safetensors"))
+        files = sorted(folder.glob("model*.safetensors")) + sorted(folder.glob("adapter_model*.safetensors"))
         if not files and not any((folder / name).is_file() for name in WEIGHT_FILES):
             return f"no model weights{f' in {sub}/' if sub else ''}"
         for file in files:
             problem = safetensors_problem(file, shapes if not sub and file.name.startswith("model") else None)
             if problem:
                 return f"{file.relative_to(path)} is {problem}"
-    training = [n for n in sorted(names) if n.endswith((".pt", ".pth"))]
-    for name in training:
+    for name in sorted(n for n in names if is_training_state(n) and n.endswith(STATE_SUFFIX)):
+        problem = state_file_problem(path / name)
+        if problem:
+            return f"{name} is {problem}"
+    for name in sorted(n for n in names if n.endswith((".pt", ".pth"))):  # an older release's, or HF's
         problem = archive_problem(path / name)
         if problem:
             return f"{name} is {problem}"
+        try:
+            load_legacy_state(path / name)  # a pickle that is not plain state is refused here, not run
+        except CheckpointError:
+            return f"{name} is not a plain state file (weights_only refuses it)"
     resumable = any(n.startswith("optimizer") for n in names) or DEEPSPEED_DIR in names
-    if resumable:
-        if "rng_state_0.pth" not in names:  # other ranks' may be absent: written by fewer processes
-            return "rng_state_0.pth is missing (the random state; without it the run would not continue as it was)"
+    # rank 0's random state must be there; another rank's may be absent (fewer processes wrote the
+    # checkpoint, or, with save_on_each_node, another machine's disk holds it) but not every one
+    rngs = {n for n in names if n.startswith("rng_state_")}
+    rng = RNG_NAME.format(rank=0)
+    if resumable and (not rngs if rank else not {rng, "rng_state_0.pth"} & rngs):
+        return f"{rng} is missing (the random state; without it the run would not continue as it was)"
     for name in sorted(n for n in names if n.startswith("loop_state_")):
         try:
             loaded = json.loads((path / name).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            return f"{name} is damaged ({_short(err)})"
+            return f"{name} is damaged ({short_error(err)})"
         if not isinstance(loaded, dict):
             return f"{name} is damaged (not a JSON object)"
-    return None
-
-
-def safetensors_problem(path: Path, shapes: Mapping[str, tuple[int, ...]] | None = None) -> str | None:
-    """'empty', 'truncated or damaged (...)' or 'of another model (...)' for a bad safetensors file; None when whole."""
-    from safetensors import SafetensorError, safe_open
-
-    if path.stat().st_size == 0:
-        return "empty"
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            saved = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
-    except (SafetensorError, OSError, ValueError) as err:
-        return f"truncated or damaged ({_short(err)})"
-    for name, shape in saved.items():
-        want = (shapes or {}).get(name)
-        if want is not None and tuple(want) != shape:
-            return f"of another model ({name} is {list(shape)} there, {list(want)} here)"
     return None
 
 
@@ -249,14 +291,8 @@ def archive_problem(path: Path) -> str | None:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()  # reads every member and checks its CRC-32
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
-        return f"truncated or damaged ({_short(err)})"
+        return f"truncated or damaged ({short_error(err)})"
     return None if bad is None else f"damaged ({bad} fails its checksum)"
-
-
-def _short(err: BaseException) -> str:
-    """The first line of an error, cut to 120 characters: enough for a one-line message."""
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def run_exists(output_dir: str | os.PathLike) -> bool:
@@ -431,176 +467,31 @@ def rotate_checkpoints(
     return removed
 
 
-# ---- model weights ---------------------------------------------------------------------------
-
-
-def _is_peft(model: nn.Module) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:
-        return False
-    return isinstance(model, PeftModel)
-
-
-def save_model_files(
-    model: nn.Module,
-    out_dir: str | os.PathLike,
-    *,
-    state_dict: dict[str, torch.Tensor] | None = None,
-    is_main: bool = True,
-) -> None:
-    """Save weights in HF format: `save_pretrained` when the model has it, safetensors otherwise."""
-    out_dir = Path(out_dir)
-    should_save_here = getattr(model, "should_save_on_this_rank", None)
-    if is_main and should_save_here is not None and not should_save_here(True):
-        _save_hf_files_off_rank_zero(model, out_dir)
-        return
-    if hasattr(model, "save_pretrained"):
-        with quiet_hf_progress():
-            model.save_pretrained(out_dir, state_dict=state_dict, is_main_process=is_main)
-        return
-    if is_main:
-        from safetensors.torch import save_file, save_model
-
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if state_dict is None:
-            save_model(model, str(out_dir / "model.safetensors"))
-        else:
-            save_file({k: v.contiguous() for k, v in state_dict.items()}, str(out_dir / "model.safetensors"))
-
-
-def cast_saved_weights(folder: str | os.PathLike, dtype: torch.dtype) -> None:
-    """Rewrite the floating-point tensors of each safetensors file in `folder` as `dtype`
-    (`model.save_dtype`); config.json's dtype follows. Each file is replaced atomically."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
-    folder = Path(folder)
-    for path in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata()
-        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    config_path = folder / "config.json"
-    if config_path.is_file():
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-        key = "torch_dtype" if "torch_dtype" in config and "dtype" not in config else "dtype"
-        config[key] = str(dtype).removeprefix("torch.")
-        write_json(config, config_path)
-
-
-def _save_hf_files_off_rank_zero(model: nn.Module, out_dir: Path) -> None:
-    """What `save_pretrained` writes, from a process that is not rank 0 (`save_on_each_node`).
-
-    transformers 5's `save_pretrained` writes nothing outside global rank 0 whatever
-    `is_main_process` says (`should_save_on_this_rank`), so the main process of every other
-    machine writes the same files itself: the configuration and the weights (tied ones once).
-    """
-    from safetensors.torch import save_model
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.config.save_pretrained(out_dir)
-    generation = getattr(model, "generation_config", None)
-    if generation is not None and getattr(model, "can_generate", lambda: False)():
-        generation.save_pretrained(out_dir)
-    save_model(model, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-
-
-@contextmanager
-def quiet_hf_progress() -> Iterator[None]:
-    """transformers draws a one-shard progress bar per save; in a training loop it is noise."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-
-
-def read_weights(ckpt_dir: Path) -> dict[str, torch.Tensor]:
-    """The consolidated weights in `ckpt_dir` (model.safetensors, or the shards its index names), on the CPU.
-
-    Raises:
-        CheckpointError: there are none.
-    """
-    from safetensors.torch import load_file
-
-    if (ckpt_dir / "model.safetensors").is_file():
-        return load_file(str(ckpt_dir / "model.safetensors"))
-    if (ckpt_dir / "model.safetensors.index.json").is_file():
-        index = json.loads((ckpt_dir / "model.safetensors.index.json").read_text())
-        state: dict[str, torch.Tensor] = {}
-        for shard in sorted(set(index["weight_map"].values())):
-            state.update(load_file(str(ckpt_dir / shard)))
-        return state
-    if (ckpt_dir / MODEL_SHARDS / SHARD_MARKER).is_file():
-        raise CheckpointError(
-            f"'{ckpt_dir}' holds FSDP model shards; load it in a run with the same fsdp settings, or use its final/"
-        )
-    raise CheckpointError(f"no model weights (model.safetensors) in '{ckpt_dir}'; is it a trainformers checkpoint?")
-
-
-def load_model_files(model: nn.Module, ckpt_dir: str | os.PathLike) -> None:
-    """Load weights saved by `save_model_files` into `model`, in place.
-
-    Tied weights are saved once; a parameter missing from the file is accepted only when it
-    shares storage with one that was loaded.
-
-    Raises:
-        CheckpointError: no weights in the directory, or their names do not match the model.
-    """
-    from safetensors.torch import load_file
-
-    ckpt_dir = Path(ckpt_dir)
-    adapter_file = ckpt_dir / "adapter_model.safetensors"
-    if adapter_file.is_file() and _is_peft(model):
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(model, load_file(str(adapter_file)))
-        return
-    if adapter_file.is_file() and getattr(model, "_hf_peft_config_loaded", False):
-        # transformers' own add_adapter(): the adapter lives in the model, saved in PEFT format
-        from peft import set_peft_model_state_dict
-
-        active = model.active_adapters()[0] if hasattr(model, "active_adapters") else "default"
-        set_peft_model_state_dict(model, load_file(str(adapter_file)), adapter_name=active)
-        return
-    state = read_weights(ckpt_dir)
-    result = model.load_state_dict(state, strict=False)
-    loaded = {t.data_ptr() for name, t in model.state_dict().items() if name in state}
-    params = model.state_dict()
-    untied = [k for k in result.missing_keys if params[k].data_ptr() not in loaded]
-    if untied or result.unexpected_keys:
-        raise CheckpointError(
-            f"weights in '{ckpt_dir}' don't match the model (missing {untied[:3]}, unexpected "
-            f"{result.unexpected_keys[:3]}); resume with the same model configuration"
-        )
-
-
 # ---- optimizer / scheduler / RNG states ----------------------------------------------------
 
 
 def save_state(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save a state dict of tensors and plain Python values (loadable with weights_only)."""
-    torch.save(obj, path)
+    """Write a state dict of tensors and plain Python values as a safetensors state file (no pickle)."""
+    save_state_file(obj, path)
 
 
 def load_state(path: str | os.PathLike) -> Any:
-    """Load a state saved by `save_state` without unpickling arbitrary objects."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint file '{path}' is missing; the checkpoint is incomplete") from None
-    except Exception as err:  # a torn archive, garbage, or a pickle that is not plain state (refused, not run)
-        raise CheckpointError(
-            f"checkpoint file '{path}' is damaged or not a plain state file ({_short(err)}); resume from an "
-            "older checkpoint"
-        ) from None
+    """Read a state written by `save_state`; where only the `.pt`/`.pth` file of an older release or of
+    Hugging Face's Trainer is there, that one, with `torch.load(weights_only=True)`.
+
+    Raises:
+        CheckpointError: the file is missing, damaged, or (a torch file) not plain state.
+    """
+    path = Path(path)
+    legacy = path.with_suffix(".pth" if path.name.startswith("rng_state") else ".pt")
+    if not path.is_file() and path.suffix == STATE_SUFFIX and legacy.is_file():
+        return load_legacy_state(legacy)
+    return load_state_file(path)
+
+
+def has_state(path: Path) -> bool:
+    """Whether the state file `path` (or its older `.pt`/`.pth` twin) is there."""
+    return path.is_file() or path.with_suffix(".pth" if path.name.startswith("rng_state") else ".pt").is_file()
 
 
 def rng_state() -> dict[str, Any]:
@@ -634,11 +525,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["cpu"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def write_json(obj: Any, path: str | os.PathLike) -> None:
-    """Write JSON atomically (temp file + rename)."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=json_default))
 
 
 # ---- trainer state ----------------------------------------------------------------------
@@ -723,18 +609,20 @@ def restore_trainer_state(path: Path, current: Any, callbacks: Any) -> Any:
 
 
 def restore_rng(path: Path, rank: int, world: int) -> None:
-    """Set this rank's random state from `rng_state_<rank>.pth` in checkpoint `path`."""
+    """Set this rank's random state from `rng_state_<rank>.safetensors` in checkpoint `path`."""
     import warnings
 
-    rng_file = path / f"rng_state_{rank}.pth"
-    if not rng_file.is_file() and rank > 0:  # written by fewer processes than resume it
+    rng_file = path / RNG_NAME.format(rank=rank)
+    if not has_state(rng_file) and rank > 0:  # written by fewer processes than resume it
         warnings.warn(f"{rng_file} missing: this rank's random state is not restored", stacklevel=3)
         return
     saved = load_state(rng_file)  # rank 0's is required (`checkpoint_problem`)
     try:
         set_rng_state(saved)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"checkpoint file '{rng_file}' does not hold a random state ({_short(err)})") from None
+        raise CheckpointError(
+            f"checkpoint file '{rng_file}' does not hold a random state ({short_error(err)})"
+        ) from None
 
 
 # ---- the checkpoint, defined once -----------------------------------------------------------
@@ -748,10 +636,10 @@ class Resumable:
 
         checkpoint-N/
           <model files>           save_models(dir): one model at the top, a pair under A/ and B/
-          optimizer.pt            one per optimizer: key "" -> optimizer.pt, key "A" -> optimizer_A.pt
-          scheduler.pt            likewise (scheduler_A.pt, ...)
+          optimizer.safetensors   one per optimizer: key "" -> optimizer.safetensors, "A" -> optimizer_A.safetensors
+          scheduler.safetensors   likewise (scheduler_A.safetensors, ...)
           scaler.pt               the fp16 gradient scaler, when there is one
-          rng_state_<rank>.pth    every RNG of each rank
+          rng_state_<rank>.safetensors  every RNG of each rank
           loop_state_<rank>.json  each `stateful` item's state_dict() (the meter, data positions)
           training_args.json
           trainer_state.json      written last: the completion marker inside
@@ -803,7 +691,7 @@ class StateDicts:
 
 
 def keyed(filename: str, key: str) -> str:
-    """optimizer.pt for the key "", optimizer_A.pt for "A" (optimizer_shards_A for a folder)."""
+    """optimizer.safetensors for the key "", optimizer_A.safetensors for "A" (optimizer_shards_A for a folder)."""
     if not key:
         return filename
     stem, dot, suffix = filename.rpartition(".")
@@ -829,7 +717,7 @@ def save_checkpoint(run: Resumable, args: Any, accel: Any) -> Path:
             shards.save(tmp, {} if args.save_only_model else run.optimizers)  # every rank, its shard
         run.save_models(tmp)  # with model shards: the configuration and tokenizer only
         if not args.save_only_model:
-            save_state(rng_state(), tmp / f"rng_state_{accel.process_index}.pth")
+            save_state(rng_state(), tmp / RNG_NAME.format(rank=accel.process_index))
             write_json(loop_state, tmp / LOOP_STATE_NAME.format(rank=accel.process_index))
             if main and shards is None:
                 for key, optimizer in run.optimizers.items():
@@ -862,7 +750,7 @@ def load_checkpoint(path: Path, run: Resumable, accel: Any) -> Any:
         [keyed(OPTIMIZER_NAME, k) for k in run.optimizers] if shards is None else shards.required_files(run.optimizers)
     )
     needed = optimizer_files + [keyed(SCHEDULER_NAME, k) for k in run.schedulers]
-    missing = [name for name in needed if not (path / name).is_file()]
+    missing = [name for name in needed if not has_state(path / name)]
     if missing:
         sharding = " (sharded checkpoints resume under FSDP only, and FSDP resumes only those)" if shards else ""
         raise CheckpointError(
@@ -883,7 +771,7 @@ def load_checkpoint(path: Path, run: Resumable, accel: Any) -> Any:
         saved = load_state(path / keyed(SCHEDULER_NAME, key))
         with _loading(path, "the scheduler state"):
             scheduler.load_state_dict(saved)
-    if accel.scaler is not None and (path / SCALER_NAME).is_file():
+    if accel.scaler is not None and has_state(path / SCALER_NAME):
         accel.scaler.load_state_dict(load_state(path / SCALER_NAME))
     loop_state = _read_loop_state(path, accel.process_index)
     for name, item in run.stateful.items():
@@ -908,7 +796,7 @@ def _loading(path: Path, what: str) -> Iterator[None]:
         raise
     except Exception as err:
         raise CheckpointError(
-            f"checkpoint '{path}': {what} don't load ({_short(err)}); resume with the same settings or from an "
+            f"checkpoint '{path}': {what} don't load ({short_error(err)}); resume with the same settings or from an "
             "older checkpoint"
         ) from None
 

@@ -14,7 +14,7 @@ included; the normalisation stays `losses.lm_loss`'s (summed, divided once by `n
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -132,6 +132,12 @@ def linear_cross_entropy(
     return total / num_items_in_batch
 
 
+def worth_chunking(head: nn.Linear, labels: torch.Tensor) -> bool:
+    """Whether a micro-batch's logits exceed one chunk. When they don't, chunking saves nothing and
+    the plain path runs: small-vocabulary runs keep transformers' arithmetic to the last bit."""
+    return labels.numel() * head.out_features > CHUNK_ELEMENTS
+
+
 def chunkable_head(model: nn.Module) -> tuple[nn.Linear | None, str]:
     """The output projection the chunked loss can stand in for, or None and why not.
 
@@ -152,6 +158,46 @@ def chunkable_head(model: nn.Module) -> tuple[nn.Linear | None, str]:
     if getattr(config, "output_router_logits", False):
         return None, "its router loss is computed from the labels inside the model (output_router_logits)"
     return head, ""
+
+
+def choose_chunked_head(model: nn.Module, args: Any, engine: str) -> tuple[nn.Linear | None, str]:
+    """The head a causal LM's chunked loss stands in for under `args` and `engine` (Accelerate's
+    distributed type), or None and why ('' when it is off by choice: the field, or Liger's own)."""
+    if not args.chunked_cross_entropy or args.use_liger_kernel:
+        return None, ""  # Liger's fused linear cross-entropy computes the loss inside the patched forward
+    if engine in ("FSDP", "DEEPSPEED"):
+        return None, f"under {engine}"
+    if args.torch_compile:
+        return None, "with torch_compile"
+    if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
+        return None, "prompt-learning PEFT prepends virtual tokens the labels don't have"
+    from .loop_utils import unwrap_peft
+
+    return chunkable_head(unwrap_peft(model))
+
+
+def chunked_lm_loss(
+    model: nn.Module, head: nn.Linear, model_inputs: dict[str, Any], labels: torch.Tensor, label_smoothing: float
+) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """A causal LM's forward and mean token loss without its logits.
+
+    The head returns its input during the forward, so `outputs.logits` are the last hidden states;
+    `outputs["logits"]` is then set to None (the real logits were never made).
+
+    Returns:
+        `(token_loss, loss, outputs)`: the mean token loss, that plus any router loss the model
+        returns (`aux_loss`), and the model's outputs.
+    """
+    with head_input(head):
+        outputs = model(**model_inputs)
+    mapping = isinstance(outputs, Mapping)
+    hidden = outputs["logits"] if mapping else outputs[0]
+    token_loss = linear_cross_entropy(hidden, head, labels, shift=True, label_smoothing=label_smoothing)
+    aux = outputs.get("aux_loss") if mapping else None
+    loss = token_loss + aux if aux is not None else token_loss
+    if mapping:
+        outputs["logits"] = None
+    return token_loss, loss, outputs
 
 
 @contextmanager

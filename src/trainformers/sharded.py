@@ -159,7 +159,7 @@ class DeepSpeedState:
         self._load(directory, module_only=True)
 
     def _load(self, directory: Path, *, module_only: bool) -> None:
-        # the scheduler is ours (saved as scheduler.pt); the engine holds none
+        # the scheduler is ours (saved as scheduler.safetensors); the engine holds none
         self.engine.load_checkpoint(
             str(directory / DEEPSPEED_DIR),
             tag=DEEPSPEED_TAG,

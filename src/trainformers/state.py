@@ -36,6 +36,11 @@ def json_default(value: Any) -> Any:
     return str(value)
 
 
+def write_json(obj: Any, path: str | os.PathLike[str]) -> None:
+    """Write JSON atomically (temp file + rename), tensors and NumPy values as plain numbers."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=json_default))
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write `text` to `path` so that readers see either the old file or the whole new one.
 

@@ -24,8 +24,8 @@ from transformers.trainer_utils import EvalPrediction, TrainOutput
 
 from . import checkpoint as ckpt
 from .accel import build_accelerator, configure_deepspeed
-from .callbacks import CallbackHandler, HubCallback, TrainerCallback, default_callbacks
-from .chunked_loss import chunkable_head, head_input, linear_cross_entropy
+from .callbacks import CallbackHandler, TrainerCallback, default_callbacks
+from .chunked_loss import choose_chunked_head, chunked_lm_loss, worth_chunking
 from .config import TrainingArguments
 from .dataloaders import check_train_inputs, remove_unused_columns, train_dataloader
 from .errors import ConfigError, DataError
@@ -50,7 +50,6 @@ from .meter import Meter, add_loss_terms, loss_term_means
 from .neftune import neftune_noise
 from .optim import create_optimizer, create_scheduler, describe_param_groups
 from .preemption import SigtermCheckpoint
-from .results import format_metrics_block, metrics_format, save_metrics
 from .run_lock import RunLock
 from .sampling import EpochSampler, skip_first_batches
 from .sharded import DeepSpeedState, ShardedModel, is_sharded
@@ -58,9 +57,10 @@ from .state import TrainerControl, TrainerState
 from .step import NonFiniteGuard, StepKernel
 from .trackers import start_trackers
 from .trainer_evaluation import EvaluationMethods
+from .trainer_publishing import PublishingMethods
 
 
-class Trainer(EvaluationMethods):
+class Trainer(EvaluationMethods, PublishingMethods):
     """Train, evaluate and predict with any model whose forward returns a loss.
 
     The loop, in pseudocode (`_train_loop`):
@@ -267,7 +267,7 @@ class Trainer(EvaluationMethods):
         if chunked or self.compute_loss_func is not None or self.args.label_smoothing_factor > 0:
             labels = inputs.get("labels")
         model_inputs = {k: v for k, v in inputs.items() if k != "labels"} if labels is not None else inputs
-        if chunked and labels is not None:
+        if chunked and labels is not None and worth_chunking(self._chunked_head, labels):
             return self._chunked_loss(model, model_inputs, labels, inputs, return_outputs, num_items_in_batch)
         outputs = model(**model_inputs)
         terms = outputs.get("loss_terms") if isinstance(outputs, Mapping) else None
@@ -299,47 +299,26 @@ class Trainer(EvaluationMethods):
         return_outputs: bool,
         num_items_in_batch: torch.Tensor | int | None,
     ) -> Any:
-        """`compute_loss` of a causal LM without its logits (`chunked_loss`; args.chunked_cross_entropy).
-
-        The head returns its input during the forward, so `outputs.logits` are the last hidden
-        states; the loss is the plain path's, term for term: the micro-batch's mean token loss plus
-        any router loss the model returns (`aux_loss`), as its share of the window.
-        """
-        head = self._chunked_head
-        assert head is not None
-        with head_input(head):
-            outputs = model(**model_inputs)
-        hidden = outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
-        token_loss = linear_cross_entropy(
-            hidden, head, labels, shift=True, label_smoothing=self.args.label_smoothing_factor
+        """`compute_loss` of a causal LM without its logits (`chunked_loss.chunked_lm_loss`): the plain
+        path's loss term for term, router losses included, as its share of the window."""
+        assert self._chunked_head is not None
+        token_loss, loss, outputs = chunked_lm_loss(
+            model, self._chunked_head, model_inputs, labels, self.args.label_smoothing_factor
         )
-        loss = token_loss
-        aux = outputs.get("aux_loss") if isinstance(outputs, Mapping) else None
-        if aux is not None:
-            loss = loss + aux
         terms = outputs.get("loss_terms") if isinstance(outputs, Mapping) else None
         if terms:
             add_loss_terms(self.meter, {**terms, "lm_loss": token_loss.detach()})
         if num_items_in_batch is not None:
             loss = window_share(loss, self.count_items(inputs), num_items_in_batch)
-        if isinstance(outputs, Mapping):
-            outputs["logits"] = None  # they were the hidden states; the real logits were never made
         return (loss, outputs) if return_outputs else loss
 
     def _choose_chunked_head(self, model: nn.Module) -> nn.Linear | None:
-        """The head `_chunked_loss` stands in for, or None (with one line saying why) when it can't."""
-        args = self.args
-        if not args.chunked_cross_entropy or not self._shift_labels or self.compute_loss_func is not None:
+        """The head `_chunked_loss` stands in for, or None (with one line saying why, when it is not by choice)."""
+        if not self._shift_labels or self.compute_loss_func is not None:
             return None
-        if args.use_liger_kernel:
-            return None  # Liger's fused linear cross-entropy computes the loss inside the patched forward
         engine = self.accelerator.distributed_type.value
-        if engine in ("FSDP", "DEEPSPEED") or args.torch_compile:
-            reason = f"under {engine}" if engine in ("FSDP", "DEEPSPEED") else "with torch_compile"
-            head = None
-        else:
-            head, reason = chunkable_head(unwrap_peft(self.accelerator.unwrap_model(model)))
-        if head is None and self.is_world_process_zero():
+        head, reason = choose_chunked_head(self.accelerator.unwrap_model(model), self.args, engine)
+        if head is None and reason and self.is_world_process_zero():
             print(f"chunked_cross_entropy: off ({reason}); this run materialises the full logits")
         return head
 
@@ -396,12 +375,8 @@ class Trainer(EvaluationMethods):
         self._memory.start("train")
         if resume_from_checkpoint is None:
             resume_from_checkpoint = self.args.resume_from_checkpoint
-        resume = ckpt.resolve_resume(
-            resume_from_checkpoint,
-            self.args.output_dir,
-            shapes=None if self.model is None else {k: tuple(v.shape) for k, v in self.model.state_dict().items()},
-            notice=print if self.is_world_process_zero() else lambda line: None,
-        )
+        shapes = None if self.model is None else {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+        resume = ckpt.resume_point(resume_from_checkpoint, self.args, main=self.is_world_process_zero(), shapes=shapes)
         output_dir = Path(self.args.output_dir)
         ckpt.check_foreign_checkpoints(
             output_dir,
@@ -766,151 +741,6 @@ class Trainer(EvaluationMethods):
         path = ckpt.save_checkpoint(self._resumable(), self.args, self.accelerator)
         self._own_checkpoints.add(path.name)  # a second train() may write beside it
         return path
-
-    # ---- experiments: search, model card (trainformers.search, trainformers.modelcard) -----
-
-    def hyperparameter_search(
-        self,
-        hp_space: Callable[[Any], dict[str, Any]] | None = None,
-        compute_objective: Callable[[dict[str, float]], float] | None = None,
-        n_trials: int = 20,
-        direction: str | list[str] = "minimize",
-        backend: str | None = None,
-        hp_name: Callable[[Any], str] | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        """Search hyperparameters with optuna (HF semantics); needs `model_init`. See `trainformers.search`."""
-        from .search import run_hyperparameter_search
-
-        return run_hyperparameter_search(
-            self,
-            hp_space=hp_space,
-            compute_objective=compute_objective,
-            n_trials=n_trials,
-            direction=direction,
-            backend=backend,
-            hp_name=hp_name,
-            **kwargs,
-        )
-
-    def create_model_card(
-        self,
-        language: str | None = None,
-        license: str | None = None,
-        tags: str | list[str] | None = None,
-        model_name: str | None = None,
-        finetuned_from: str | None = None,
-        tasks: str | list[str] | None = None,
-        dataset_tags: str | list[str] | None = None,
-        dataset: str | list[str] | None = None,
-        dataset_args: str | list[str] | None = None,
-    ) -> Path:
-        """Write README.md (a model card) into args.output_dir (`HubCallback.write_model_card`)."""
-        return self.callback_handler.find_or_add(HubCallback).write_model_card(
-            self,
-            language=language,
-            license=license,
-            tags=tags,
-            model_name=model_name,
-            finetuned_from=finetuned_from,
-            tasks=tasks,
-            dataset_tags=dataset_tags,
-            dataset=dataset,
-            dataset_args=dataset_args,
-        )
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save the model (and tokenizer) in HF format to `output_dir` (default: args.output_dir)."""
-        folder = Path(output_dir or self.args.output_dir)
-        self._save(folder, _internal_call=_internal_call)
-        if self.args.push_to_hub and not _internal_call and self.is_world_process_zero():
-            self._push_to_hub(folder, "Model save")
-
-    def _save(self, output_dir: Path, _internal_call: bool = False) -> None:
-        """The model in HF format (consolidated, whatever the engine), its tokenizer, and the arguments.
-
-        Inside a checkpoint whose model is saved as shards (`checkpoint.save_checkpoint`), only the
-        configuration and tokenizer are written here.
-        """
-        accel = self.accelerator
-        model = getattr(self, "model_wrapped", self.model)
-        main = self.args.should_save
-        if main:
-            output_dir.mkdir(parents=True, exist_ok=True)
-        shards = self._shards
-        if _internal_call and shards is not None and shards.shard_checkpoints:
-            config = getattr(accel.unwrap_model(model), "config", None)
-            if main and hasattr(config, "save_pretrained"):
-                config.save_pretrained(output_dir)
-        else:
-            # a sharded or partitioned model (FSDP, ZeRO-3) is gathered even on one process
-            gather = accel.num_processes > 1 or accel.distributed_type.value in ("FSDP", "DEEPSPEED")
-            state_dict = accel.get_state_dict(model) if gather else None
-            ckpt.save_model_files(accel.unwrap_model(model), output_dir, state_dict=state_dict, is_main=main)
-        if main and self.processing_class is not None and hasattr(self.processing_class, "save_pretrained"):
-            self.processing_class.save_pretrained(output_dir)
-        if main and not _internal_call:
-            ckpt.write_json(self.args.to_dict(), output_dir / ckpt.ARGS_NAME)
-
-    # ---- Hub (trainformers.hub; the real upload is not exercised in CI, only a fake) ---------
-
-    def push_to_hub(self, commit_message: str = "End of training", blocking: bool = True, **kwargs: Any) -> Any:
-        """Save the model to args.output_dir and upload that folder (with its model card) to the Hub.
-
-        Waits for the background checkpoint uploads first. Checkpoint folders, `*.tmp` and `_*` are
-        not uploaded. The repository is args.hub_model_id or the output_dir's name, the branch
-        args.hub_revision. Works with args.push_to_hub=False too (HF semantics).
-
-        Args:
-            commit_message: the Hub commit message.
-            blocking: wait for the upload; False returns a Future (a failure is then logged, not raised).
-            **kwargs: passed to `create_model_card` (e.g. `tags`, `language`, `dataset`).
-
-        Returns:
-            upload_folder's CommitInfo, a Future of it when `blocking=False`, None off the main process.
-
-        Raises:
-            ConfigError: `token`, `revision` or `private` given (set the hub_* arguments instead).
-        """
-        unsupported = sorted(set(kwargs) & {"token", "revision", "private"})
-        if unsupported:
-            raise ConfigError(f"push_to_hub({', '.join(unsupported)}=...) is not supported; set args.hub_* instead")
-        output_dir = Path(self.args.output_dir)
-        self._save(output_dir)  # every process: a sharded model gathers its weights
-        if not self.is_world_process_zero():
-            return None
-        return self._push_to_hub(output_dir, commit_message, blocking, **kwargs)
-
-    def _push_to_hub(self, folder: Path, commit_message: str, blocking: bool = True, **card_kwargs: Any) -> Any:
-        """Upload `folder` to the repository root (`HubCallback.push_model`; with a model card for the output_dir)."""
-        self.callback_handler.on_push_begin(self.args, self.state, self.control)
-        return self.callback_handler.find_or_add(HubCallback).push_model(
-            self, folder, commit_message, blocking, **card_kwargs
-        )
-
-    # ---- results, as HF's example scripts save them (trainformers.results) ------------------
-
-    def metrics_format(self, metrics: dict[str, Any]) -> dict[str, Any]:
-        return metrics_format(metrics)
-
-    def log_metrics(self, split: str, metrics: dict[str, Any]) -> None:
-        """Print the `***** {split} metrics *****` block (main process)."""
-        if self.is_world_process_zero():
-            print(format_metrics_block(split, metrics))
-
-    def save_metrics(self, split: str, metrics: dict[str, Any], combined: bool = True) -> None:
-        """Write `{split}_results.json` (and update `all_results.json`) in args.output_dir (main process)."""
-        if self.is_world_process_zero():
-            save_metrics(self.args.output_dir, split, metrics, combined)
-
-    def save_state(self) -> None:
-        """Write `trainer_state.json` into args.output_dir (main process)."""
-        if self.is_world_process_zero():
-            Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
-            self.state.save_to_json(Path(self.args.output_dir) / ckpt.STATE_NAME)
-
-    def get_num_trainable_parameters(self) -> int:
-        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
     # ---- logging ------------------------------------------------------------------------
 

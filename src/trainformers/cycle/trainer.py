@@ -490,11 +490,10 @@ class CycleTrainer:
             side.nan_guard = NonFiniteGuard(self.args.nan_policy, self.args.nan_skip_limit)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> TrainOutput:
-        """Run cycle training; resume from a checkpoint path, or the newest with True.
+        """Run cycle training; resume from a checkpoint path, or the newest that loads with True.
 
         Raises:
-            CheckpointError: output_dir holds a run and neither resume nor overwrite was asked, or the
-                checkpoint is missing or incomplete.
+            CheckpointError: output_dir holds another run (neither resume nor overwrite asked), or no checkpoint loads.
             DataError: a training dataset the directions need is missing.
         """
         if kwargs:
@@ -502,14 +501,13 @@ class CycleTrainer:
         args = self.args
         if resume_from_checkpoint is None:
             resume_from_checkpoint = args.resume_from_checkpoint
-        resume = ckpt.resolve_resume(resume_from_checkpoint, args.output_dir, model_dirs=("A", "B"))
+        resume = ckpt.resume_point(
+            resume_from_checkpoint, args, main=self.is_world_process_zero(), model_dirs=("A", "B")
+        )
         output_dir = Path(args.output_dir)
+        saving, overwrite = args.save_strategy != "no", args.overwrite_output_dir
         ckpt.check_foreign_checkpoints(
-            output_dir,
-            set(),
-            resuming=resume is not None,
-            overwrite=args.overwrite_output_dir,
-            saving=args.save_strategy != "no",
+            output_dir, set(), resuming=resume is not None, overwrite=overwrite, saving=saving
         )
         for domain in self._needed_domains():
             if self.train_datasets[domain] is None:
@@ -519,10 +517,9 @@ class CycleTrainer:
                 )
         if any(getattr(self.sides[s], "wrapped", None) is not None for s in SIDES):
             raise ConfigError("CycleTrainer.train() was already called on this trainer; build a new CycleTrainer")
-        trained_models = [self.sides[s].model for s in self.trained]
         lock = RunLock(output_dir, enabled=self.is_world_process_zero())
         try:
-            with neftune_noise(trained_models, args.neftune_noise_alpha), self._sigterm:
+            with neftune_noise([self.sides[s].model for s in self.trained], args.neftune_noise_alpha), self._sigterm:
                 return self._train_loop(resume, lock)
         finally:
             lock.release()
