@@ -143,7 +143,18 @@ def test_one_model_and_a_pair_share_the_checkpoint_layout(tmp_path):
     two = {p.name for p in (tmp_path / "pair" / "checkpoint-2").iterdir()}
     shared = {"rng_state_0.safetensors", "loop_state_0.json", "training_args.json", "trainer_state.json"}
     assert shared | {"optimizer.safetensors", "scheduler.safetensors", "model.safetensors"} <= one
-    assert shared | {"optimizer_A.safetensors", "optimizer_B.safetensors", "scheduler_A.safetensors", "scheduler_B.safetensors", "A", "B"} <= two
+    assert (
+        shared
+        | {
+            "optimizer_A.safetensors",
+            "optimizer_B.safetensors",
+            "scheduler_A.safetensors",
+            "scheduler_B.safetensors",
+            "A",
+            "B",
+        }
+        <= two
+    )
     loop_one = json.loads((tmp_path / "one" / "run" / "checkpoint-2" / "loop_state_0.json").read_text())
     loop_two = json.loads((tmp_path / "pair" / "checkpoint-2" / "loop_state_0.json").read_text())
     assert set(loop_one) == {"meter", "run"} and set(loop_two) == {"meter", "streams"}

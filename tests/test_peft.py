@@ -221,7 +221,13 @@ def test_export_without_merge_copies_model_files_not_training_state(lora_run, tm
     assert main(["export", str(root / "run" / "checkpoint-3"), "--out", str(tmp_path / "adapter")]) == 0
     files = {p.name for p in (tmp_path / "adapter").iterdir()}
     assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json"} <= files
-    assert not files & {"optimizer.safetensors", "scheduler.safetensors", "trainer_state.json", "training_args.json", "rng_state_0.safetensors"}
+    assert not files & {
+        "optimizer.safetensors",
+        "scheduler.safetensors",
+        "trainer_state.json",
+        "training_args.json",
+        "rng_state_0.safetensors",
+    }
 
 
 def test_export_of_a_full_model_copies_it(tmp_path):

@@ -8,6 +8,7 @@ come from `transformers.get_scheduler`, so every scheduler it offers is availabl
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import math
 import re
 import warnings
@@ -282,28 +283,30 @@ def optimizer_cls_and_kwargs(args: Any, device: torch.device) -> tuple[type[torc
     """Map `args.optim` (+ `optim_args`) to an optimizer class and its keyword arguments.
 
     Raises:
-        ConfigError: bitsandbytes optimizers asked for without bitsandbytes or a GPU.
+        ConfigError: bitsandbytes optimizers asked for without bitsandbytes or a GPU, or an `optim_args`
+            key the optimizer class does not take.
     """
     name = args.optim
     adam = {"lr": args.learning_rate, "betas": (args.adam_beta1, args.adam_beta2), "eps": args.adam_epsilon}
     extra = args.optim_args_dict() if hasattr(args, "optim_args_dict") else dict(args.optim_args or {})
+    cls: type[torch.optim.Optimizer]
     if name in ("adamw_torch_fused", "adamw"):
         # fused AdamW is several times faster than the per-tensor default, on CPU too (docs/perf-notes.md)
-        return torch.optim.AdamW, {**adam, "fused": True, **extra}
-    if name == "adamw_torch":
-        return torch.optim.AdamW, {**adam, **extra}
-    if name == "sgd":
-        return torch.optim.SGD, {"lr": args.learning_rate, **extra}
-    if name == "adagrad":
-        return torch.optim.Adagrad, {"lr": args.learning_rate, "eps": args.adam_epsilon, **extra}
-    if name == "rmsprop":
-        return torch.optim.RMSprop, {"lr": args.learning_rate, "eps": args.adam_epsilon, **extra}
-    if name == "adafactor":
+        cls, kwargs = torch.optim.AdamW, {**adam, "fused": True}
+    elif name == "adamw_torch":
+        cls, kwargs = torch.optim.AdamW, adam
+    elif name == "sgd":
+        cls, kwargs = torch.optim.SGD, {"lr": args.learning_rate}
+    elif name == "adagrad":
+        cls, kwargs = torch.optim.Adagrad, {"lr": args.learning_rate, "eps": args.adam_epsilon}
+    elif name == "rmsprop":
+        cls, kwargs = torch.optim.RMSprop, {"lr": args.learning_rate, "eps": args.adam_epsilon}
+    elif name == "adafactor":
         from transformers.optimization import Adafactor
 
         # an explicit learning rate, as HF's Trainer does: the relative-step mode fights the scheduler
-        return Adafactor, {"lr": args.learning_rate, "scale_parameter": False, "relative_step": False, **extra}
-    if name in _BNB_OPTIMIZERS:
+        cls, kwargs = Adafactor, {"lr": args.learning_rate, "scale_parameter": False, "relative_step": False}
+    elif name in _BNB_OPTIMIZERS:
         if importlib.util.find_spec("bitsandbytes") is None:
             raise ConfigError(
                 f"training.optim '{name}' needs bitsandbytes; install it (pip install trainformers[bitsandbytes]) "
@@ -313,11 +316,26 @@ def optimizer_cls_and_kwargs(args: Any, device: torch.device) -> tuple[type[torc
             raise ConfigError(f"training.optim '{name}' needs a CUDA GPU (bitsandbytes); on CPU use adamw_torch_fused")
         import bitsandbytes.optim as bnb_optim
 
-        kwargs = {**adam, **extra}
-        if "lion" in name:
-            kwargs.pop("eps")
-        return getattr(bnb_optim, _BNB_OPTIMIZERS[name]), kwargs
-    raise ConfigError(f"training.optim '{name}' is not an optimizer trainformers knows")
+        cls = getattr(bnb_optim, _BNB_OPTIMIZERS[name])
+        kwargs = {k: v for k, v in adam.items() if k != "eps"} if "lion" in name else adam
+    else:
+        raise ConfigError(f"training.optim '{name}' is not an optimizer trainformers knows")
+    _check_optim_args(name, cls, extra)
+    return cls, {**kwargs, **extra}
+
+
+def _check_optim_args(name: str, cls: type, extra: Mapping[str, Any]) -> None:
+    """Each `optim_args` key must be a keyword of the optimizer class (any is, when it takes **kwargs)."""
+    parameters = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    accepted = [key for key in parameters if key not in ("self", "params")]
+    for key in extra:
+        if key not in accepted:
+            raise ConfigError(
+                f"training.optim_args key '{key}' is not an argument of {cls.__name__} (optim '{name}')"
+                f"{did_you_mean(key, accepted)}; it takes {', '.join(accepted)}"
+            )
 
 
 def create_optimizer(
@@ -341,7 +359,13 @@ def create_optimizer(
         raise ConfigError("the model has no trainable parameters (every requires_grad is False); unfreeze some")
     if kwargs.get("fused") and not all(p.is_floating_point() for g in groups for p in g["params"]):
         kwargs = {k: v for k, v in kwargs.items() if k != "fused"}
-    return cls(groups, **kwargs)
+    try:
+        return cls(groups, **kwargs)
+    except (TypeError, ValueError) as err:  # e.g. torch's "Invalid momentum value: x"
+        raise ConfigError(
+            f"{cls.__name__} refused its settings {kwargs} ({' '.join(str(err).split())}); fix training.optim_args "
+            "(or the Trainer's optimizer_cls_and_kwargs)"
+        ) from None
 
 
 def create_scheduler(

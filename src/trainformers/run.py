@@ -116,10 +116,10 @@ def obtain_tokenizer(
         return AutoTokenizer.from_pretrained(train_to), None
     name = model.tokenizer or model.name_or_path
     if name and (train_to is None or _looks_like_hub_name(name)):
-        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=model.trust_remote_code)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token  # documented: causal LMs often ship without one
-        return tokenizer, None
+        from .models.loading import load_tokenizer
+
+        field = "model.tokenizer" if model.tokenizer else "model.name_or_path"
+        return load_tokenizer(name, model.trust_remote_code, field=field), None
     saved = train_to or Path(config.training.output_dir) / "tokenizer"
     if (config.training.resume_from_checkpoint or reuse_saved) and (saved / "tokenizer.json").is_file():
         # a resumed run, or another rank, must see the very same ids

@@ -27,7 +27,7 @@ from .accel import build_accelerator, configure_deepspeed
 from .callbacks import CallbackHandler, TrainerCallback, default_callbacks
 from .chunked_loss import choose_chunked_head, chunked_lm_loss, worth_chunking
 from .config import TrainingArguments
-from .dataloaders import check_train_inputs, remove_unused_columns, train_dataloader
+from .dataloaders import check_train_inputs, check_trainer_arguments, remove_unused_columns, train_dataloader
 from .errors import ConfigError, DataError
 from .flops import Peak, flops_row, model_flops, peak_tflops
 from .loop_utils import (
@@ -97,6 +97,7 @@ class Trainer(EvaluationMethods, PublishingMethods):
         tokenizer: Any = None,
         peft_config: Any = None,
     ) -> None:
+        check_trainer_arguments(model, train_dataset, eval_dataset, optimizers, data_collator)
         self.args = args if args is not None else TrainingArguments(output_dir="trainer_output")
         self._memory = MemoryTracker(not self.args.skip_memory_metrics)
         self._memory.start("init")

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
+import numbers
+import os
+import types
+import typing
 from collections.abc import Sequence
 from dataclasses import field
 from pathlib import Path
@@ -12,7 +17,7 @@ from typing import Any
 
 from transformers.trainer_utils import SchedulerType
 
-from ..errors import ConfigError, did_you_mean
+from ..errors import ConfigError, did_you_mean, one_line
 
 # Taken from the installed transformers so a scheduler added upstream is accepted here too.
 SCHEDULERS: tuple[str, ...] = tuple(s.value for s in SchedulerType)
@@ -106,6 +111,92 @@ def is_number(value: Any) -> bool:
 def check_int(name: str, value: Any, minimum: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ConfigError(f"{name}={value!r} must be an integer >= {minimum}")
+
+
+SEED_MAX = 2**32 - 1  # numpy's limit (transformers.set_seed seeds it); torch takes more
+
+
+def check_seed(name: str, value: Any) -> None:
+    """A seed (None passes): an integer in 0..2**32-1, the range numpy and torch both accept."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= SEED_MAX):
+        raise ConfigError(f"{name}={value!r} must be an integer in 0..{SEED_MAX} (numpy refuses other seeds); e.g. 42")
+
+
+@functools.cache
+def field_hints(cls: type) -> dict[str, Any]:
+    """The resolved annotations of a dataclass (`typing.get_type_hints`). Where a class's annotations don't
+    resolve here (a subclass naming a type of its own module's imports), its fields go unchecked."""
+    hints: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        try:
+            hints.update(typing.get_type_hints(klass))
+        except Exception:  # NameError, or a TypeError from an old-style annotation
+            continue
+    return hints
+
+
+_SCALARS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def scalar_types(hint: Any) -> set[Any] | None:
+    """The types of a plain int/float/bool/str annotation or a union of them (NoneType included when
+    Optional); None for any other annotation (lists, dicts, Any, classes), which these checks leave alone."""
+    is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    options = set(typing.get_args(hint)) if is_union else {hint}
+    return options if options <= {*_SCALARS, type(None)} else None
+
+
+def check_scalar(name: str, hint: Any, value: Any, *, yaml: bool = False) -> Any:
+    """Check `value` against a plain int/float/bool/str annotation (or a union of them); return it.
+
+    An `int` field also takes a whole float (`1e4` -> 10000) and numpy integers; a `float` field any real
+    number (numpy's as Python floats); a `str` field a path (`os.PathLike`), and the fields of
+    `PATH_OR_TRUE` also True. Strings are never read as numbers here: the YAML loader does that.
+
+    Raises:
+        ConfigError: naming the field, the value and what it must be (`yaml`: YAML's spelling of the fix).
+    """
+    options = scalar_types(hint)
+    if options is None or (value is None and type(None) in options):
+        return value
+    is_bool = isinstance(value, bool) or type(value).__name__ == "bool_"  # numpy's bool is no int subclass
+    if bool in options and is_bool:
+        return bool(value)
+    if str in options and (isinstance(value, (str, os.PathLike)) or (is_bool and name.split(".")[-1] in PATH_OR_TRUE)):
+        return value
+    if not is_bool and isinstance(value, numbers.Real):
+        if int in options and isinstance(value, numbers.Integral):
+            return int(value)
+        if float in options:
+            return value if isinstance(value, (int, float)) else float(value)
+        if int in options and float(value).is_integer():
+            return int(float(value))  # `max_steps: 1e4`
+    expected = [text for kind, text in _SCALARS.items() if kind in options and not (kind is int and float in options)]
+    fix = ""
+    if isinstance(value, str) and options & {int, float}:
+        with contextlib.suppress(ValueError):
+            number = float(value)
+            fix = f"; pass the number {int(number) if number.is_integer() else number!r}, not a string"
+    elif yaml and str in options:
+        fix = "; quote it in YAML"
+    raise ConfigError(f"{name} must be {' or '.join(expected)}, got {one_line(value)}{fix}")
+
+
+def check_field_types(obj: Any, prefix: str = "", cls: type | None = None) -> None:
+    """`check_scalar` on every init field of the dataclass `obj`, storing the values it normalises.
+
+    `cls`: check only the fields annotated on this class and its bases (default: all of `obj`'s).
+
+    Raises:
+        ConfigError: the first field whose value has the wrong type (`prefix` + its name).
+    """
+    hints = field_hints(cls or type(obj))
+    for f in dataclasses.fields(obj):
+        if f.init and f.name in hints:
+            value = getattr(obj, f.name)
+            checked = check_scalar(prefix + f.name, hints[f.name], value)
+            if checked is not value:
+                setattr(obj, f.name, checked)
 
 
 def check_steps(name: str, value: Any, what: str = "a positive number of steps") -> int | float:

@@ -7,17 +7,15 @@ never kept as keys.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
-import functools
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, did_you_mean
-from .fields import PATH_OR_TRUE, hf_field_names, is_number, unknown_field_message
+from .fields import check_scalar, field_hints, hf_field_names, scalar_types, unknown_field_message
 from .sections import SECTIONS, DataSection, ModelSection, RunConfig
 from .seed_layout import CALLBACK_KEYS, DISTRIBUTED_KEYS, SEED_KEYS, apply_distributed, early_stopping, take_seed_keys
 from .training import TrainingArguments
@@ -102,43 +100,14 @@ def _key_elsewhere(name: str, section: str, sections: Mapping[str, type]) -> str
     return OTHER_NAMES.get(name) if sections is SECTIONS else None
 
 
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def _coerce(key: str, hint: Any, value: Any) -> Any:
-    """Check a value against a plain int/float/bool/str annotation; other annotations pass through."""
-    is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-    options = set(typing.get_args(hint)) if is_union else {hint}
-    if value is None and type(None) in options:
-        return None
-    options.discard(type(None))
-    if float in options and options <= {int, float}:
-        if isinstance(value, str):
-            try:
-                return float(value)  # quoted numbers like "3e-4"
-            except ValueError:
-                pass
-        if not is_number(value):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-    elif options == {int}:
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, float) and value.is_integer():
-            return int(value)  # `max_steps: 1e4`
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-    elif options == {bool} and not isinstance(value, bool):
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    elif options == {str} and isinstance(value, bool) and key.rpartition(".")[2] in PATH_OR_TRUE:
-        return value
-    elif options == {str} and not isinstance(value, str):
-        raise ConfigError(f"{key} must be a string, got {value!r}; quote it in YAML")
-    return value
+    """A run-file or command-line value for a plain int/float/bool/str annotation: a quoted number
+    ("3e-4") read as one, then `check_scalar`; other annotations pass through to their section's checks."""
+    options = scalar_types(hint)
+    if isinstance(value, str) and options is not None and options & {int, float} and str not in options:
+        with contextlib.suppress(ValueError):
+            value = float(value)  # quoted numbers like "3e-4"; check_scalar makes a whole one an int
+    return check_scalar(key, hint, value, yaml=True)
 
 
 def merge_sections(
@@ -179,7 +148,7 @@ def merge_sections(
                 hint = did_you_mean(str(name), hinted).replace("'", f"'{section}.", 1)
                 raise ConfigError(f"unknown key '{section}.{name}' in {origin}{hint}")
             # A copy, so arguments built from the CLI's shared base mapping cannot change it.
-            merged[section][name] = _coerce(f"{section}.{name}", _hints(cls)[name], copy.deepcopy(value))
+            merged[section][name] = _coerce(f"{section}.{name}", field_hints(cls).get(name, Any), copy.deepcopy(value))
 
 
 def _take_seed_keys(layer: Any, taken: dict[str, Any], mapped: list[str]) -> Any:

@@ -10,7 +10,17 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
-from .fields import DATA_FORMATS, MODEL_DTYPES, MODEL_PRESETS, TRAINING_MODES, arg, check_int, choice
+from .fields import (
+    DATA_FORMATS,
+    MODEL_DTYPES,
+    MODEL_PRESETS,
+    TRAINING_MODES,
+    arg,
+    check_field_types,
+    check_int,
+    check_seed,
+    choice,
+)
 from .mixture import STOPPING_STRATEGIES, source_sections
 from .training import TrainingArguments
 from .yaml_io import YamlDumper
@@ -81,6 +91,7 @@ class ModelSection:
     )
 
     def __post_init__(self) -> None:
+        check_field_types(self, "model.")
         self.dtype = choice("model.dtype", self.dtype, MODEL_DTYPES)
         if self.save_dtype is not None:
             self.save_dtype = choice("model.save_dtype", self.save_dtype, MODEL_DTYPES[:3])
@@ -214,6 +225,8 @@ class DataSection:
     seed: int | None = arg(None, "Seed for shuffling and the held-out split; None uses training.seed.")
 
     def __post_init__(self) -> None:
+        check_field_types(self, "data.")
+        check_seed("data.seed", self.seed)
         check_int("data.max_length", self.max_length, 1)
         if self.num_samples is not None:
             check_int("data.num_samples", self.num_samples, 1)

@@ -35,7 +35,9 @@ from .fields import (
     alias_target,
     alias_warns,
     arg,
+    check_field_types,
     check_int,
+    check_seed,
     check_steps,
     choice,
     field_default,
@@ -341,6 +343,8 @@ class TrainingArguments(ProcessInfo):
         return super().__new__(cls)
 
     def __post_init__(self) -> None:
+        # before anything compares or computes with a value of the wrong type; a subclass checks its own fields
+        check_field_types(self, cls=TrainingArguments)
         self._apply_aliases()
         self._normalise()
         self._validate()
@@ -500,6 +504,7 @@ class TrainingArguments(ProcessInfo):
         check_int("nan_skip_limit", self.nan_skip_limit, 1)
         self.optim_args_dict()  # parse once so a malformed string fails now, not at step 0
 
+        self._validate_ranges()
         check_int("per_device_train_batch_size", self.per_device_train_batch_size, 1)
         check_int("per_device_eval_batch_size", self.per_device_eval_batch_size, 1)
         check_int("gradient_accumulation_steps", self.gradient_accumulation_steps, 1)
@@ -573,6 +578,23 @@ class TrainingArguments(ProcessInfo):
             what = "positive (it defaults to logging_steps)"
             self.eval_steps = check_steps("eval_steps", self.eval_steps, what)
         self._validate_best_model()
+
+    def _validate_ranges(self) -> None:
+        """Ranges the annotations don't say (their types are checked in `__post_init__`)."""
+        check_seed("seed", self.seed)
+        check_seed("data_seed", self.data_seed)
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be in [0, 1) (e.g. 0.9 or 0.999)")
+        if not self.adam_epsilon > 0:
+            raise ConfigError(f"adam_epsilon={self.adam_epsilon!r} must be a number > 0 (e.g. 1e-8)")
+        if self.max_steps < -1:
+            raise ConfigError(f"max_steps={self.max_steps} must be a number of steps, or -1 to train num_train_epochs")
+        if self.save_total_limit is not None and self.save_total_limit < 0:
+            raise ConfigError(
+                f"save_total_limit={self.save_total_limit} must be >= 1 to keep that many checkpoints, or None "
+                "(0 too, as in transformers) to keep every one"
+            )
 
     def _validate_best_model(self) -> None:
         needs_eval = []

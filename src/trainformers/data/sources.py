@@ -9,20 +9,25 @@ split, or a seeded share carved from train. Shaping (tokenisation, packing) come
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import glob
+import json
+import logging
 import os
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import datasets
+import pyarrow as pa
 from datasets.data_files import EmptyDatasetError
-from datasets.exceptions import DatasetNotFoundError
+from datasets.exceptions import DataFilesNotFoundError, DatasetGenerationError, DatasetNotFoundError
 from datasets.fingerprint import Hasher
 
 from trainformers.data.corpus import DEFAULT_DOCUMENT_CHARS, default_corpus, documents_from_lines
-from trainformers.errors import ConfigError, DataError, did_you_mean
+from trainformers.errors import ConfigError, DataError, did_you_mean, not_utf8
 
 __all__ = ["check_text_field", "dataset_columns", "load_source", "load_splits", "load_texts", "quiet_progress"]
 
@@ -297,12 +302,13 @@ def _load_files(files: list[str], source: Any, *, split: str, streaming: bool) -
             f"data.source {_show(source)} has files of type {', '.join(sorted(suffixes))}; "
             f"use files of one type among {', '.join(_SUFFIXES)}"
         )
-    found = [str(Path(f).expanduser().resolve()) for f in found]
     (suffix,) = suffixes
-    with quiet_progress(sum(os.path.getsize(f) for f in found) < _QUIET_BYTES):
+    named = {str(Path(f).expanduser().resolve()): f for f in found}  # as given, for messages
+    _check_files(named, suffix)
+    with quiet_progress(sum(os.path.getsize(f) for f in named) < _QUIET_BYTES), _read_errors(named, suffix, source):
         if suffix == ".txt":
-            return _load_txt(found, streaming=streaming)
-        return datasets.load_dataset(_BUILDERS[suffix], data_files=found, split="train", streaming=streaming)
+            return _load_txt(list(named), streaming=streaming)
+        return datasets.load_dataset(_BUILDERS[suffix], data_files=list(named), split="train", streaming=streaming)
 
 
 def _load_directory(path: Path, source: str, *, split: str, data_files: Any, streaming: bool) -> AnyDataset:
@@ -312,17 +318,28 @@ def _load_directory(path: Path, source: str, *, split: str, data_files: Any, str
             return _pick_split(dataset, split, f"data.source {source!r}")
         _single_split(source, split)
         return dataset
+    named: dict[str, str] = {}
     if data_files is None:
         data = [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in _SUFFIXES and not _hidden(p, path)]
+        named = {str(p.resolve()): str(p) for p in sorted(data)}
+        suffixes = {p.suffix.lower() for p in data}
+        if len(suffixes) == 1:
+            _check_files(named, suffixes.pop())
         if data and all(p.suffix.lower() == ".txt" for p in data):
             _single_split(source, split)
-            with quiet_progress(sum(p.stat().st_size for p in data) < _QUIET_BYTES):
-                return _load_txt(sorted(str(p.resolve()) for p in data), streaming=streaming)
+            with (
+                quiet_progress(sum(p.stat().st_size for p in data) < _QUIET_BYTES),
+                _read_errors(named, ".txt", source),
+            ):
+                return _load_txt(list(named), streaming=streaming)
     try:
-        return datasets.load_dataset(str(path), split=split, data_files=data_files, streaming=streaming)
-    except EmptyDatasetError:
+        with _read_errors(named, "", source):
+            return datasets.load_dataset(str(path), split=split, data_files=data_files, streaming=streaming)
+    except (EmptyDatasetError, DataFilesNotFoundError):
+        held = sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
+        holds = f" (it holds {', '.join(held[:3])}{', ...' if len(held) > 3 else ''})" if held else " (it is empty)"
         raise DataError(
-            f"data.source {source!r} is a directory without data files; point it at a save_to_disk "
+            f"data.source {source!r} is a directory without data files{holds}; point it at a save_to_disk "
             "directory or at .txt/.json/.jsonl/.csv/.parquet files"
         ) from None
     except ValueError as error:
@@ -372,6 +389,122 @@ def _txt_documents(files: list[str]) -> Iterator[dict[str, str]]:
         with open(file, encoding="utf-8") as lines:  # line by line: a paragraph is held, not the file
             for document in documents_from_lines(lines):
                 yield {"text": document}
+
+
+# ---- unreadable files ------------------------------------------------------------------------
+
+_FIXES = {
+    ".json": "write one JSON object per line (.jsonl) or a JSON array of objects (.json)",
+    ".jsonl": "write one JSON object per line",
+    ".csv": "check its quoting, and that every row has as many fields as the header",
+    ".parquet": "give a Parquet file (e.g. written by Dataset.to_parquet or pandas.DataFrame.to_parquet)",
+    ".txt": "check the file",
+    "": "check the files, or name them in data.source",
+}
+_CHUNK = 1 << 24
+
+
+def _check_files(named: dict[str, str], suffix: str) -> None:
+    """Refuse empty files, and JSON that is not UTF-8 (pyarrow's reader would take it and fail on each row later).
+
+    Other text (csv, txt) is decoded as it loads; `_read_errors` names the file and line when that fails.
+    """
+    for path, given in named.items():
+        if suffix != ".txt" and os.path.getsize(path) == 0:
+            raise DataError(f"data.source file {given!r} is empty (0 bytes); fill it, or leave it out of data.source")
+        if suffix in (".json", ".jsonl"):
+            _check_utf8(path, given)
+
+
+def _check_utf8(path: str, given: str) -> None:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    lines = 0
+    with open(path, "rb") as file:  # in chunks: a corpus is not held in memory
+        while chunk := file.read(_CHUNK):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as error:
+                raise DataError(
+                    f"data.source file {given!r} {not_utf8(error.object, error.start, lines)}; save it as UTF-8 "
+                    "(a Latin-1 file: iconv -f latin1 -t utf-8), or point data.source at text data"
+                ) from None
+            lines += chunk.count(b"\n")
+
+
+class _Messages(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _read_errors(named: dict[str, str], suffix: str, source: Any) -> Iterator[None]:
+    """What datasets, pyarrow or pandas raise for a file they can't parse, as one `DataError` naming the file.
+
+    The packaged builders log which file failed ("Failed to read file '...'") before raising; that log
+    is kept off stderr (the one-line error says it) and read to name the file.
+    """
+    logger, handler = logging.getLogger("datasets.packaged_modules"), _Messages()
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        yield
+    except (DatasetGenerationError, pa.ArrowException, StopIteration, UnicodeDecodeError) as error:
+        raise _unreadable(error, named, suffix, source, handler.messages) from None
+    except ValueError as error:
+        if "corresponds to no data" not in str(error):  # 'Instruction "train" corresponds to no data!'
+            raise
+        raise DataError(
+            f"data.source {_show(source)} has no rows (only blank lines); add rows or check the path"
+        ) from None
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def _unreadable(error: BaseException, named: dict[str, str], suffix: str, source: Any, logged: list[str]) -> DataError:
+    cause = error.__cause__ if isinstance(error, DatasetGenerationError) and error.__cause__ else error
+    if isinstance(cause, UnicodeDecodeError) or isinstance(cause.__context__, UnicodeDecodeError):
+        for path, given in named.items():
+            _check_utf8(path, given)  # raises, naming the file and line
+    failed = [m.group(1) for m in (re.search(r"'([^']+)'", message) for message in logged) if m]
+    path = next((p for p in failed if p in named), next(iter(named)) if len(named) == 1 else None)
+    where = f"file {named[path]!r}" if path else _show(source)
+    kind = Path(path).suffix.lower() if path else suffix
+    if path and kind in (".json", ".jsonl"):
+        problem = _json_problem(path)
+        if problem:
+            return DataError(f"data.source {where} is not valid JSON: {problem}; fix it ({_FIXES[kind]})")
+    reason = " ".join(str(cause).split())[:300] or type(cause).__name__
+    return DataError(f"data.source {where} cannot be read ({reason}); {_FIXES.get(kind, _FIXES[''])}")
+
+
+def _json_problem(path: str) -> str | None:
+    """Where a JSON Lines file stops parsing (or, when not even its first value is a line, the one JSON
+    document a .json file holds); None when it parses."""
+    lines_parse = False
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                json.loads(line.rstrip("\r\n"))  # so an error's column is on this line, not after it
+            except json.JSONDecodeError as error:
+                if lines_parse or os.path.getsize(path) > _CHUNK:
+                    return f"line {number}, column {error.colno}: {error.msg}"
+                break  # one document over many lines (a pretty-printed .json array)
+            lines_parse = True
+        else:
+            return None
+    try:
+        with open(path, encoding="utf-8") as document:
+            json.load(document)
+    except json.JSONDecodeError as error:
+        return f"line {error.lineno}, column {error.colno}: {error.msg}"
+    return None
 
 
 # ---- checks ----------------------------------------------------------------------------------
