@@ -381,3 +381,40 @@ def test_a_tokenizer_file_is_refused_not_silently_retrained(tmp_path, monkeypatc
     err = capsys.readouterr().err
     assert code == 2 and "model.tokenizer='tokenizer.json' is a file; give the directory" in err
     assert not (tmp_path / "r").exists()
+
+
+# ---- kill -9 at a few points ------------------------------------------------------------------------
+
+KILL_SCRIPT = Path(__file__).parent / "kill_run.py"
+
+
+def _kill_run(out: Path, kill_at: str, *resume: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    return subprocess.run(
+        [sys.executable, str(KILL_SCRIPT), str(out), kill_at, *resume], env=env, capture_output=True, text=True
+    )
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("kill") / "full"
+    assert _kill_run(out, "none").returncode == 0
+    return out
+
+
+@pytest.mark.parametrize("kill_at", ["save:4", "renamed:4", "save:2", "final"])
+def test_kill_9_anywhere_resumes_bit_identical(uninterrupted, tmp_path, kill_at):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    killed = _kill_run(out, kill_at)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not (out / "final").exists()
+    resumed = _kill_run(out, "none", "--resume") if kill_at != "save:2" else _kill_run(out, "none")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    expected, got = load_file(uninterrupted / "end.safetensors"), load_file(out / "end.safetensors")
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    full = [json.loads(line) for line in (uninterrupted / "log.jsonl").read_text().splitlines()]
+    losses = {r["step"]: r["loss"] for r in rows if "loss" in r}
+    assert losses == {r["step"]: r["loss"] for r in full if "loss" in r}

@@ -275,7 +275,9 @@ def build_trainer(config: RunConfig, *, echo: Any = print, for_training: bool = 
     echo(f"model: {n_params / 1e6:.2f}M parameters | data: {data.summary()}")
     callbacks: list[Any] = [EarlyStoppingCallback(*config.early_stopping)] if config.early_stopping else []
     if for_training:
-        callbacks.append(RunFiles(config, tokenizer, unsaved, data.summary() if config.data.sources else None))
+        # a mixture's config.yaml also says what it drew from each source, under the entries that asked
+        built = f"# data as built: {data.summary()}\n" if config.data.sources else ""
+        callbacks.append(RunFiles({"config.yaml": config.to_yaml() + built}, tokenizer, unsaved))
     if config.model.generate_every_eval is not None:
         from .samples import SampleCallback, run_prompts
 
@@ -296,29 +298,26 @@ def build_trainer(config: RunConfig, *, echo: Any = print, for_training: bool = 
 
 
 class RunFiles(TrainerCallback):
-    """Writes what `trainformers train` keeps beside the checkpoints (config.yaml, the tokenizer it
-    trained) when training begins: after every check, the output directory's clearing and the
-    checkpoint's load, so a start that fails leaves the directory as it was.
+    """Writes what a command-line run keeps beside its checkpoints (its resolved run file, the
+    tokenizer it trained) when training begins: after every check, the output directory's clearing
+    and the checkpoint's load, so a start that fails leaves the directory as it was.
 
     Args:
-        config: The resolved run configuration (saved as config.yaml).
-        tokenizer: The run's tokenizer.
+        texts: File name (in output_dir) -> its text, e.g. {"config.yaml": config.to_yaml()}.
+        tokenizer: The run's tokenizer, or None.
         unsaved: Where the tokenizer this run trained goes; None when it was loaded (or already written).
-        data_summary: What a data mixture drew from each source (a comment under the config), or None.
     """
 
-    def __init__(self, config: RunConfig, tokenizer: Any, unsaved: Path | None, data_summary: str | None) -> None:
-        self.config, self.tokenizer, self.unsaved, self.data_summary = config, tokenizer, unsaved, data_summary
+    def __init__(self, texts: Mapping[str, str], tokenizer: Any = None, unsaved: Path | None = None) -> None:
+        self.texts, self.tokenizer, self.unsaved = dict(texts), tokenizer, unsaved
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not args.should_save:
             return
         out = Path(args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        self.config.save(out / "config.yaml")
-        if self.data_summary is not None:  # what the mixture drew from each source, under the entries that asked
-            with (out / "config.yaml").open("a", encoding="utf-8") as f:
-                f.write(f"# data as built: {self.data_summary}\n")
+        for name, text in self.texts.items():
+            (out / name).write_text(text, encoding="utf-8")
         if self.unsaved is not None:
             self.tokenizer.save_pretrained(str(self.unsaved))
             self.unsaved = None

@@ -264,11 +264,13 @@ class Trainer(EvaluationMethods, PublishingMethods):
         micro-batch's share of the window mean; without it, the micro-batch mean.
         """
         labels = None
-        chunked = self._chunked_head is not None and model.training and self.compute_loss_func is None
+        head = self._chunked_head if model.training and self.compute_loss_func is None else None
+        # logits that fit in one chunk take the plain path: the model's own loss, as before
+        chunked = head is not None and inputs.get("labels") is not None and worth_chunking(head, inputs["labels"])
         if chunked or self.compute_loss_func is not None or self.args.label_smoothing_factor > 0:
             labels = inputs.get("labels")
         model_inputs = {k: v for k, v in inputs.items() if k != "labels"} if labels is not None else inputs
-        if chunked and labels is not None and worth_chunking(self._chunked_head, labels):
+        if chunked and labels is not None:
             return self._chunked_loss(model, model_inputs, labels, inputs, return_outputs, num_items_in_batch)
         outputs = model(**model_inputs)
         terms = outputs.get("loss_terms") if isinstance(outputs, Mapping) else None

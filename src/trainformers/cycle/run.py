@@ -146,7 +146,7 @@ def run_cycle(config: CycleRunConfig) -> dict[str, Any]:
 
     Returns a dict with the final evaluation metrics, the TrainOutput metrics and the output dir.
     """
-    from ..run import build_tokenizer
+    from ..run import RunFiles, build_tokenizer
     from .trainer import CycleTrainer
 
     args = config.training
@@ -199,9 +199,7 @@ def run_cycle(config: CycleRunConfig) -> dict[str, Any]:
         **eval_sets,
     )
     out = Path(args.output_dir)
-    if trainer.is_world_process_zero():
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "cycle_config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+    trainer.add_callback(RunFiles({"cycle_config.yaml": config.to_yaml()}))  # written once every check passed
     trainer.tracker_sections = config.to_dict()  # every section's settings go to the trackers
     report, args.report_at_end = args.report_at_end, False  # written once, below, with the final evaluation
     try:
@@ -209,7 +207,10 @@ def run_cycle(config: CycleRunConfig) -> dict[str, Any]:
     finally:
         args.report_at_end = report
     metrics = trainer.evaluate() if eval_sets or trainer.paired_eval_dataset is not None else {}
-    trainer.save_model(str(out / "final"))
+    with ckpt.atomic_checkpoint(
+        out / "final", is_main=args.should_save, barrier=trainer.accelerator.wait_for_everyone
+    ) as tmp:
+        trainer.save_model(str(tmp))  # renamed into final/ when whole, as a checkpoint
     from ..report import report_at_end
 
     report_at_end(trainer)  # report.png + report.md, unless report_at_end is off
