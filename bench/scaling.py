@@ -506,7 +506,7 @@ def _note(curve: str, record: dict[str, Any]) -> None:
 
 
 def measure_data(opts: argparse.Namespace, store: Store) -> None:
-    sizes = QUICK_CORPUS_MB if opts.quick else CORPUS_MB
+    sizes = QUICK_CORPUS_MB if opts.quick else tuple(opts.corpus_mb or CORPUS_MB)
     corpus = make_corpus(opts.corpus_dir, sizes)
     start = time.perf_counter()
     tokenizer = make_tokenizer(opts.corpus_dir, corpus[sizes[0]]["jsonl"])
@@ -542,7 +542,7 @@ def measure_data(opts: argparse.Namespace, store: Store) -> None:
 
 
 def measure_checkpoint(opts: argparse.Namespace, store: Store) -> None:
-    sizes = QUICK_MODELS if opts.quick else tuple(MODEL_SIZES)
+    sizes = QUICK_MODELS if opts.quick else tuple(opts.models or MODEL_SIZES)
     limit = list(MODEL_SIZES).index(OPTIMIZER_LIMIT)
     records: list[dict[str, Any]] = []
     content = {
@@ -917,6 +917,10 @@ def main() -> None:
     parser.add_argument("--curves", nargs="+", choices=CURVES, default=list(CURVES))
     parser.add_argument("--rounds", type=int, default=2, help="rounds per point")
     parser.add_argument("--largest-rounds", type=int, default=1, help="rounds of the 1 GB corpus")
+    parser.add_argument(
+        "--corpus-mb", type=int, nargs="+", help=f"corpus sizes in MB (default {' '.join(map(str, CORPUS_MB))})"
+    )
+    parser.add_argument("--models", nargs="+", choices=list(MODEL_SIZES), help="model sizes (default: all)")
     parser.add_argument("--no-txt", dest="txt", action="store_false", help="skip the .txt reader points")
     parser.add_argument("--quick", action="store_true", help="small sizes, one round: checks that it runs")
     parser.add_argument("--plot-only", action="store_true", help="draw and write from --results, measure nothing")
