@@ -318,7 +318,7 @@ def test_a_second_writer_is_refused_before_it_writes(tmp_path):
     )
     try:
         lock_file = out / ".trainformers.lock"
-        for _ in range(600):
+        for _ in range(2400):  # the holder imports torch first: up to 2 minutes on a loaded machine
             if lock_file.is_file() and lock_file.read_text():
                 break
             import time
@@ -391,7 +391,11 @@ KILL_SCRIPT = Path(__file__).parent / "kill_run.py"
 def _kill_run(out: Path, kill_at: str, *resume: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     return subprocess.run(
-        [sys.executable, str(KILL_SCRIPT), str(out), kill_at, *resume], env=env, capture_output=True, text=True
+        [sys.executable, str(KILL_SCRIPT), str(out), kill_at, *resume],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
