@@ -483,15 +483,20 @@ def load_state(path: str | os.PathLike) -> Any:
         CheckpointError: the file is missing, damaged, or (a torch file) not plain state.
     """
     path = Path(path)
-    legacy = path.with_suffix(".pth" if path.name.startswith("rng_state") else ".pt")
+    legacy = legacy_twin(path)
     if not path.is_file() and path.suffix == STATE_SUFFIX and legacy.is_file():
         return load_legacy_state(legacy)
     return load_state_file(path)
 
 
+def legacy_twin(path: Path) -> Path:
+    """The `.pt`/`.pth` name an older release (or HF's Trainer) gave the state file `path`."""
+    return path.with_suffix(".pth" if path.name.startswith("rng_state") else ".pt")
+
+
 def has_state(path: Path) -> bool:
     """Whether the state file `path` (or its older `.pt`/`.pth` twin) is there."""
-    return path.is_file() or path.with_suffix(".pth" if path.name.startswith("rng_state") else ".pt").is_file()
+    return path.is_file() or legacy_twin(path).is_file()
 
 
 def rng_state() -> dict[str, Any]:
