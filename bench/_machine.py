@@ -46,16 +46,15 @@ def vm_mb(field: str) -> float:
     return float("nan")
 
 
-def tune_malloc() -> str:
-    """Apply exactly what the trainformers CLI applies at start, and say what that was."""
+def tune_malloc(policy: str = "speed") -> str:
+    """Apply trainformers' `cpu_malloc` policy (the CLI applies 'speed' by default), and say what that was."""
     if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
         return "from environment: " + ", ".join(
             f"{k}={os.environ[k]}" for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_") if k in os.environ
         )
-    from trainformers.cli import _tune_malloc
+    from trainformers.allocator import apply_malloc_policy
 
-    _tune_malloc()
-    return "mallopt as the CLI: mmap threshold 128 MiB, trim threshold 2 GiB"
+    return apply_malloc_policy(policy) or f"cpu_malloc={policy}: glibc untouched"
 
 
 def spread(values: list[float], fmt: str = "{:.3g}") -> str:

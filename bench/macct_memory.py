@@ -6,7 +6,8 @@ config (no Hub), trained by `CycleTrainer` the way users call it, three rows:
 
 - `two`: two full fp32 models, ``models={"A": m1, "B": m2}`` (each with its own AdamW);
 - `macct`: one fp32 base, ``peft_configs=LoraConfig(r=16, target_modules="all-linear")``: adapters A and B;
-- `macct_bf16`: the same with the frozen base in bf16 (``model.to(torch.bfloat16)``; peft keeps the
+- `macct_bf16`: the same with the frozen base built in bf16 (``_from_config(config, dtype=torch.bfloat16)``,
+  as ``from_pretrained(..., dtype=torch.bfloat16)`` loads it: no fp32 copy ever exists; peft keeps the
   adapters, their gradients and AdamW state in fp32).
 
 Same batch and lengths everywhere: batch 2 per direction, real texts of 32 tokens, exactly 16
@@ -16,14 +17,16 @@ that process's ``ru_maxrss`` (model building included), "models" its RSS once th
 built, before `CycleTrainer`. Beside the RSS each child reports torch's own accounting, taken just
 before every optimizer step: bytes of parameters (unique storages, so a second copy of the base
 would show), of gradients, and of optimizer state, with the count of frozen parameters holding a
-gradient or optimizer state (must be 0). Malloc: glibc defaults, as a Python API user gets them
-(`--tune-malloc` applies the CLI's settings, which keep up to 2 GiB of freed heap).
+gradient or optimizer state (must be 0). Malloc: `--malloc` lists the `cpu_malloc` policies to run
+every row under (passed in `CycleTrainingArguments`, applied when `train()` starts): `system` is
+glibc as a Python API user gets it, `memory` returns freed blocks of 128 KiB or more, `speed` (the
+CLI's default) keeps up to 2 GiB of freed heap.
 
 "What MACCT fits in the two-model footprint": MACCT rows also run at `--fit-layers` (default 16)
 layers; peak = a + b x parameters through the two sizes (same width, so the same per-layer
 activations) gives the base size whose MACCT peak equals the two-model peak at 32 layers.
 
-    .venv/bin/python bench/macct_memory.py                      # 2 rounds: about 15 minutes on 2 cores, peak ~11 GB
+    .venv/bin/python bench/macct_memory.py                      # 2 rounds: about an hour on 2 cores, peak ~11 GB
     .venv/bin/python bench/macct_memory.py --layers 4 --fit-layers 2 --rounds 1 --steps 1   # smoke test, 1 minute
     .venv/bin/python bench/macct_memory.py --markdown /tmp/macct_memory.md
 """
@@ -88,15 +91,11 @@ def storage_bytes(tensors) -> int:
     return sum(seen.values())
 
 
-def child(row: str, layers: int, opts: argparse.Namespace) -> dict:
+def child(row: str, layers: int, malloc: str, opts: argparse.Namespace) -> dict:
     """One measurement in this process; returns its figures."""
     import torch
 
     torch.set_num_threads(opts.threads)
-    if opts.tune_malloc:
-        from trainformers.cli import _tune_malloc
-
-        _tune_malloc()
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import LlamaForCausalLM
@@ -113,16 +112,14 @@ def child(row: str, layers: int, opts: argparse.Namespace) -> dict:
     config = smollm2_360m(49152, layers)
     config.eos_token_id, config.pad_token_id = tok.eos_token_id, tok.pad_token_id
 
-    def build(seed: int):
+    def build(seed: int, dtype=torch.float32):
         torch.manual_seed(seed)
-        return LlamaForCausalLM(config)
+        return LlamaForCausalLM._from_config(config, dtype=dtype)
 
     if row == "two":
         kw: dict = {"models": {"A": build(0), "B": build(1)}}
     else:
-        base = build(0)
-        if row == "macct_bf16":
-            base = base.to(torch.bfloat16)
+        base = build(0, torch.bfloat16 if row == "macct_bf16" else torch.float32)
         kw = {"models": base, "peft_configs": LoraConfig(r=16, lora_alpha=32, target_modules="all-linear")}
     params = sum(p.numel() for p in (kw["models"]["A"] if row == "two" else kw["models"]).parameters())
     rss_models = vm_mb("VmRSS")
@@ -138,6 +135,7 @@ def child(row: str, layers: int, opts: argparse.Namespace) -> dict:
         disable_tqdm=True,
         report_at_end=False,
         use_cpu=True,
+        cpu_malloc=malloc,
         seed=0,
         max_new_tokens_A=opts.new_tokens,
         max_new_tokens_B=opts.new_tokens,
@@ -205,6 +203,7 @@ def child(row: str, layers: int, opts: argparse.Namespace) -> dict:
     return {
         "row": row,
         "layers": layers,
+        "malloc": malloc,
         "params": params,
         "text_tokens": statistics.median(lengths),
         "rss_start_mb": rss_start,
@@ -220,13 +219,11 @@ def child(row: str, layers: int, opts: argparse.Namespace) -> dict:
     }
 
 
-def run_child(row: str, layers: int, opts: argparse.Namespace) -> dict:
+def run_child(row: str, layers: int, malloc: str, opts: argparse.Namespace) -> dict:
     keep = ("--steps", "--batch", "--prompt-len", "--new-tokens", "--threads", "--workdir")
-    cmd = [sys.executable, __file__, "--child", row, str(layers)]
+    cmd = [sys.executable, __file__, "--child", row, str(layers), malloc]
     for flag in keep:
         cmd += [flag, str(getattr(opts, flag[2:].replace("-", "_")))]
-    if opts.tune_malloc:
-        cmd.append("--tune-malloc")
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         sys.exit(f"{row} ({layers} layers): child failed\n{done.stderr[-4000:]}")
@@ -254,29 +251,37 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="memory does not depend on it; 1 is faster on a shared machine"
     )
-    parser.add_argument("--tune-malloc", action="store_true", help="mallopt as the CLI (keeps freed heap)")
+    parser.add_argument(
+        "--malloc", nargs="+", default=["system", "memory"], choices=("system", "memory", "speed"), help="cpu_malloc"
+    )
     parser.add_argument("--workdir", default="/tmp/macct_memory_run")
     parser.add_argument("--markdown", help="write the docs/benchmarks.md fragment here")
-    parser.add_argument("--child", nargs=2, metavar=("ROW", "LAYERS"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=3, metavar=("ROW", "LAYERS", "MALLOC"), help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.child:
-        print(json.dumps(child(opts.child[0], int(opts.child[1]), opts)))
+        print(json.dumps(child(opts.child[0], int(opts.child[1]), opts.child[2], opts)))
         return
 
     import peft
 
     machine = f"{machine_line()}, peft {peft.__version__}, {opts.threads} torch threads"
     print(f"machine: {machine}", file=sys.stderr, flush=True)
-    jobs = [(row, opts.layers) for row in opts.rows]
-    jobs += [(row, n) for n in opts.fit_layers for row in opts.rows if row != "two" and n != opts.layers]
-    results: dict[tuple[str, int], list[dict]] = {}
+    jobs = [(row, opts.layers, m) for m in opts.malloc for row in opts.rows]
+    jobs += [
+        (row, n, m)
+        for m in opts.malloc
+        for n in opts.fit_layers
+        for row in opts.rows
+        if row != "two" and n != opts.layers
+    ]
+    results: dict[tuple[str, int, str], list[dict]] = {}
     start = time.perf_counter()
     for r in range(opts.rounds):
-        for row, layers in jobs if r % 2 == 0 else reversed(jobs):
-            res = run_child(row, layers, opts)
-            results.setdefault((row, layers), []).append(res)
+        for job in jobs if r % 2 == 0 else reversed(jobs):
+            res = run_child(*job, opts)
+            results.setdefault(job, []).append(res)
             print(
-                f"# round {r} {row} {layers} layers: peak {res['peak_mb']:.0f} MB, models {res['rss_models_mb']:.0f} MB, "
+                f"# round {r} {job}: peak {res['peak_mb']:.0f} MB, models {res['rss_models_mb']:.0f} MB, "
                 f"params {res['param_mb']:.0f} MB, grads {res['grad_mb']:.0f} MB, optimizer {res['optimizer_mb']:.0f} MB, "
                 f"{res['train_s']:.0f} s",
                 file=sys.stderr,
@@ -284,55 +289,58 @@ def main() -> None:
             )
     minutes = (time.perf_counter() - start) / 60
 
-    def med(row: str, layers: int, key: str) -> float:
-        return statistics.median(x[key] for x in results[(row, layers)])
+    def med(job: tuple[str, int, str], key: str) -> float:
+        return statistics.median(x[key] for x in results[job])
 
-    def cell(row: str, layers: int, key: str) -> str:
-        return spread([x[key] for x in results[(row, layers)]], "{:.0f}")
+    def cell(job: tuple[str, int, str], key: str) -> str:
+        return spread([x[key] for x in results[job]], "{:.0f}")
 
     size = opts.layers
-    two = ("two", size) in results
     lines = [
-        "| setting | layers | base params | RSS of the model(s) MB | peak RSS MB | vs two models "
+        "| setting | cpu_malloc | layers | base params | RSS of the model(s) MB | peak RSS MB | vs two models "
         "| params MB | grads MB | optimizer MB | frozen with grad / state | rounds |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for row, layers in sorted(results, key=lambda k: (-k[1], ROWS.index(k[0]))):
+    for job in sorted(results, key=lambda k: (opts.malloc.index(k[2]), -k[1], ROWS.index(k[0]))):
+        row, layers, malloc = job
+        two = ("two", size, malloc)
         ratio = (
-            spread(
-                [a["peak_mb"] / b["peak_mb"] for a, b in zip(results[(row, layers)], results[("two", size)])],
-                "{:.3f}",
-            )
-            if two and layers == size
+            spread([a["peak_mb"] / b["peak_mb"] for a, b in zip(results[job], results[two])], "{:.3f}")
+            if two in results and layers == size
             else ""
         )
-        first = results[(row, layers)][0]
+        first = results[job][0]
         lines.append(
-            f"| {LABELS[row]} | {layers} | {first['params'] / 1e6:.1f}M | {cell(row, layers, 'rss_models_mb')} | "
-            f"{cell(row, layers, 'peak_mb')} | {ratio} | {cell(row, layers, 'param_mb')} | "
-            f"{cell(row, layers, 'grad_mb')} | {cell(row, layers, 'optimizer_mb')} | "
-            f"{first['frozen_with_grad']} / {first['frozen_with_state']} | {len(results[(row, layers)])} |"
+            f"| {LABELS[row]} | {malloc} | {layers} | {first['params'] / 1e6:.1f}M | {cell(job, 'rss_models_mb')} | "
+            f"{cell(job, 'peak_mb')} | {ratio} | {cell(job, 'param_mb')} | "
+            f"{cell(job, 'grad_mb')} | {cell(job, 'optimizer_mb')} | "
+            f"{first['frozen_with_grad']} / {first['frozen_with_state']} | {len(results[job])} |"
         )
     fits = []
-    if two:
-        target = med("two", size, "peak_mb")
+    for malloc in opts.malloc:
+        two = ("two", size, malloc)
+        if two not in results:
+            continue
+        target = med(two, "peak_mb")
         for row in ("macct", "macct_bf16"):
-            sizes = sorted(n for r, n in results if r == row)
+            sizes = sorted(n for r, n, m in results if r == row and m == malloc)
             if len(sizes) < 2:
                 continue
-            a, b = fit([(results[(row, n)][0]["params"], med(row, n, "peak_mb")) for n in sizes])
+            a, b = fit([(results[(row, n, malloc)][0]["params"], med((row, n, malloc), "peak_mb")) for n in sizes])
             fits.append(
-                f"- {LABELS[row]}: peak ≈ {a:.0f} MB + {b * 1e6:.2f} MB per million base parameters "
-                f"(through {', '.join(map(str, sizes))} layers), so the two-model peak of {target:.0f} MB holds a "
-                f"**{(target - a) / b / 1e9:.2f}B**-parameter base ({(target - a) / b / results[('two', size)][0]['params']:.1f}× "
-                "the two-model size)."
+                f"- {LABELS[row]}, cpu_malloc={malloc}: peak ≈ {a:.0f} MB + {b * 1e6:.2f} MB per million base "
+                f"parameters (through {', '.join(map(str, sizes))} layers), so the two-model peak of {target:.0f} MB "
+                f"holds a **{(target - a) / b / 1e9:.2f}B**-parameter base "
+                f"({(target - a) / b / results[two][0]['params']:.1f}× the two-model size)."
             )
     first = next(iter(results.values()))[0]
     text = f"""### MACCT memory at a real size (`bench/macct_memory.py`)
 
 `CycleTrainer` on a random-init Llama of SmolLM2-360M's dimensions (hidden 960, 32 layers, vocabulary
 49,152, tied embeddings): two full fp32 models against one frozen base with LoRA adapters A and B
-(r=16, all-linear), fp32 and bf16 base. Batch {opts.batch} per direction, real texts of
+(r=16, all-linear), fp32 and bf16 base (built in bf16, as `from_pretrained(..., dtype=torch.bfloat16)`
+loads it). Every row under each `cpu_malloc` policy: `system` (glibc untouched, as a Python user gets
+it) and `memory` (freed blocks of 128 KiB or more go back to the system). Batch {opts.batch} per direction, real texts of
 {first["text_tokens"]:.0f} tokens, exactly {opts.new_tokens} generated tokens, {opts.steps} cycle steps
 (both directions each), fused AdamW; each run in its own process. Peak = the process's `ru_maxrss`
 (model building included); "RSS of the model(s)" = after building them, before `CycleTrainer`. Params,

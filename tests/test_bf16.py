@@ -91,6 +91,30 @@ def test_fp32_run_says_nothing_about_bf16(tmp_path, monkeypatch, capsys):
     assert "bf16" not in capsys.readouterr().err
 
 
+def test_bf16_weights_on_an_emulating_cpu_say_so_once(tmp_path, monkeypatch, capsys):
+    """A model loaded in bf16 (not autocast: its weights) trains, and one line names the cost."""
+    monkeypatch.setattr(accel, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(accel, "_said_emulated_bf16", False)
+    model = tiny_llama().to(torch.bfloat16)
+    held = sum(p.numel() for p in model.parameters())
+    out = _trainer(tmp_path / "a", model, max_steps=1).train()
+    _trainer(tmp_path / "b", tiny_llama().to(torch.bfloat16), max_steps=1).train()  # said once per process
+    said = [line for line in capsys.readouterr().out.splitlines() if "bfloat16 parameters" in line]
+    assert said == [
+        f"the model holds {held / 1e6:.1f}M bfloat16 parameters and this CPU has no native bf16 matmul "
+        "(AVX512-BF16 or AMX, or Arm BF16): each bf16 matmul is emulated, 6-90x slower than fp32 "
+        "(docs/benchmarks.md); load the model in float32 for speed, keep bf16 only to save memory"
+    ]
+    assert math.isfinite(out.training_loss)
+    monkeypatch.setattr(accel, "_said_emulated_bf16", False)
+    # a MACCT base serves both sides: its parameters are counted once; fp32 models and native CPUs say nothing
+    assert f"{held / 1e6:.1f}M" in (accel.emulated_bf16_notice([model, model], torch.device("cpu")) or "")
+    monkeypatch.setattr(accel, "_said_emulated_bf16", False)
+    assert accel.emulated_bf16_notice([tiny_llama()], torch.device("cpu")) is None
+    monkeypatch.setattr(accel, "cpu_has_native_bf16", lambda: True)
+    assert accel.emulated_bf16_notice([model], torch.device("cpu")) is None
+
+
 @needs_bf16
 @pytest.mark.parametrize("make_model", [tiny_llama, tiny_decoder], ids=["llama", "decoder_lm"])
 def test_bf16_autocast_keeps_weights_state_and_loss_fp32(tmp_path, monkeypatch, make_model):

@@ -80,6 +80,7 @@ def test_fields_are_transformers_fields_except_documented_extras():
         "chunked_cross_entropy",
         "nan_policy",
         "nan_skip_limit",
+        "cpu_malloc",
     }
 
 

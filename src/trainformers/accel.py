@@ -10,6 +10,7 @@ import importlib.util
 import os
 import platform
 import sys
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -24,6 +25,7 @@ from accelerate.utils import (
 )
 from torch import nn
 
+from .allocator import apply_malloc_policy
 from .deepspeed_config import deepspeed_builds, load_deepspeed_config, resolve_deepspeed_config, zero_stage
 from .errors import ConfigError
 from .fsdp import fsdp_plugin, fsdp_settings
@@ -214,6 +216,39 @@ def cpu_has_native_bf16() -> bool:
         except (AttributeError, RuntimeError):
             return False
     return False
+
+
+_said_emulated_bf16 = False
+
+
+def emulated_bf16_notice(models: Iterable[nn.Module | None], device: torch.device) -> str | None:
+    """One line when a model holds bfloat16 weights on a CPU without native bf16 matmul, else None.
+
+    Not a fallback, the weights' dtype is the user's, but a cost nobody expects: every matmul with
+    those weights is emulated there, 6-90x slower than fp32 (bench/cpu_bf16_matmul.py; the
+    gradient of the inputs, a non-transposed matmul, is the worst). Loading the model in fp32 is
+    the speed fix; bf16 still halves the memory of a frozen base.
+    """
+    global _said_emulated_bf16
+    if _said_emulated_bf16 or device.type != "cpu" or cpu_has_native_bf16():
+        return None
+    bf16 = {id(p): p.numel() for m in models if m is not None for p in m.parameters() if p.dtype == torch.bfloat16}
+    held = sum(bf16.values())  # a MACCT base serves both sides: counted once
+    if not held:
+        return None
+    _said_emulated_bf16 = True  # once per process, not once per hyperparameter-search trial
+    return (
+        f"the model holds {held / 1e6:.1f}M bfloat16 parameters and this CPU has no native bf16 matmul "
+        "(AVX512-BF16 or AMX, or Arm BF16): each bf16 matmul is emulated, 6-90x slower than fp32 "
+        "(docs/benchmarks.md); load the model in float32 for speed, keep bf16 only to save memory"
+    )
+
+
+def start_notices(cpu_malloc: str, models: Iterable[nn.Module | None], device: torch.device) -> str | None:
+    """What a trainer says as `train()` starts (both trainers): the malloc policy it applied, when
+    chosen (`allocator.apply_malloc_policy`), and bf16 weights on an emulating CPU; None for nothing."""
+    lines = [apply_malloc_policy(cpu_malloc), emulated_bf16_notice(models, device)]
+    return "\n".join(line for line in lines if line) or None
 
 
 NO_CPU_BF16 = "bf16=True: this CPU has no native bf16 matmul (needs AVX512-BF16 or AMX, or Arm BF16); training in fp32"

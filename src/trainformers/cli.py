@@ -11,8 +11,6 @@ trainformers export RUN_OR_CHECKPOINT [--out DIR] [--merge [--base MODEL]]   # m
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import json
 import os
 import sys
@@ -24,27 +22,6 @@ from typing import Any
 EXIT_USAGE = 2
 # `trainformers train` options that start it through `accelerate launch` (accelerate's names, dashed)
 LAUNCH_OPTIONS = ("--num-processes", "--num-machines", "--machine-rank", "--main-process-ip", "--main-process-port")
-
-
-def _tune_malloc() -> None:
-    """Stop glibc from returning and re-faulting memory every step (docs/perf-notes.md: 7-15% on small models).
-
-    Equivalent to MALLOC_MMAP_THRESHOLD_=128 MiB and MALLOC_TRIM_THRESHOLD_=2 GiB - 1; a no-op off
-    glibc or when the user set either variable. docs/perf-notes.md used 32 MiB, but then a 32 MiB logits
-    tensor (batch 8 x 128 x vocab 8192) is still mmapped and page-faulted every step
-    (bench/decoder_lm.py). `mallopt` takes a C int: the 16 GiB of the environment variable in docs/perf-notes.md
-    would wrap to 0 here, which trims the heap on every free (the opposite of the intent).
-    """
-    if sys.platform != "linux" or "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
-        return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-        libc.mallopt(m_mmap_threshold, 128 * 1024 * 1024)
-        libc.mallopt(m_trim_threshold, 2**31 - 1)
-    except (OSError, AttributeError):
-        pass
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -759,7 +736,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = argv[0] if argv else ""
     if int(os.environ.get("RANK", "0")) > 0:
         _quiet_replica()
-    _tune_malloc()
     try:
         if command in ("train", "lr-find", "cycle", "search") and not {"-h", "--help"} & set(argv):
             ours = LAUNCH_OPTIONS if command == "train" else ("--n-trials",) if command == "search" else ()

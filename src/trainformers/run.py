@@ -22,6 +22,7 @@ import yaml
 from transformers.trainer_utils import BestRun
 
 from .accel import check_engines
+from .allocator import apply_malloc_policy
 from .callbacks import TrainerCallback
 from .config import RunConfig
 from .errors import ConfigError
@@ -242,6 +243,7 @@ def build_trainer(config: RunConfig, *, echo: Any = print, for_training: bool = 
     from .trainer import Trainer
 
     args = config.training
+    apply_malloc_policy(args.cpu_malloc, cli=True)  # before data and weights: 'auto' is 'speed' here
     out = Path(args.output_dir)
     if for_training:
         ckpt.check_output_dir(out, resuming=bool(args.resume_from_checkpoint), overwrite=args.overwrite_output_dir)

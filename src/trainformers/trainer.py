@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from transformers.trainer_utils import EvalPrediction, TrainOutput
 
 from . import checkpoint as ckpt
-from .accel import build_accelerator, configure_deepspeed
+from .accel import build_accelerator, configure_deepspeed, start_notices
 from .callbacks import CallbackHandler, TrainerCallback, default_callbacks
 from .chunked_loss import choose_chunked_head, chunked_lm_loss, worth_chunking
 from .config import TrainingArguments
@@ -375,6 +375,9 @@ class Trainer(EvaluationMethods, PublishingMethods):
         """
         if kwargs:
             raise ConfigError(f"Trainer.train() got unknown arguments {sorted(kwargs)}")
+        said = start_notices(self.args.cpu_malloc, [self.model], self.accelerator.device)
+        if said and self.is_world_process_zero():
+            print(said)
         self._memory.start("train")
         if resume_from_checkpoint is None:
             resume_from_checkpoint = self.args.resume_from_checkpoint

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..allocator import MALLOC_POLICIES
 from ..errors import ConfigError
 from ..fsdp import fsdp_settings, normalise_fsdp_config
 from .fields import (
@@ -186,6 +187,13 @@ class TrainingArguments(ProcessInfo):
         None, "torch.compile mode (e.g. 'reduce-overhead'); setting it turns torch_compile on."
     )
     auto_find_batch_size: bool = arg(False, "On out-of-memory, shrink the batch size and retry.")
+    cpu_malloc: str = arg(
+        "auto",
+        "glibc malloc: 'speed' keeps freed memory for the next step (no page faults), 'memory' returns every "
+        "block of 128 KiB or more when freed (a smaller peak for large models), 'system' leaves glibc alone, "
+        "'auto' is 'speed' in the CLI and 'system' from Python. Applied when training starts; "
+        "MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ win.",
+    )
     # --- logging ---
     logging_strategy: str = arg("steps", "When to log: 'steps' (every logging_steps), 'epoch' or 'no'.")
     logging_steps: float = arg(500, "Log every N optimizer steps, or a fraction in (0, 1) of the total steps.")
@@ -501,6 +509,7 @@ class TrainingArguments(ProcessInfo):
         for item in self.include_for_metrics:
             choice("include_for_metrics", item, METRIC_INPUTS)
         choice("nan_policy", self.nan_policy, NAN_POLICIES)
+        choice("cpu_malloc", self.cpu_malloc, MALLOC_POLICIES)
         check_int("nan_skip_limit", self.nan_skip_limit, 1)
         self.optim_args_dict()  # parse once so a malformed string fails now, not at step 0
 

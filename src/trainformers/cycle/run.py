@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from .. import checkpoint as ckpt
+from ..allocator import apply_malloc_policy
 from ..config import DataSection, ModelSection, RunConfig, YamlDumper, merge_sections, parse_overrides, read_yaml
 from ..errors import ConfigError
 from .config import CYCLE_SECTIONS, CycleDataSection, CycleTrainingArguments
@@ -150,6 +151,7 @@ def run_cycle(config: CycleRunConfig) -> dict[str, Any]:
     from .trainer import CycleTrainer
 
     args = config.training
+    apply_malloc_policy(args.cpu_malloc, cli=True)  # before data and weights: 'auto' is 'speed' here
     start = time.perf_counter()
     # the command line keeps the strict rule: a directory with any earlier run is refused
     ckpt.check_output_dir(

@@ -16,9 +16,8 @@ Supervised paired steps (`warmup_paired_steps`, `paired_mix_every`) replace the 
 paired batch. In MACCT mode both sides share one `PeftModel`; `use_adapter` switches between the
 adapters 'A' and 'B' (and restores the previous one, even when a step raises).
 
-Everything else comes from the `Trainer` building blocks: optimizers and param groups (`optim`),
-the loss (`losses.lm_loss`), Accelerate set-up (`accel`), checkpoints (`checkpoint`), callbacks and
-the `TrainerState` (`callbacks`, `state`).
+Everything else comes from the `Trainer` building blocks: optimizers and param groups (`optim`), the loss
+(`losses.lm_loss`), Accelerate set-up (`accel`), checkpoints, callbacks and the `TrainerState`.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ from torch import nn
 from transformers.trainer_utils import EvalPrediction, TrainOutput
 
 from .. import checkpoint as ckpt
-from ..accel import build_accelerator
+from ..accel import build_accelerator, start_notices
 from ..callbacks import CallbackHandler, HubCallback, TrainerCallback, default_callbacks
 from ..config import TrainingArguments
 from ..errors import ConfigError, DataError
@@ -234,10 +233,8 @@ class CycleTrainer:
     def _update_handler(self) -> None:
         handler = self.callback_handler
         handler.model = self.sides["A"].model
-        handler.optimizer, handler.lr_scheduler = (
-            self.sides[self.trained[0]].optimizer,
-            self.sides[self.trained[0]].scheduler,
-        )
+        first = self.sides[self.trained[0]]
+        handler.optimizer, handler.lr_scheduler = first.optimizer, first.scheduler
         handler.extra = {
             "models": {s: side.model for s, side in self.sides.items()},
             "optimizers": {s: side.optimizer for s, side in self.sides.items()},
@@ -499,6 +496,9 @@ class CycleTrainer:
         if kwargs:
             raise ConfigError(f"CycleTrainer.train() got unknown arguments {sorted(kwargs)}")
         args = self.args
+        said = start_notices(args.cpu_malloc, [self.sides[s].model for s in SIDES], self.accelerator.device)
+        if said and self.is_world_process_zero():
+            print(said)
         if resume_from_checkpoint is None:
             resume_from_checkpoint = args.resume_from_checkpoint
         resume = ckpt.resume_point(
