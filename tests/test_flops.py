@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -93,9 +94,9 @@ def test_peak_is_measured_once_then_read_from_the_cache(tmp_path, monkeypatch):
 
     def fake(device, dtype, sizes):
         calls.append(dtype)
-        return 0.25
+        return 0.25, 0.97  # (TFLOP/s, CPU share): an idle machine
 
-    monkeypatch.setattr(F, "measure_matmul_tflops", fake)
+    monkeypatch.setattr(F, "_measure", fake)
     cpu = torch.device("cpu")
     first = F.peak_tflops(cpu, torch.float32)
     second = F.peak_tflops(cpu, torch.float32)
@@ -109,6 +110,36 @@ def test_peak_is_measured_once_then_read_from_the_cache(tmp_path, monkeypatch):
     assert F.peak_tflops(cpu, torch.float32).source == "measured"
     assert F.peak_tflops(cpu, torch.float32, user=3.0) == F.Peak(3.0, "set", "float32")
     assert F.peak_tflops(cpu, torch.float32, user=0) is None
+
+
+def test_a_peak_measured_on_a_busy_cpu_is_used_but_never_cached(tmp_path, monkeypatch):
+    monkeypatch.delenv("TRAINFORMERS_PEAK_TFLOPS", raising=False)
+    monkeypatch.setenv("TRAINFORMERS_CACHE", str(tmp_path / "cache"))
+    shares = iter([0.45, 0.95])
+    monkeypatch.setattr(F, "_measure", lambda device, dtype, sizes: (0.06, next(shares)))
+    cpu = torch.device("cpu")
+    busy = F.peak_tflops(cpu, torch.float32)
+    assert busy is not None and busy.source == "loaded" and not F.cache_path().exists()
+    assert "not cached" in busy.describe()
+    assert F.peak_tflops(cpu, torch.float32).source == "measured"  # measured again, idle this time: cached
+
+
+def test_the_cpu_share_drops_when_other_processes_take_the_cores():
+    """Twice as many busy loops as this process may use cores: its matmul threads get about half."""
+    import subprocess
+    import sys
+
+    idle = F._measure(torch.device("cpu"), torch.float32, (256, 384), reps=3)[1]
+    burners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 * len(os.sched_getaffinity(0)))
+    ]
+    try:
+        busy = F._measure(torch.device("cpu"), torch.float32, (512, 768, 1024), reps=5)[1]
+    finally:
+        for p in burners:
+            p.kill()
+            p.wait()
+    assert busy < F.LOADED_SHARE <= idle or busy < 0.6 * idle
 
 
 def test_matmul_measurement_is_a_positive_rate():

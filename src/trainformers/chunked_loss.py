@@ -54,25 +54,34 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, rows, chunk):
             h, y = hidden[start : start + chunk], labels[start : start + chunk]
             z = F.linear(h, weight, bias).float()  # the head's dtype (autocast's too), softmax in fp32
-            lse = z.logsumexp(dim=-1)
             keep = y.ne(ignore_index)
             target = torch.where(keep, y, 0)
-            per_row = lse - z.gather(1, target[:, None]).squeeze(1)  # -log p(target)
-            if label_smoothing:
-                per_row = (1 - label_smoothing) * per_row + label_smoothing * (lse - z.mean(dim=-1))
+            target_logit = z.gather(1, target[:, None]).squeeze(1)
+            mean_logit = z.mean(dim=-1) if label_smoothing else None
+            # one exp pass serves the loss and the gradient (logsumexp and then softmax would take two)
+            top = z.amax(dim=-1, keepdim=True)
+            e = z.sub_(top).exp_()  # in place of the logits
+            sums = e.sum(dim=-1)
+            lse = top.squeeze(1) + sums.log()
+            per_row = lse - target_logit  # -log p(target)
+            if mean_logit is not None:
+                per_row = (1 - label_smoothing) * per_row + label_smoothing * (lse - mean_logit)
             total += per_row.masked_fill(~keep, 0).sum()
             if not any(grads):
                 continue
-            g = z.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+            g = e.div_(sums[:, None])  # softmax
             g.scatter_add_(1, target[:, None], torch.full_like(g[:, :1], -(1 - label_smoothing)))
             if label_smoothing:
                 g.sub_(label_smoothing / vocab)
             g.mul_(keep[:, None])
             g = g.to(h.dtype)
             if grad_hidden is not None:
-                grad_hidden[start : start + chunk] = g @ weight.to(g.dtype)
+                torch.mm(g, weight.to(g.dtype), out=grad_hidden[start : start + chunk])
             if grad_weight is not None:
-                grad_weight += (g.t() @ h).float()
+                if g.dtype == torch.float32:  # accumulate in place: no (vocab, hidden) temporary per chunk
+                    grad_weight.addmm_(g.t(), h)
+                else:
+                    grad_weight += (g.t() @ h).float()
             if grad_bias is not None:
                 grad_bias += g.float().sum(dim=0)
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)

@@ -121,6 +121,13 @@ def measure_matmul_tflops(
     device: torch.device, dtype: torch.dtype, sizes: tuple[int, ...] = (1024, 1536, 2048), reps: int = 5
 ) -> float:
     """Square-matmul TFLOP/s: per size the median of `reps` timed runs, then the best size."""
+    return _measure(device, dtype, sizes, reps)[0]
+
+
+def _measure(device: torch.device, dtype: torch.dtype, sizes: tuple[int, ...], reps: int = 5) -> tuple[float, float]:
+    """(TFLOP/s, CPU share): the share is this process's CPU time over wall time x torch threads while
+    measuring (about 1 on an idle CPU; well below when other processes took cores; 1 on CUDA)."""
+    cpu_start, wall_start = time.process_time(), time.perf_counter()
     rates = []
     for n in sizes:
         a = torch.randn(n, n, device=device, dtype=dtype)
@@ -134,7 +141,15 @@ def measure_matmul_tflops(
             _sync(device)
             times.append(time.perf_counter() - start)
         rates.append(2 * n**3 / statistics.median(times) / 1e12)
-    return max(rates)
+    if device.type != "cpu":
+        return max(rates), 1.0
+    share = (time.process_time() - cpu_start) / ((time.perf_counter() - wall_start) * torch.get_num_threads())
+    return max(rates), share
+
+
+# Below this CPU share (see `_measure`) a CPU measurement is used for this run only, never cached:
+# measured under load the cache once held 0.054 TFLOP/s for a CPU that does 0.17-0.19 (MFU 3x too high)
+LOADED_SHARE = 0.8
 
 
 def _sync(device: torch.device) -> None:
@@ -152,7 +167,7 @@ def cache_path() -> Path:
 @dataclass(frozen=True)
 class Peak:
     tflops: float
-    source: str  # "set", "datasheet", "measured", "cached"
+    source: str  # "set", "datasheet", "measured", "cached", "loaded" (measured while other processes used the CPU)
     dtype: str
 
     def describe(self) -> str:
@@ -161,6 +176,7 @@ class Peak:
             "datasheet": "datasheet",
             "measured": "matmul measured now, cached",
             "cached": "matmul measured earlier, cached",
+            "loaded": "matmul measured now while other processes used the CPU, so likely low; not cached",
         }[self.source]
         return f"{self.tflops:.3g} TFLOP/s {self.dtype} peak ({how})"
 
@@ -189,7 +205,9 @@ def peak_tflops(device: torch.device, dtype: torch.dtype, user: float | None = N
     if isinstance(cached, dict) and isinstance(cached.get(key), (int, float)) and cached[key] > 0:
         return Peak(float(cached[key]), "cached", label)
     sizes = (4096, 8192) if device.type == "cuda" else (1024, 1536, 2048)
-    value = measure_matmul_tflops(device, dtype, sizes)
+    value, share = _measure(device, dtype, sizes)
+    if share < LOADED_SHARE:  # a figure taken on a busy CPU would make every later run's MFU too high
+        return Peak(value, "loaded", label)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         cached = cached if isinstance(cached, dict) else {}
