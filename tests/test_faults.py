@@ -280,6 +280,21 @@ def test_a_new_directory_stays_absent_after_a_failed_start(tmp_path, monkeypatch
     )
 
 
+def test_a_failed_cycle_start_writes_nothing(tmp_path, capsys):
+    """`trainformers cycle` trains its tokenizer in memory: a start refused later leaves no directory."""
+    import yaml
+
+    config = {
+        "model_A": {"preset": "nano", "vocab_size": 300, "max_position_embeddings": 64},
+        "model_B": {"preset": "nano", "vocab_size": 300, "max_position_embeddings": 64},
+        "data": {"task": "demo", "options": {"n_paired_train": 8, "n_unpaired_A": 32, "n_unpaired_B": 32, "n_eval": 4}},
+        "training": {"output_dir": str(tmp_path / "new"), "max_steps": 2, "report_to": [], "fp16": True},
+    }
+    (tmp_path / "cycle.yaml").write_text(yaml.safe_dump(config))
+    assert main(["cycle", str(tmp_path / "cycle.yaml")]) == 2
+    assert "fp16" in capsys.readouterr().err and not (tmp_path / "new").exists()
+
+
 def test_stopped_before_the_first_checkpoint_gets_one_consistent_advice(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()

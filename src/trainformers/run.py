@@ -279,7 +279,7 @@ def build_trainer(config: RunConfig, *, echo: Any = print, for_training: bool = 
     if for_training:
         # a mixture's config.yaml also says what it drew from each source, under the entries that asked
         built = f"# data as built: {data.summary()}\n" if config.data.sources else ""
-        callbacks.append(RunFiles({"config.yaml": config.to_yaml() + built}, tokenizer, unsaved))
+        callbacks.append(RunFiles({"config.yaml": config.to_yaml() + built}, [(tokenizer, unsaved)]))
     if config.model.generate_every_eval is not None:
         from .samples import SampleCallback, run_prompts
 
@@ -306,12 +306,12 @@ class RunFiles(TrainerCallback):
 
     Args:
         texts: File name (in output_dir) -> its text, e.g. {"config.yaml": config.to_yaml()}.
-        tokenizer: The run's tokenizer, or None.
-        unsaved: Where the tokenizer this run trained goes; None when it was loaded (or already written).
+        unsaved: (tokenizer, directory) of each tokenizer this run trained (`obtain_tokenizer`); none
+            for a loaded one, or one already written.
     """
 
-    def __init__(self, texts: Mapping[str, str], tokenizer: Any = None, unsaved: Path | None = None) -> None:
-        self.texts, self.tokenizer, self.unsaved = dict(texts), tokenizer, unsaved
+    def __init__(self, texts: Mapping[str, str], unsaved: Sequence[tuple[Any, Path | None]] = ()) -> None:
+        self.texts, self.unsaved = dict(texts), [(tok, path) for tok, path in unsaved if path is not None]
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not args.should_save:
@@ -320,9 +320,9 @@ class RunFiles(TrainerCallback):
         out.mkdir(parents=True, exist_ok=True)
         for name, text in self.texts.items():
             (out / name).write_text(text, encoding="utf-8")
-        if self.unsaved is not None:
-            self.tokenizer.save_pretrained(str(self.unsaved))
-            self.unsaved = None
+        for tokenizer, path in self.unsaved:
+            tokenizer.save_pretrained(str(path))
+        self.unsaved = []
 
 
 def _setup_chat_template(config: RunConfig, tokenizer: Any) -> None:

@@ -147,7 +147,7 @@ def run_cycle(config: CycleRunConfig) -> dict[str, Any]:
 
     Returns a dict with the final evaluation metrics, the TrainOutput metrics and the output dir.
     """
-    from ..run import RunFiles, build_tokenizer
+    from ..run import RunFiles, obtain_tokenizer
     from .trainer import CycleTrainer
 
     args = config.training
@@ -165,7 +165,8 @@ def run_cycle(config: CycleRunConfig) -> dict[str, Any]:
         data=DataSection(max_length=min(args.max_seq_length, config.model_A.max_position_embeddings)),
         training=args,
     )
-    tok_a = build_tokenizer(run_a, texts)
+    tok_a, unsaved_a = obtain_tokenizer(run_a, texts)  # a tokenizer trained here is written by RunFiles
+    unsaved = [(tok_a, unsaved_a)]
     model_a = _build_model(run_a, tok_a)
     models: Any = model_a
     tokenizers: Any = tok_a
@@ -176,7 +177,8 @@ def run_cycle(config: CycleRunConfig) -> dict[str, Any]:
             training=args,
         )
         own_tokenizer = config.model_B.name_or_path or config.model_B.tokenizer
-        tok_b = build_tokenizer(run_b, texts) if own_tokenizer else tok_a
+        tok_b, unsaved_b = obtain_tokenizer(run_b, texts) if own_tokenizer else (tok_a, None)
+        unsaved.append((tok_b, unsaved_b))
         models = {"A": model_a, "B": _build_model(run_b, tok_b)}
         tokenizers = {"A": tok_a, "B": tok_b}
     paired_eval = task.paired_eval
@@ -201,7 +203,7 @@ def run_cycle(config: CycleRunConfig) -> dict[str, Any]:
         **eval_sets,
     )
     out = Path(args.output_dir)
-    trainer.add_callback(RunFiles({"cycle_config.yaml": config.to_yaml()}))  # written once every check passed
+    trainer.add_callback(RunFiles({"cycle_config.yaml": config.to_yaml()}, unsaved))  # once every check passed
     trainer.tracker_sections = config.to_dict()  # every section's settings go to the trackers
     report, args.report_at_end = args.report_at_end, False  # written once, below, with the final evaluation
     try:
