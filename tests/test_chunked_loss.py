@@ -79,7 +79,10 @@ def test_training_equals_the_plain_path_and_never_makes_the_logits(tmp_path, smo
     assert all(rel(on[1][k], off[1][k]) < 1e-4 for k in on[1])  # 6 AdamW steps amplify 1e-6 differences
 
 
-def test_a_mixture_of_experts_keeps_its_router_loss(tmp_path):
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_a_mixture_of_experts_keeps_its_router_loss(tmp_path, smoothing):
+    """Chunked and plain, with label smoothing too (the labels never reach the model there, so the
+    trainer adds the router loss itself; HF's label smoother drops it)."""
     from trainformers import DecoderLM, DecoderLMConfig
 
     def moe():
@@ -90,9 +93,37 @@ def test_a_mixture_of_experts_keeps_its_router_loss(tmp_path):
         )  # fmt: skip
         return DecoderLM(config)
 
-    on, off = train(tmp_path, "on", moe()), train(tmp_path, "off", moe(), chunked_cross_entropy=False)
+    smooth = {"label_smoothing_factor": smoothing}
+    on, off = (
+        train(tmp_path, "on", moe(), **smooth),
+        train(tmp_path, "off", moe(), chunked_cross_entropy=False, **smooth),
+    )
     assert on[2] == {16} and off[2] == {64}
     assert max(abs(a - b) / b for a, b in zip(on[0], off[0], strict=True)) < RTOL
+
+
+def test_router_loss_follows_each_models_own_convention(tmp_path):
+    """transformers' MoE models return the router loss unweighted and add coef x it to their loss:
+    the model's own loss equals the token loss plus `router_loss`, and label smoothing keeps it."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    from trainformers.losses import router_loss
+
+    torch.manual_seed(0)
+    config = MixtralConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, num_local_experts=4, num_experts_per_tok=2, output_router_logits=True,
+        router_aux_loss_coef=0.5, max_position_embeddings=64,
+    )  # fmt: skip
+    model = MixtralForCausalLM(config).train()
+    ids = torch.randint(3, 64, (2, 9))
+    own = model(input_ids=ids, labels=ids)
+    aux = router_loss(model.config, own)
+    assert aux is not None and float(aux) > 0
+    assert torch.allclose(own.loss, lm_loss(own.logits, ids, shift=True) + aux, rtol=1e-6)
+    trainer = Trainer(model=model, args=make_args(tmp_path, label_smoothing_factor=0.1), train_dataset=lm_rows(4))
+    smoothed = trainer.compute_loss(model, {"input_ids": ids, "labels": ids})
+    assert torch.allclose(smoothed, lm_loss(own.logits, ids, shift=True, label_smoothing=0.1) + aux, rtol=1e-6)
 
 
 def test_a_model_it_cannot_handle_trains_the_plain_way_and_says_so(tmp_path, capsys):

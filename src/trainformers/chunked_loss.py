@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .losses import IGNORE_INDEX
+from .losses import IGNORE_INDEX, router_loss
 
 # Elements of one chunk's logits (fp32: 128 MiB); 261 rows at a 128,256 vocabulary
 CHUNK_ELEMENTS = 2**25
@@ -202,7 +202,7 @@ def chunked_lm_loss(
     mapping = isinstance(outputs, Mapping)
     hidden = outputs["logits"] if mapping else outputs[0]
     token_loss = linear_cross_entropy(hidden, head, labels, shift=True, label_smoothing=label_smoothing)
-    aux = outputs.get("aux_loss") if mapping else None
+    aux = router_loss(getattr(model, "config", None), outputs)
     loss = token_loss + aux if aux is not None else token_loss
     if mapping:
         outputs["logits"] = None

@@ -156,6 +156,21 @@ def compute_router_auxiliary_loss(
     return total, terms
 
 
+def router_loss(config: Any, outputs: Any) -> torch.Tensor | None:
+    """The router (load-balancing) loss a MoE model adds to its own loss, for a loss computed outside
+    the model (label smoothing, the chunked loss), or None.
+
+    `DecoderLM` returns it weighted (`aux_loss`); transformers' MoE models return it unweighted
+    when `output_router_logits` is on and add `router_aux_loss_coef` times it themselves.
+    """
+    aux = outputs.get("aux_loss") if isinstance(outputs, Mapping) else None
+    if aux is None:
+        return None
+    if getattr(config, "output_router_logits", False):
+        return getattr(config, "router_aux_loss_coef", 0.0) * aux.to(torch.float32)
+    return aux
+
+
 def model_output_loss(outputs: Any, label_names: Sequence[str]) -> torch.Tensor:
     """The loss a model's forward returned (`outputs.loss`, or the first item of a tuple).
 

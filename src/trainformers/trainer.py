@@ -44,7 +44,7 @@ from .loop_utils import (
     training_length,
     unwrap_peft,
 )
-from .losses import count_label_items, lm_loss, model_output_loss, window_share
+from .losses import count_label_items, lm_loss, model_output_loss, router_loss, window_share
 from .memory import MemoryTracker, peak_memory_mb
 from .meter import Meter, add_loss_terms, loss_term_means
 from .neftune import neftune_noise
@@ -280,13 +280,18 @@ class Trainer(EvaluationMethods, PublishingMethods):
             loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch)
         elif labels is not None:
             logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
-            loss = lm_loss(
-                logits,
-                labels,
-                shift=self._shift_labels,
-                num_items_in_batch=num_items_in_batch,
-                label_smoothing=self.args.label_smoothing_factor,
-            )
+            # the labels never reached the model, so it added no router loss: add it here (HF's label
+            # smoother drops it); with one, the window share is taken of the sum, as the model's own loss
+            aux = router_loss(getattr(self.accelerator.unwrap_model(model), "config", None), outputs)
+            smoothing, shift = self.args.label_smoothing_factor, self._shift_labels
+            if aux is None:
+                loss = lm_loss(
+                    logits, labels, shift=shift, num_items_in_batch=num_items_in_batch, label_smoothing=smoothing
+                )
+            else:
+                loss = lm_loss(logits, labels, shift=shift, label_smoothing=smoothing) + aux
+                if num_items_in_batch is not None:
+                    loss = window_share(loss, self.count_items(inputs), num_items_in_batch)
         else:
             loss = model_output_loss(outputs, self.label_names)
             if num_items_in_batch is not None:
