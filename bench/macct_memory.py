@@ -137,6 +137,7 @@ def child(row: str, layers: int, malloc: str, opts: argparse.Namespace) -> dict:
         use_cpu=True,
         cpu_malloc=malloc,
         seed=0,
+        gradient_checkpointing=opts.gradient_checkpointing,
         max_new_tokens_A=opts.new_tokens,
         max_new_tokens_B=opts.new_tokens,
         min_new_tokens_A=opts.new_tokens,
@@ -224,6 +225,8 @@ def run_child(row: str, layers: int, malloc: str, opts: argparse.Namespace) -> d
     cmd = [sys.executable, __file__, "--child", row, str(layers), malloc]
     for flag in keep:
         cmd += [flag, str(getattr(opts, flag[2:].replace("-", "_")))]
+    if opts.gradient_checkpointing:
+        cmd.append("--gradient-checkpointing")
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         sys.exit(f"{row} ({layers} layers): child failed\n{done.stderr[-4000:]}")
@@ -255,6 +258,7 @@ def main() -> None:
         "--malloc", nargs="+", default=["system", "memory"], choices=("system", "memory", "speed"), help="cpu_malloc"
     )
     parser.add_argument("--workdir", default="/tmp/macct_memory_run")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="in every row")
     parser.add_argument("--markdown", help="write the docs/benchmarks.md fragment here")
     parser.add_argument("--child", nargs=3, metavar=("ROW", "LAYERS", "MALLOC"), help=argparse.SUPPRESS)
     opts = parser.parse_args()
@@ -334,7 +338,8 @@ def main() -> None:
                 f"({(target - a) / b / results[two][0]['params']:.1f}× the two-model size)."
             )
     first = next(iter(results.values()))[0]
-    text = f"""### MACCT memory at a real size (`bench/macct_memory.py`)
+    checkpointing = ", with `gradient_checkpointing` in every row" if opts.gradient_checkpointing else ""
+    text = f"""### MACCT memory at a real size (`bench/macct_memory.py`{checkpointing})
 
 `CycleTrainer` on a random-init Llama of SmolLM2-360M's dimensions (hidden 960, 32 layers, vocabulary
 49,152, tied embeddings): two full fp32 models against one frozen base with LoRA adapters A and B

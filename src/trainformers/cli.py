@@ -477,7 +477,11 @@ def _cycle(config_path: str | None, overrides: Sequence[str]) -> int:
         for k, v in result["metrics"].items()
         if not k.endswith(("_runtime", "_per_second"))
     }
-    print(f"\ndone in {result['runtime']:.1f}s: {result['train'].get('train_steps_per_second')} steps/s | {shown}")
+    from .results import memory_text
+
+    train = result["train"]
+    peak = f"; peak memory {memory_text(train['train_peak_memory_mb'])}" if "train_peak_memory_mb" in train else ""
+    print(f"\ndone in {result['runtime']:.1f}s: {train.get('train_steps_per_second')} steps/s{peak} | {shown}")
     print(f"models in {result['output_dir'] / 'final'} (A/ and B/)")
     return 0
 

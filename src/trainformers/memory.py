@@ -34,6 +34,15 @@ def peak_memory_mb(device: torch.device) -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
+def peak_memory_mb_of_ranks(accel: Any) -> float:
+    """`peak_memory_mb` of the process that holds the most, over every rank (the device that runs out
+    first); a collective when there are several: every rank must call it. One decimal, as logged."""
+    peak = torch.tensor(peak_memory_mb(accel.device), dtype=torch.float64, device=accel.device)
+    if accel.num_processes > 1:
+        torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)
+    return round(float(peak), 1)
+
+
 def _rss() -> int:
     import psutil  # a dependency of accelerate
 

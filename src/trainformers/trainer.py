@@ -45,7 +45,7 @@ from .loop_utils import (
     unwrap_peft,
 )
 from .losses import count_label_items, lm_loss, model_output_loss, router_loss, window_share
-from .memory import MemoryTracker, peak_memory_mb
+from .memory import MemoryTracker, peak_memory_mb_of_ranks
 from .meter import Meter, add_loss_terms, loss_term_means
 from .neftune import neftune_noise
 from .optim import create_optimizer, create_scheduler, describe_param_groups
@@ -639,7 +639,7 @@ class Trainer(EvaluationMethods, PublishingMethods):
             "train_steps_per_second": round(steps_done / max(runtime, 1e-9), 3),
             "total_flos": state.total_flos,
             "train_tokens_per_second": round(self._run_tokens * accel.num_processes / training_seconds, 2),
-            "train_peak_memory_mb": round(peak_memory_mb(accel.device), 1),
+            "train_peak_memory_mb": peak_memory_mb_of_ranks(accel),
             **self._flops_row(state.total_flos - flops_at_start, training_seconds, "train_"),
             "train_loss": self._mean_loss_of_run(),
             "epoch": state.epoch,
@@ -667,7 +667,7 @@ class Trainer(EvaluationMethods, PublishingMethods):
         elapsed = meter.elapsed()
         logs["tokens_per_second"] = round(meter.read("tokens") * world / elapsed, 2)
         logs["samples_per_second"] = round(meter.read("samples") * world / elapsed, 3)
-        logs["peak_memory_mb"] = round(peak_memory_mb(accel.device), 1)
+        logs["peak_memory_mb"] = peak_memory_mb_of_ranks(accel)
         logs.update(self._flops_row(meter.read("flops"), elapsed))
         if self.args.include_num_input_tokens_seen:
             self.state.num_input_tokens_seen += int(meter.pop("input_tokens_seen"))

@@ -49,6 +49,7 @@ from ..loop_utils import (
     unwrap_peft,
 )
 from ..losses import IGNORE_INDEX, count_label_items, lm_loss
+from ..memory import peak_memory_mb_of_ranks
 from ..meter import Meter
 from ..neftune import neftune_noise
 from ..optim import create_optimizer, create_scheduler
@@ -192,14 +193,10 @@ class CycleTrainer:
                 s, m, tok, kind, builder, adapter=s if self.macct else None, shift=kind == "causal"
             )
         self.collators = {"A": data_collator_A, "B": data_collator_B}
-        self.train_datasets = {
-            "A": as_dataset(train_dataset_A, args.text_field_A),
-            "B": as_dataset(train_dataset_B, args.text_field_B),
-        }
-        self.eval_datasets = {
-            "A": as_dataset(eval_dataset_A, args.text_field_A),
-            "B": as_dataset(eval_dataset_B, args.text_field_B),
-        }
+        fields = {"A": args.text_field_A, "B": args.text_field_B}
+        train_sets, eval_sets = {"A": train_dataset_A, "B": train_dataset_B}, {"A": eval_dataset_A, "B": eval_dataset_B}
+        self.train_datasets = {s: as_dataset(train_sets[s], fields[s]) for s in SIDES}
+        self.eval_datasets = {s: as_dataset(eval_sets[s], fields[s]) for s in SIDES}
         self.paired_dataset, self.paired_eval_dataset = paired_dataset, paired_eval_dataset
         self.compute_metrics = compute_metrics
         check_datasets(
@@ -591,6 +588,7 @@ class CycleTrainer:
             "train_runtime": round(runtime, 4),
             "train_samples_per_second": round(done * len(self.trained) * rows_per_step / max(runtime, 1e-9), 3),
             "train_steps_per_second": round(done / max(runtime, 1e-9), 3),
+            "train_peak_memory_mb": peak_memory_mb_of_ranks(accel),
             "train_loss": float(np.mean(losses)) if losses else float("nan"),
             "epoch": state.epoch,
         }
@@ -625,6 +623,7 @@ class CycleTrainer:
         logs["generation_share"] = round(meter.read("generation_seconds") / elapsed, 3)
         logs["samples_per_second"] = round(meter.read("rows") * world / elapsed, 3)
         logs["steps_per_second"] = round(meter.read("steps") / elapsed, 3)
+        logs["peak_memory_mb"] = peak_memory_mb_of_ranks(accel)
         if meter.read("paired_steps"):
             logs["paired_steps"] = meter.read("paired_steps")
         meter.reset()
