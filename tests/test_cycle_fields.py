@@ -99,6 +99,7 @@ HONOURED: dict[str, str] = {
     "adam_epsilon": "optim.optimizer_cls_and_kwargs",
     "max_grad_norm": "cycle.trainer.CycleTrainer._prepare",  # -> StepKernel(max_grad_norm=...): clip
     "nan_policy": "cycle.trainer.CycleTrainer._prepare",  # -> StepKernel(check_finite=...), NonFiniteGuard
+    "cpu_malloc": "cycle.trainer.CycleTrainer.train",  # -> accel.start_notices -> allocator.apply_malloc_policy
     "nan_skip_limit": "cycle.trainer.CycleTrainer._prepare",  # -> NonFiniteGuard
     "optim": "optim.optimizer_cls_and_kwargs",
     "optim_args": "config.training.TrainingArguments.optim_args_dict",  # called by optimizer_cls_and_kwargs
