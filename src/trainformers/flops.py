@@ -176,7 +176,8 @@ class Peak:
             "datasheet": "datasheet",
             "measured": "matmul measured now, cached",
             "cached": "matmul measured earlier, cached",
-            "loaded": "matmul measured now while other processes used the CPU, so likely low; not cached",
+            "loaded": "matmul measured now with under 80% of its threads' CPU time (other processes or a CPU "
+            "quota), so likely low; not cached",
         }[self.source]
         return f"{self.tflops:.3g} TFLOP/s {self.dtype} peak ({how})"
 
