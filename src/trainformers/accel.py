@@ -225,7 +225,7 @@ def emulated_bf16_notice(models: Iterable[nn.Module | None], device: torch.devic
     """One line when a model holds bfloat16 weights on a CPU without native bf16 matmul, else None.
 
     Not a fallback, the weights' dtype is the user's, but a cost nobody expects: every matmul with
-    those weights is emulated there, 6-90x slower than fp32 (bench/cpu_bf16_matmul.py; the
+    those weights is emulated there, 5-170x slower than fp32 (bench/cpu_bf16_matmul.py; the
     gradient of the inputs, a non-transposed matmul, is the worst). Loading the model in fp32 is
     the speed fix; bf16 still halves the memory of a frozen base.
     """
@@ -239,7 +239,7 @@ def emulated_bf16_notice(models: Iterable[nn.Module | None], device: torch.devic
     _said_emulated_bf16 = True  # once per process, not once per hyperparameter-search trial
     return (
         f"the model holds {held / 1e6:.1f}M bfloat16 parameters and this CPU has no native bf16 matmul "
-        "(AVX512-BF16 or AMX, or Arm BF16): each bf16 matmul is emulated, 6-90x slower than fp32 "
+        "(AVX512-BF16 or AMX, or Arm BF16): each bf16 matmul is emulated, 5-170x slower than fp32 "
         "(docs/benchmarks.md); load the model in float32 for speed, keep bf16 only to save memory"
     )
 
